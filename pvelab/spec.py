@@ -141,6 +141,9 @@ class ImageSpec:
     file_name: str = "debian-13-genericcloud-amd64.qcow2"
     checksum: Optional[str] = None
     checksum_algorithm: str = "sha512"
+    # An image already on the outer host (e.g. downloaded once for a whole class): "<storage>:import/<file>".
+    # When set, the lab downloads nothing.
+    file_id: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -529,6 +532,8 @@ def validate(spec: LabSpec) -> list[str]:
     # image
     if not re.match(r"^https?://\S+$", spec.image.url):
         problems.append(f"{_key('image.url')}: '{spec.image.url}' is not an http(s) URL")
+    if spec.image.file_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+:import/[A-Za-z0-9._-]+", spec.image.file_id):
+        problems.append(f"{_key('image.fileId')}: '{spec.image.file_id}' is not a volume id like local:import/debian-13.qcow2")
     if not re.fullmatch(r"[A-Za-z0-9._-]+\.(qcow2|img|raw)", spec.image.file_name):
         problems.append(f"{_key('image.fileName')}: '{spec.image.file_name}' must be a plain file name ending in .qcow2, .img or .raw")
     for k in ("install_s", "reboot_s", "ready_s", "quorum_s"):
