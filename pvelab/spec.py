@@ -155,6 +155,28 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class StudentNetwork:
+    """Where a student's nested nodes attach on the outer host: a VLAN tag on a bridge, or an SDN VNet."""
+
+    mode: str = "vlan"  # vlan | sdn
+    vlan_tag: Optional[int] = None  # mode vlan: tag on outer.bridge
+    zone: Optional[str] = None  # mode sdn: an existing SDN zone (VLAN or VXLAN type)
+    vnet: Optional[str] = None  # mode sdn: the student's VNet id (created by the student's stack)
+    vnet_tag: Optional[int] = None  # mode sdn: VLAN id / VXLAN VNI of the VNet
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """Set by `classroom render` for one student's stack; absent for a lone lab."""
+
+    id: str = ""
+    name: str = ""
+    user: str = ""  # e.g. s01@pve: may open its own nested nodes' consoles and nothing else
+    pool: str = ""  # the outer host's resource pool holding the student's VMs
+    network: StudentNetwork = field(default_factory=StudentNetwork)
+
+
+@dataclass(frozen=True)
 class LabSpec:
     outer: OuterHost = field(default_factory=OuterHost)
     nodes: NodeSize = field(default_factory=NodeSize)
@@ -167,6 +189,7 @@ class LabSpec:
     image: ImageSpec = field(default_factory=ImageSpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
     tags: tuple[str, ...] = ("pve-lab",)
+    student: Optional[StudentSpec] = None
 
     # ---- derived, never typed by hand
     @property
@@ -541,6 +564,42 @@ def validate(spec: LabSpec) -> list[str]:
     for i, t in enumerate(spec.tags):
         if not re.fullmatch(r"[a-z0-9_.+-]+", t):
             problems.append(f"{_key(f'tags[{i}]')}: '{t}' is not a PVE tag (lowercase letters, digits, _ . + -)")
+    if spec.student is not None:
+        problems += validate_student(spec)
+    return problems
+
+
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9._-]*$")
+POOL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+VNET_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # PVE SDN: VNet ids are at most 8 characters
+
+
+def validate_student(spec: LabSpec) -> list[str]:
+    st, problems = spec.student, []
+    assert st is not None
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", st.id or ""):
+        problems.append(f"{_key('student.id')}: '{st.id}' is not allowed: lowercase letters, digits and '-'")
+    if not USER_RE.match(st.user or ""):
+        problems.append(f"{_key('student.user')}: '{st.user}' is not a PVE user id like s01@pve")
+    if not POOL_ID_RE.match(st.pool or ""):
+        problems.append(f"{_key('student.pool')}: '{st.pool}' is not a pool id (letters, digits, '_', '-')")
+    net = st.network
+    if net.mode == "vlan":
+        if net.vlan_tag is None:
+            problems.append(f"{_key('student.network.vlanTag')}: missing; mode vlan needs the student's VLAN tag (1..4094)")
+        else:
+            _positive(net.vlan_tag, "student.network.vlanTag", problems, 1, 4094)
+    elif net.mode == "sdn":
+        if not net.zone:
+            problems.append(f"{_key('student.network.zone')}: missing; mode sdn needs an existing SDN zone")
+        if not VNET_RE.match(net.vnet or ""):
+            problems.append(f"{_key('student.network.vnet')}: '{net.vnet}' is not a VNet id (lowercase, starts with a letter, at most 8)")
+        if net.vnet_tag is None:
+            problems.append(f"{_key('student.network.vnetTag')}: missing; the VNet's VLAN id or VXLAN VNI")
+        else:
+            _positive(net.vnet_tag, "student.network.vnetTag", problems, 1, 16_777_215)
+    else:
+        problems.append(f"{_key('student.network.mode')}: '{net.mode}' (allowed: vlan, sdn)")
     return problems
 
 
