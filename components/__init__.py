@@ -1,0 +1,1 @@
+"""Pulumi components of the lab: one component per module (see README "Code map")."""

@@ -1,0 +1,81 @@
+"""PveCluster: `pvecm create` on the first node, then the other nodes join one at a time, then a quorum wait.
+
+The joins form a chain in the dependency graph (no two can run at once: a join takes the cluster lock and
+raises the expected votes). Every script checks membership first, so re-runs are no-ops.
+Shrinking a running lab is refused: the quorum step fails while the cluster still has more members than
+nodes.count, and Pulumi deletes removed VMs only after all updates succeed, so nothing is torn down.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+
+from pvelab.spec import LabSpec
+
+from .node_step import NodeConnection, node_step
+
+POLL_S = 5
+
+
+@dataclass
+class ClusterMember:
+    connection: NodeConnection
+    ready: pulumi.Resource  # the node's install finished and its API answers
+    link1_ip: Optional[str] = None
+
+
+@dataclass
+class PveClusterArgs:
+    spec: LabSpec
+    members: Sequence[ClusterMember]
+    root_password: pulumi.Output[str]
+
+
+class PveCluster(pulumi.ComponentResource):
+    quorate: pulumi.Resource
+    status_text: pulumi.Output[str]
+
+    def __init__(self, name: str, args: PveClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("pve-lab:index:PveCluster", name, None, opts)
+        spec, members = args.spec, list(args.members)
+        first = members[0]
+        deadline = spec.timeouts.quorum_s
+        self.create = node_step(
+            f"{name}-create", first.connection, "cluster-create", parent=self,
+            env={"CLUSTER_NAME": spec.cluster.name, "LINK0": first.connection.ip, "LINK1": first.link1_ip,
+                 "DEADLINE_S": deadline, "POLL_S": POLL_S},
+            depends_on=[first.ready],
+        )
+        self.fingerprint_step = node_step(
+            f"{name}-fingerprint", first.connection, "cluster-fingerprint", parent=self, depends_on=[self.create])
+        fingerprint = self.fingerprint_step.stdout.apply(lambda s: (s or "").strip())
+
+        previous: pulumi.Resource = self.fingerprint_step
+        self.joins = []
+        for position, member in enumerate(members[1:], start=2):
+            join = node_step(
+                f"{name}-join-{member.connection.hostname}", member.connection, "cluster-join", parent=self,
+                env={"CLUSTER_NAME": spec.cluster.name, "FIRST_IP": first.connection.ip,
+                     "LINK0": member.connection.ip, "LINK1": member.link1_ip,
+                     "EXPECTED_NODES": position, "DEADLINE_S": deadline, "POLL_S": POLL_S},
+                secret_env={"ROOT_PASSWORD": args.root_password, "FINGERPRINT": fingerprint},
+                # Strictly one after another, and only once this node itself is installed.
+                depends_on=[previous, member.ready],
+            )
+            self.joins.append(join)
+            previous = join
+
+        self.quorate = node_step(
+            f"{name}-quorum", first.connection, "cluster-quorum", parent=self,
+            env={"EXPECTED_NODES": len(members), "DEADLINE_S": deadline, "POLL_S": POLL_S},
+            depends_on=[previous],
+            # Re-check whenever the membership changes.
+            triggers=[len(members)],
+        )
+        self.status_text = self.quorate.stdout.apply(lambda s: (s or "").strip())
+        self.cluster_name = pulumi.Output.from_input(spec.cluster.name)
+        self.members = [m.connection.hostname for m in members]
+        self.register_outputs({"cluster_name": spec.cluster.name, "members": self.members,
+                               "status": self.status_text})

@@ -1,0 +1,107 @@
+"""PveLab: the whole nested lab for one stack: credentials, image, nodes, cluster, Ceph, HA.
+
+Only wiring lives here; each stage is its own component. The outer provider comes from the caller
+(`providers=` on this component) and is inherited by every child that talks to the outer host. The inner
+provider (the nested cluster's API) is made here, only after the cluster is quorate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_proxmoxve as proxmoxve
+
+from pvelab.spec import LabSpec
+
+from .ceph import CephCluster, CephClusterArgs
+from .cluster import ClusterMember, PveCluster, PveClusterArgs
+from .credentials import LabCredentials, LabCredentialsArgs
+from .ha import HaTestVms, HaTestVmsArgs
+from .nested_node import NestedPveNode, NestedPveNodeArgs
+
+
+@dataclass
+class PveLabArgs:
+    spec: LabSpec
+    credentials: LabCredentialsArgs
+
+
+class PveLab(pulumi.ComponentResource):
+    def __init__(self, name: str, args: PveLabArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("pve-lab:index:PveLab", name, None, opts)
+        spec = args.spec
+        child = pulumi.ResourceOptions(parent=self)
+        self.credentials = LabCredentials(f"{name}-credentials", args.credentials, opts=child)
+
+        bridge, vlan_tag, pool_id = spec.outer.bridge, spec.outer.vlan_tag, spec.outer.pool
+        self.student_access = None
+        if spec.student is not None:
+            from .student_access import StudentAccess, StudentAccessArgs
+
+            self.student_access = StudentAccess(f"{name}-student", StudentAccessArgs(spec=spec), opts=child)
+            bridge, vlan_tag = self.student_access.bridge, self.student_access.vlan_tag
+            pool_id = self.student_access.pool_id
+
+        image_file_id = self._image(name, spec)
+
+        creds = self.credentials
+        self.nodes = [
+            NestedPveNode(
+                f"{name}-{plan.hostname}",
+                NestedPveNodeArgs(spec=spec, plan=plan, image_file_id=image_file_id,
+                                  root_password=creds.root_password, ssh_private_key=creds.ssh_private_key,
+                                  ssh_public_key=creds.ssh_public_key, bridge=bridge, vlan_tag=vlan_tag,
+                                  pool_id=pool_id),
+                opts=child,
+            )
+            for plan in spec.node_plans
+        ]
+        members = [ClusterMember(n.connection, n.ready, n.plan.link1_ip) for n in self.nodes]
+        self.cluster = PveCluster(f"{name}-cluster",
+                                  PveClusterArgs(spec=spec, members=members, root_password=creds.root_password),
+                                  opts=child)
+
+        self.inner_provider = None
+        self.ceph = None
+        self.ha = None
+        if spec.ceph.enabled:
+            first = spec.node_plans[0]
+            self.inner_provider = proxmoxve.Provider(
+                f"{name}-inner",
+                endpoint=first.web_url,
+                username="root@pam",
+                password=creds.root_password,
+                # The nested nodes have self-signed certificates.
+                insecure=True,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.cluster.quorate]),
+            )
+            self.ceph = CephCluster(f"{name}-ceph", CephClusterArgs(
+                spec=spec, members=members, quorate=self.cluster.quorate, inner_provider=self.inner_provider),
+                opts=child)
+            if spec.ha.enabled and spec.ha.test_vms > 0:
+                self.ha = HaTestVms(f"{name}-ha", HaTestVmsArgs(
+                    spec=spec, node_names=[p.hostname for p in spec.node_plans], storage_id=self.ceph.storage_id,
+                    inner_provider=self.inner_provider, after=[self.ceph.pool]), opts=child)
+
+        self.register_outputs({"cluster_name": spec.cluster.name, "nodes": [p.hostname for p in spec.node_plans]})
+
+    def _image(self, name: str, spec: LabSpec) -> pulumi.Input[str]:
+        """The Debian cloud image on the outer host: downloaded once per lab, or one shared by a class."""
+        if spec.image.file_id:
+            return spec.image.file_id
+        image = proxmoxve.download.FileLegacy(
+            f"{name}-image",
+            content_type="import",
+            datastore_id=spec.outer.image_storage,
+            node_name=spec.outer.node,
+            url=spec.image.url,
+            file_name=spec.image.file_name,
+            checksum=spec.image.checksum,
+            checksum_algorithm=spec.image.checksum_algorithm if spec.image.checksum else None,
+            overwrite=False,
+            upload_timeout=1800,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.image = image
+        return image.id
