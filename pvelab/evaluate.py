@@ -96,7 +96,7 @@ class LabMocks(pulumi_mocks.Mocks):
         state = dict(inputs)
         rid = f"{args.name}-id"
         if t == "proxmoxve:index/vmLegacy:VmLegacy":
-            rid = str(unwrap(inputs.get("vmId", 100)))
+            rid = str(int(unwrap(inputs.get("vmId", 100))))
         elif t == "proxmoxve:download/fileLegacy:FileLegacy":
             rid = f"{inputs.get('datastoreId')}:{inputs.get('contentType')}/{inputs.get('fileName')}"
         elif t == "proxmoxve:ceph/pool:Pool":
