@@ -155,6 +155,15 @@ def test_full_install_runs_the_steps_in_order(node):
     assert "vmlinuz-6.17.2-1-pve" in grub_cfg and "6.12" not in grub_cfg
 
 
+def test_only_ready_prints_to_stdout(node):
+    outputs = []
+    for step in ("prepare", "reboot"):
+        outputs.append(run(node, step).stdout)
+    perform_reboot(node)
+    outputs.append(run(node, "finish").stdout)
+    assert outputs == ["", "", ""]
+
+
 def test_ready_prints_the_pveversion_line(node):
     install(node)
     r = run(node, "ready")
@@ -336,6 +345,7 @@ def test_wrong_machine_is_refused(node):
     ({"NODE_IP": "10.10.10"}, "NODE_IP='10.10.10' is not an IPv4 address"),
     ({"NODE_FQDN": "other.lab.example"}, "NODE_FQDN='other.lab.example' must start with NODE_HOSTNAME"),
     ({"DEADLINE_S": "soon"}, "DEADLINE_S='soon' must be a number of seconds"),
+    ({"KEYRING_SHA256": "abc"}, "KEYRING_SHA256 must be 64 lower-case hex digits"),
 ])
 def test_bad_environment_gets_one_clear_error(node, env, message):
     r = run(node, "prepare", **env)

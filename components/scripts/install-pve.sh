@@ -54,6 +54,9 @@ require_env() {
         fail "NODE_HOSTNAME='$NODE_HOSTNAME' is not a valid short host name (lower-case letters, digits, '-')"
     [[ "$NODE_FQDN" == "$NODE_HOSTNAME".* ]] ||
         fail "NODE_FQDN='$NODE_FQDN' must start with NODE_HOSTNAME followed by a dot ('$NODE_HOSTNAME.<domain>')"
+    if [[ -n "${KEYRING_SHA256:-}" && ! "$KEYRING_SHA256" =~ ^[0-9a-f]{64}$ ]]; then
+        fail "KEYRING_SHA256 must be 64 lower-case hex digits (a sha256), got '$KEYRING_SHA256'"
+    fi
     local name_value
     for name_value in "DEADLINE_S=$DEADLINE_S" "POLL_S=$POLL_S" "REBOOT_DELAY_S=$REBOOT_DELAY_S"; do
         [[ "${name_value#*=}" =~ ^[0-9]+(\.[0-9]+)?$ ]] ||
@@ -94,9 +97,10 @@ missing_packages() {
 
 apt_get() {
     # The dpkg lock may still be held by cloud-init's first-boot upgrade: wait for it up to the deadline.
+    # Progress goes to stderr: a step's stdout is its result (only `ready` prints one).
     DEBIAN_FRONTEND=noninteractive apt-get -y -q \
         -o "DPkg::Lock::Timeout=${DEADLINE_S%.*}" \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" ||
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >&2 ||
         fail "apt-get $1 failed (exit $?): see the apt messages above" \
             "Fix the cause (network, mirror, held packages) and run this step again; it resumes where it stopped."
 }
@@ -342,11 +346,11 @@ step_finish() {
     local old_kernels
     mapfile -t old_kernels < <(debian_kernel_packages)
     if ((${#old_kernels[@]})); then
-        log "removing the Debian kernels and os-prober: ${old_kernels[*]}"
+        log "removing Debian kernel packages / os-prober: ${old_kernels[*]}"
         apt_get remove "${old_kernels[@]}"
     fi
     if grub_config_stale; then
-        update-grub
+        update-grub >&2
     fi
     ensure_unit_running qemu-guest-agent.service
     log "finish done: Proxmox VE is installed; next step: ready"
