@@ -52,7 +52,9 @@ class NestedPveNode(pulumi.ComponentResource):
 
         t = spec.timeouts
         env = {"NODE_HOSTNAME": plan.hostname, "NODE_FQDN": plan.fqdn, "NODE_IP": plan.ip,
-               "PVE_SUITE": "trixie" if spec.pve_version == 9 else "bookworm"}
+               "PVE_SUITE": "trixie" if spec.pve_version == 9 else "bookworm",
+               "PVE_REPO_COMPONENT": spec.repository.component,
+               "KEYRING_URL": spec.repository.keyring_url, "KEYRING_SHA256": spec.repository.keyring_sha256}
         # A new VM (replacement) must get a fresh install: every step re-runs when the VM id changes.
         triggers = [self.vm.id]
         # The first dial waits for cloud-init to bring up SSH on a fresh VM.

@@ -147,6 +147,16 @@ class ImageSpec:
 
 
 @dataclass(frozen=True)
+class RepositorySpec:
+    """The Proxmox VE package repository the nodes install from."""
+
+    component: str = "pve-no-subscription"
+    # The archive keyring is checked against a pinned sha256; only PVE 9's is built in.
+    keyring_url: Optional[str] = None
+    keyring_sha256: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Timeouts:
     install_s: int = 1800
     reboot_s: int = 600
@@ -187,6 +197,7 @@ class LabSpec:
     ceph: CephSpec = field(default_factory=CephSpec)
     ha: HaSpec = field(default_factory=HaSpec)
     image: ImageSpec = field(default_factory=ImageSpec)
+    repository: RepositorySpec = field(default_factory=RepositorySpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
     tags: tuple[str, ...] = ("pve-lab",)
     student: Optional[StudentSpec] = None
@@ -551,6 +562,24 @@ def validate(spec: LabSpec) -> list[str]:
             problems.append(f"{_key('ha.preferredNode')}: '{ha.preferred_node}' is not a lab node (nodes: {', '.join(names)})")
         if not HA_RULE_RE.match(ha.rule_name):
             problems.append(f"{_key('ha.ruleName')}: '{ha.rule_name}' is not allowed: lowercase, starting with a letter, [a-z0-9_-]")
+
+    # repository and image must match the PVE version (PVE 9 = Debian 13 trixie, PVE 8 = Debian 12 bookworm)
+    repo = spec.repository
+    if repo.component not in ("pve-no-subscription", "pve-enterprise", "pvetest"):
+        problems.append(f"{_key('repository.component')}: '{repo.component}' (allowed: pve-no-subscription, pve-enterprise, pvetest)")
+    if repo.keyring_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", repo.keyring_sha256):
+        problems.append(f"{_key('repository.keyringSha256')}: must be 64 lower-case hex digits (a sha256)")
+    if spec.pve_version == 8 and not (repo.keyring_url and repo.keyring_sha256):
+        problems.append(
+            f"{_key('repository.keyringSha256')}: PVE 8 needs repository.keyringUrl and repository.keyringSha256 "
+            f"(the bookworm keyring and its sha256; only PVE 9's is built in)"
+        )
+    wrong_release = {9: ("bookworm", "debian-12"), 8: ("trixie", "debian-13")}.get(spec.pve_version, ())
+    if any(w in spec.image.url for w in wrong_release):
+        problems.append(
+            f"{_key('image.url')}: this image does not match pveVersion {spec.pve_version} "
+            f"(PVE 9 needs a Debian 13 trixie image, PVE 8 a Debian 12 bookworm image)"
+        )
 
     # image
     if not re.match(r"^https?://\S+$", spec.image.url):

@@ -271,12 +271,17 @@ def test_ha_off_and_ceph_off():
 
 
 def test_pve8_uses_an_ha_group_not_a_rule():
-    ev = evaluate_lab({"pveVersion": 8, "ceph": {"release": "reef"}})
+    ev = evaluate_lab({"pveVersion": 8, "ceph": {"release": "reef"},
+                       "image": {"url": "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
+                                 "fileName": "debian-12-genericcloud-amd64.qcow2"},
+                       "repository": {"keyringUrl": "https://enterprise.proxmox.com/debian/proxmox-release-bookworm.gpg",
+                                      "keyringSha256": "a" * 64}})
     assert ev.error is None, ev.error
     assert not ev.of_type("proxmoxve:index/harule:Harule")
     group, res = ev.of_type("proxmoxve:index/hagroup:Hagroup")[0], ev.named("lab-ha-ha-100")
     assert res.plain("group") == group.plain("group") and ev.depends_on(res, group)
-    assert "PVE_SUITE=bookworm" in command_text(ev.named("lab-pve1-prepare"))
+    prepare = command_text(ev.named("lab-pve1-prepare"))
+    assert "PVE_SUITE=bookworm" in prepare and "KEYRING_SHA256=" + "a" * 64 in prepare
 
 
 def test_shared_image_means_no_download():

@@ -46,6 +46,8 @@ BAD_CONFIGS = [
     ("bios", {"nodes": {"bios": "uefi"}}, "pve-lab:lab.nodes.bios: 'uefi' is not allowed (allowed: seabios, ovmf)"),
     ("vlan", {"outer": {"vlanTag": 5000}}, "pve-lab:lab.outer.vlanTag: 5000 is out of range (allowed: 1..4094)"),
     ("image-file-id", {"image": {"fileId": "debian.qcow2"}}, "pve-lab:lab.image.fileId: 'debian.qcow2' is not a volume id"),
+    ("pve8-needs-keyring", {"pveVersion": 8, "ceph": {"release": "reef"}}, "pve-lab:lab.repository.keyringSha256: PVE 8 needs repository.keyringUrl and repository.keyringSha256"),
+    ("image-vs-version", {"pveVersion": 8, "ceph": {"release": "reef"}}, "pve-lab:lab.image.url: this image does not match pveVersion 8"),
     ("not-a-mapping", {"nodes": 3}, "pve-lab:lab.nodes: expected a mapping, got int"),
 ]
 
