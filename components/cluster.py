@@ -58,9 +58,10 @@ class PveCluster(pulumi.ComponentResource):
             join = node_step(
                 f"{name}-join-{member.connection.hostname}", member.connection, "cluster-join", parent=self,
                 env={"CLUSTER_NAME": spec.cluster.name, "FIRST_IP": first.connection.ip,
-                     "LINK0": member.connection.ip, "LINK1": member.link1_ip,
+                     "LINK0": member.connection.ip, "LINK1": member.link1_ip, "FINGERPRINT": fingerprint,
                      "EXPECTED_NODES": position, "DEADLINE_S": deadline, "POLL_S": POLL_S},
-                secret_env={"ROOT_PASSWORD": args.root_password, "FINGERPRINT": fingerprint},
+                # `pvecm add` reads the first node's root password from stdin; never on the command line.
+                secret_stdin=args.root_password,
                 # Strictly one after another, and only once this node itself is installed.
                 depends_on=[previous, member.ready],
             )

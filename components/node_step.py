@@ -40,37 +40,39 @@ def node_step(
     *,
     parent: pulumi.Resource,
     args: Sequence[str] = (),
-    env: Optional[Mapping[str, object]] = None,
-    secret_env: Optional[Mapping[str, pulumi.Input[str]]] = None,
+    env: Optional[Mapping[str, pulumi.Input[object]]] = None,
+    secret_stdin: Optional[pulumi.Input[str]] = None,
     depends_on: Sequence[pulumi.Resource] = (),
     triggers: Sequence[pulumi.Input] = (),
     dial_error_limit: Optional[int] = None,
 ) -> remote.Command:
-    plain_env = {k: str(v) for k, v in (env or {}).items() if v is not None and v != ""}
+    """One script run on one node. `env` values may be Outputs (e.g. another step's stdout).
+
+    A secret (the root password) never goes into the command text, where `ps` on the node would show it:
+    it is sent as the command's stdin (a Pulumi secret), and the script reads it as its first line.
+    """
     if dial_error_limit is not None:
         conn = NodeConnection(conn.hostname, conn.ip, conn.private_key, dial_error_limit, conn.per_dial_timeout)
-    if secret_env:
-        keys = sorted(secret_env)
-        # The command text embeds the secret, so the text itself is a secret and nothing is logged.
-        create = pulumi.Output.secret(
-            pulumi.Output.all(*[secret_env[k] for k in keys]).apply(
-                lambda values: script_command(script, args, {**plain_env, **dict(zip(keys, values))})
-            )
-        )
-        logging = remote.Logging.NONE
-        secret_outputs = ["stdout", "stderr"]
+    keys = sorted((env or {}).keys())
+
+    def build(values: list) -> str:
+        plain_env = {k: str(v) for k, v in zip(keys, values) if v is not None and v != ""}
+        return script_command(script, args, plain_env)
+
+    values = [(env or {})[k] for k in keys]
+    if any(isinstance(v, pulumi.Output) for v in values):
+        create: pulumi.Input[str] = pulumi.Output.all(*values).apply(build)
     else:
-        create = script_command(script, args, plain_env)
-        logging = remote.Logging.STDOUT_AND_STDERR
-        secret_outputs = []
+        create = build(values)
+    stdin = None
+    if secret_stdin is not None:
+        stdin = pulumi.Output.secret(pulumi.Output.from_input(secret_stdin).apply(lambda s: f"{s}\n"))
     return remote.Command(
         name,
         connection=conn.args(),
         create=create,
-        logging=logging,
+        stdin=stdin,
+        logging=remote.Logging.STDOUT_AND_STDERR,
         triggers=list(triggers) or None,
-        opts=pulumi.ResourceOptions(
-            parent=parent, depends_on=list(depends_on),
-            additional_secret_outputs=secret_outputs or None,
-        ),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
     )
