@@ -1,0 +1,242 @@
+"""The real stack backends for `classroom up/down`: the Pulumi Automation API driving the `pulumi` CLI.
+
+- `AutomationBackend`: one stack of this project (`__main__.py`) per student, config set from the job.
+- `ClassImagesBackend`: the class-images stack, an inline program with one `download.FileLegacy` per outer
+  node and image, so the Debian cloud image is fetched once per node for the whole class.
+
+Both need the `pulumi` CLI on PATH; `require_pulumi_cli()` says how to get it, before any stack starts.
+Pulumi is imported inside the functions so that `classroom plan/render` stay quick and CLI-free.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+from ..stackfile import PROJECT_DIR
+from .runner import StackJob, StackNotFound
+
+CLASS_PROJECT = "pve-lab-class"
+IMAGES_TOKEN_KEY = f"{CLASS_PROJECT}:outerApiToken"
+LAB_KEY = "pve-lab:lab"
+# The inline stack keeps its settings (incl. the secrets salt of a local backend) here, not in a temp dir.
+CLASS_WORK_DIR = PROJECT_DIR / ".pve-lab-class"
+
+PULUMI_INSTALL_HINT = (
+    "the `pulumi` CLI is not on PATH; `classroom up` and `classroom down` drive one Pulumi stack per student "
+    "through it (the Automation API). Install it: `curl -fsSL https://get.pulumi.com | sh` (or see "
+    "https://www.pulumi.com/docs/install/), add ~/.pulumi/bin to PATH, log in to a state backend "
+    "(`pulumi login`, or `pulumi login --local` with PULUMI_CONFIG_PASSPHRASE set), then run again. "
+    "`classroom plan` and `classroom render` work without it."
+)
+
+# create/select/remove write the workspace's "current stack" file: never run them in parallel
+# (pulumi/pulumi#8186). `up`/`destroy` name their stack explicitly and run in parallel.
+_WORKSPACE_LOCK = threading.Lock()
+
+
+class PulumiCliMissing(RuntimeError):
+    pass
+
+
+def require_pulumi_cli(which: Optional[Callable[[str], Optional[str]]] = None) -> str:
+    path = (which or shutil.which)("pulumi")
+    if not path:
+        raise PulumiCliMissing(PULUMI_INSTALL_HINT)
+    return path
+
+
+def _auto():
+    from pulumi import automation
+
+    return automation
+
+
+def config_values(job: StackJob) -> dict[str, Any]:
+    """The job's config as Automation API values; secrets stay secrets (encrypted in the stack)."""
+    auto = _auto()
+    values = {key: auto.ConfigValue(value=value) for key, value in job.config.items()}
+    values.update({key: auto.ConfigValue(value=value, secret=True) for key, value in job.secrets.items()})
+    return values
+
+
+def _run_options() -> dict[str, Any]:
+    # No colour codes in log files; never print secret config in the result summary.
+    return {"color": "never", "show_secrets": False}
+
+
+class AutomationBackend:
+    """Each student's stack of this project, driven through the `pulumi` CLI in `work_dir`."""
+
+    def __init__(self, work_dir: Path = PROJECT_DIR, which: Optional[Callable[[str], Optional[str]]] = None):
+        require_pulumi_cli(which)
+        self.work_dir = Path(work_dir)
+
+    def up(self, job: StackJob, on_output: Callable[[str], None]) -> None:
+        auto = _auto()
+        with _WORKSPACE_LOCK:
+            stack = auto.create_or_select_stack(stack_name=job.stack, work_dir=str(self.work_dir))
+            stack.set_all_config(config_values(job))
+        stack.up(on_output=on_output, **_run_options())
+
+    def destroy(self, job: StackJob, on_output: Callable[[str], None], remove_stack: bool = True) -> None:
+        auto = _auto()
+        with _WORKSPACE_LOCK:
+            try:
+                stack = auto.select_stack(stack_name=job.stack, work_dir=str(self.work_dir))
+            except auto.StackNotFoundError:
+                raise StackNotFound("no such stack; nothing to destroy") from None
+        # Destroy needs neither the program nor a healthy lab (README "Destroy"): state has all it needs.
+        stack.destroy(on_output=on_output, **_run_options())
+        if remove_stack:
+            with _WORKSPACE_LOCK:
+                stack.workspace.remove_stack(job.stack)
+
+
+# ---------------------------------------------------------------- the class-images stack
+
+
+class ImageDownloadLike(Protocol):
+    node: str
+    storage: str
+    url: str
+    file_name: str
+    checksum: Optional[str]
+    checksum_algorithm: Optional[str]
+    file_id: str
+
+
+def image_resource_name(download: ImageDownloadLike) -> str:
+    raw = f"image-{download.node}-{download.storage}-{download.file_name}"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", raw)
+
+
+def check_downloads(downloads: Sequence[ImageDownloadLike]) -> list[str]:
+    """Problems that would make the images stack ambiguous; one line each."""
+    problems, seen = [], {}
+    for d in downloads:
+        key = (d.node, d.storage, d.file_name)
+        expected = f"{d.storage}:import/{d.file_name}"
+        if d.file_id != expected:
+            problems.append(f"image download on {d.node}: file_id '{d.file_id}' should be '{expected}'")
+        if key in seen and seen[key] != d.url:
+            problems.append(f"image download on {d.node}: {d.storage}:import/{d.file_name} comes from two URLs "
+                            f"({seen[key]} and {d.url})")
+        seen.setdefault(key, d.url)
+    return problems
+
+
+def images_program(downloads: Sequence[ImageDownloadLike], endpoint: str, insecure: bool = False) -> Callable[[], None]:
+    """The inline Pulumi program of the class-images stack: one FileLegacy per (node, storage, file).
+
+    The outer provider is built from the class's outer endpoint and the API token, which is read from the
+    stack's secret config `pve-lab-class:outerApiToken` (so it is encrypted in state, never in the program).
+    Exports `fileIds`: the volume id each student's stack uses as `image.fileId`.
+    """
+    unique = list({(d.node, d.storage, d.file_name): d for d in downloads}.values())
+
+    def program() -> None:
+        import pulumi
+        import pulumi_proxmoxve as proxmoxve
+
+        token = pulumi.Config(CLASS_PROJECT).require_secret("outerApiToken")
+        outer = proxmoxve.Provider("outer", endpoint=endpoint, api_token=token, insecure=insecure)
+        files = {}
+        for d in unique:
+            image = proxmoxve.download.FileLegacy(
+                image_resource_name(d),
+                content_type="import",
+                datastore_id=d.storage,
+                node_name=d.node,
+                url=d.url,
+                file_name=d.file_name,
+                checksum=d.checksum or None,
+                checksum_algorithm=(d.checksum_algorithm or "sha512") if d.checksum else None,
+                overwrite=False,
+                upload_timeout=1800,
+                opts=pulumi.ResourceOptions(provider=outer),
+            )
+            files[f"{d.node}/{d.file_id}"] = image.id
+        pulumi.export("fileIds", files)
+
+    return program
+
+
+def class_outer_endpoint(jobs: Sequence[StackJob]) -> tuple[str, bool]:
+    """The outer API endpoint (and `insecure`) every student's stack uses; they must all agree."""
+    seen: set[tuple[str, bool]] = set()
+    for job in jobs:
+        try:
+            lab = json.loads(job.config.get(LAB_KEY, "{}"))
+        except ValueError:
+            continue
+        outer = (lab.get("outer") or {}) if isinstance(lab, dict) else {}
+        if outer.get("endpoint"):
+            seen.add((str(outer["endpoint"]), bool(outer.get("insecure", False))))
+    if len(seen) != 1:
+        found = ", ".join(sorted(e for e, _ in seen)) or "none"
+        raise ValueError(f"{LAB_KEY}.outer.endpoint: the class needs exactly one outer endpoint (found: {found})")
+    return seen.pop()
+
+
+def proxmoxve_plugin() -> tuple[str, str, Optional[str]]:
+    """(name, version, server) of the provider plugin matching the installed pulumi_proxmoxve SDK."""
+    from importlib import resources
+
+    meta = json.loads(resources.files("pulumi_proxmoxve").joinpath("pulumi-plugin.json").read_text())
+    return meta.get("name", "proxmoxve"), meta["version"], meta.get("server")
+
+
+class ClassImagesBackend:
+    """The class-images stack (project `pve-lab-class`) as an Automation API inline program."""
+
+    def __init__(self, downloads: Sequence[ImageDownloadLike], endpoint: str, insecure: bool = False,
+                 work_dir: Path = CLASS_WORK_DIR, which: Optional[Callable[[str], Optional[str]]] = None):
+        require_pulumi_cli(which)
+        problems = check_downloads(downloads)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.downloads = list(downloads)
+        self.endpoint, self.insecure = endpoint, insecure
+        self.work_dir = Path(work_dir)
+
+    def _stack(self, job: StackJob, create: bool):
+        auto = _auto()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        opts = auto.LocalWorkspaceOptions(work_dir=str(self.work_dir))
+        open_stack = auto.create_or_select_stack if create else auto.select_stack
+        return open_stack(stack_name=job.stack, project_name=CLASS_PROJECT,
+                          program=images_program(self.downloads, self.endpoint, self.insecure), opts=opts)
+
+    def up(self, job: StackJob, on_output: Callable[[str], None]) -> None:
+        with _WORKSPACE_LOCK:
+            stack = self._stack(job, create=True)
+            name, version, server = proxmoxve_plugin()
+            # An inline program has no requirements file for the CLI to read: install the provider it uses.
+            if server:
+                stack.workspace.install_plugin_from_server(name, version, server)
+            else:
+                stack.workspace.install_plugin(name, version)
+            stack.set_all_config(config_values(job))
+        stack.up(on_output=on_output, **_run_options())
+
+    def destroy(self, job: StackJob, on_output: Callable[[str], None], remove_stack: bool = True) -> None:
+        auto = _auto()
+        with _WORKSPACE_LOCK:
+            try:
+                stack = self._stack(job, create=False)
+            except auto.StackNotFoundError:
+                raise StackNotFound("no such stack; nothing to destroy") from None
+        stack.destroy(on_output=on_output, **_run_options())
+        if remove_stack:
+            with _WORKSPACE_LOCK:
+                stack.workspace.remove_stack(job.stack)
+
+
+def images_job(stack: str, api_token: Optional[str]) -> StackJob:
+    """The class-images stack's job; the token is only needed (and only set) for `up`."""
+    secrets = {IMAGES_TOKEN_KEY: api_token} if api_token else {}
+    return StackJob(stack=stack, student_id="(class)", config={}, secrets=secrets)

@@ -1,0 +1,233 @@
+"""`classroom up ROSTER` and `classroom down ROSTER`: every student's stack, a bounded number at a time.
+
+Progress goes to stderr, one line per state change per student; the summary table (or `--json`) goes to
+stdout; each stack's full Pulumi output goes to `<log-dir>/<stack>-<action>.log`. The outer API token
+comes from PVE_LAB_OUTER_API_TOKEN, never from the command line (which `ps` shows).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, TextIO
+
+from ..spec import CONFIG_NAMESPACE, SpecError, check_secrets
+from ..stackfile import SECRET_ENV, secret_from_env
+from .runner import ClassRun, ProgressEvent, StackBackend, StackJob, run_classroom, select_jobs
+
+TOKEN_KEY = f"{CONFIG_NAMESPACE}:outerApiToken"
+DEFAULT_PARALLEL = 4
+DEFAULT_RETRIES = 2
+DEFAULT_BACKOFF_S = 10.0
+
+
+def add_run_commands(classroom_subparsers: Any) -> None:
+    """Add `up` and `down` to the `classroom` command's subparsers."""
+    for action, text in (("up", "bring every student's lab up (the class images stack first)"),
+                         ("down", "destroy every student's lab and remove the stacks (the class images last)")):
+        p = classroom_subparsers.add_parser(action, help=text, description=text)
+        p.add_argument("roster", metavar="ROSTER", help="the class roster (YAML)")
+        p.add_argument("--parallel", type=_positive_int("--parallel", 1), default=DEFAULT_PARALLEL, metavar="N",
+                       help=f"stacks at the same time (default {DEFAULT_PARALLEL})")
+        p.add_argument("--retries", type=_positive_int("--retries", 0), default=DEFAULT_RETRIES, metavar="N",
+                       help=f"extra attempts after a concurrent-update error (default {DEFAULT_RETRIES}); "
+                            "other errors are never retried")
+        p.add_argument("--backoff", type=_positive_float("--backoff"), default=DEFAULT_BACKOFF_S, metavar="SECONDS",
+                       help=f"wait before a retry, times the attempt number (default {DEFAULT_BACKOFF_S:g})")
+        p.add_argument("--stack-deadline", type=_positive_float("--stack-deadline"), default=None, metavar="SECONDS",
+                       help="no new attempt of a stack starts after this long (a running one is not killed)")
+        p.add_argument("--only", nargs="+", metavar="STUDENT_ID", help="only these students")
+        p.add_argument("--log-dir", type=Path, default=Path("classroom-logs"),
+                       help="where each stack's Pulumi output is written (default ./classroom-logs)")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+        if action == "down":
+            p.add_argument("--yes", action="store_true",
+                           help="destroy without asking (required when there is no terminal to ask on)")
+        p.set_defaults(func=_command(action))
+
+
+def _positive_int(flag: str, minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: '{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag}: {value} (allowed: {minimum} or more)")
+        return value
+    return parse
+
+
+def _positive_float(flag: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: '{text}' is not a number of seconds") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag}: {value:g} (allowed: 0 or more)")
+        return value
+    return parse
+
+
+def _command(action: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return run_command(action, args)
+    return run
+
+
+# ---------------------------------------------------------------- plan -> jobs
+
+
+def load_plan(roster_path: Path) -> Any:
+    """The other half of the classroom feature: roster -> ClassPlan (imported here, when needed)."""
+    from .allocate import allocate
+    from .roster import load_roster
+
+    return allocate(load_roster(roster_path))
+
+
+def student_jobs(plan: Any, api_token: Optional[str]) -> list[StackJob]:
+    secrets = {TOKEN_KEY: api_token} if api_token else {}
+    return [StackJob(stack=s.stack, student_id=s.student_id, config=dict(s.config()), secrets=secrets)
+            for s in plan.students]
+
+
+def class_name(plan: Any, roster_path: Path) -> str:
+    for attr in ("class_id", "class_name", "name", "id"):
+        value = getattr(plan, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    roster = getattr(plan, "roster", None)
+    for attr in ("class_id", "class_name", "name", "id"):
+        value = getattr(roster, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return roster_path.stem
+
+
+def images_stack_name(plan: Any, roster_path: Path) -> str:
+    return f"{class_name(plan, roster_path)}-images"
+
+
+def make_backends(plan: Any, jobs: Sequence[StackJob]) -> tuple[StackBackend, Optional[StackBackend]]:
+    """The real backends (Automation API). Raises PulumiCliMissing before anything starts. Tests replace this."""
+    from .automation import AutomationBackend, ClassImagesBackend, class_outer_endpoint
+
+    backend = AutomationBackend()
+    downloads = list(getattr(plan, "image_downloads", []) or [])
+    if not downloads:
+        return backend, None
+    endpoint = getattr(plan, "outer_endpoint", None)
+    insecure = bool(getattr(plan, "outer_insecure", False))
+    if not endpoint:
+        endpoint, insecure = class_outer_endpoint(jobs)
+    return backend, ClassImagesBackend(downloads, endpoint, insecure)
+
+
+# ---------------------------------------------------------------- output
+
+
+class StackLogs:
+    """One log file per stack and action; each Pulumi output line is appended as it comes."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.files: dict[str, TextIO] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, job: StackJob, action: str) -> Callable[[str], None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{job.stack}-{action}.log"
+        with self.lock:
+            handle = self.files.get(str(path)) or open(path, "a", encoding="utf-8", buffering=1)
+            self.files[str(path)] = handle
+
+        def write(line: str) -> None:
+            handle.write(line + "\n")
+        return write
+
+    def close(self) -> None:
+        with self.lock:
+            for handle in self.files.values():
+                handle.close()
+            self.files.clear()
+
+
+def print_progress(event: ProgressEvent, stream: Optional[TextIO] = None) -> None:
+    print(event.line(), file=stream or sys.stderr, flush=True)
+
+
+def confirm_down(jobs: Sequence[StackJob], with_images: bool, assume_yes: bool,
+                 stdin: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> Optional[str]:
+    """None when allowed to destroy, else the message saying why not."""
+    if assume_yes:
+        return None
+    stdin, stderr = stdin or sys.stdin, stderr or sys.stderr
+    names = ", ".join(j.student_id for j in jobs[:8]) + (", ..." if len(jobs) > 8 else "")
+    what = f"{len(jobs)} student lab(s) ({names})" + (" and the class images" if with_images else "")
+    if not (hasattr(stdin, "isatty") and stdin.isatty()):
+        return f"classroom down: refusing to destroy {what} without --yes (no terminal to ask on)"
+    print(f"Destroy {what}? Type 'yes' to go on: ", end="", file=stderr, flush=True)
+    answer = stdin.readline().strip().lower()
+    return None if answer == "yes" else "classroom down: not confirmed; nothing destroyed"
+
+
+def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] = None,
+                stderr: Optional[TextIO] = None) -> int:
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+
+    def fail(message: str) -> int:
+        print(message, file=stderr)
+        return 2
+
+    roster_path = Path(args.roster)
+    try:
+        plan = load_plan(roster_path)
+    except SpecError as exc:
+        return fail(exc.render())
+    api_token = secret_from_env("outerApiToken") if action == "up" else None
+    try:
+        jobs = select_jobs(student_jobs(plan, api_token), args.only)
+    except ValueError as exc:
+        return fail(str(exc))
+    with_images = bool(getattr(plan, "image_downloads", None))
+    if action == "up":
+        env = SECRET_ENV["outerApiToken"]
+        if not api_token:
+            return fail(f"{TOKEN_KEY}: missing; export {env}='user@realm!tokenid=<uuid>' "
+                        "(read from the environment, never from the command line)")
+        problems = check_secrets(api_token, None, None)
+        if problems:
+            return fail("\n".join(f"{p} (from {env})" for p in problems))
+    try:
+        backend, images_backend = make_backends(plan, jobs)
+    except Exception as exc:  # PulumiCliMissing, an ambiguous endpoint or image list: one clear line
+        return fail(f"classroom {action}: {exc}")
+    images = None
+    if images_backend is not None:
+        from .automation import images_job
+
+        images = images_job(images_stack_name(plan, roster_path), api_token)
+    if action == "down":
+        refusal = confirm_down(jobs, with_images and not args.only, getattr(args, "yes", False), stderr=stderr)
+        if refusal:
+            return fail(refusal)
+    logs = StackLogs(args.log_dir)
+    try:
+        run = run_classroom(
+            action, jobs, backend, images_job=images, images_backend=images_backend,
+            keep_images="kept: --only was given; the other students may use the images" if args.only else None,
+            parallel=args.parallel, retries=args.retries, backoff_s=args.backoff, deadline_s=args.stack_deadline,
+            progress=lambda ev: print_progress(ev, stderr), output_for=logs)
+    finally:
+        logs.close()
+    print_summary(run, args.json, stdout)
+    if run.failed:
+        print(f"Pulumi output of each stack: {args.log_dir}/<stack>-{action}.log", file=stderr)
+    return run.exit_code
+
+
+def print_summary(run: ClassRun, as_json: bool, stream: TextIO) -> None:
+    print(run.json_text() if as_json else run.table(), file=stream)

@@ -1,0 +1,397 @@
+"""The real classroom backends: gated on the `pulumi` CLI, the Automation API calls they make (against a stand-in
+of `pulumi.automation`), the class-images inline program under Pulumi's mock runtime, and `classroom up/down`
+as commands."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import shutil
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pulumi
+import pytest
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from pvelab.classroom import automation, run_cli
+from pvelab.classroom.automation import (
+    CLASS_PROJECT, IMAGES_TOKEN_KEY, AutomationBackend, ClassImagesBackend, PulumiCliMissing, check_downloads,
+    class_outer_endpoint, images_job, images_program, proxmoxve_plugin, require_pulumi_cli,
+)
+from pvelab.classroom.runner import StackJob, StackNotFound
+from pvelab.evaluate import LabMocks, RecordingMonitor, _resolve_exports, plaintext_strings, unwrap
+from pvelab.provider_types import check_all
+
+TOKEN = "root@pam!pvelab=00000000-1111-2222-3333-444444444444"
+ENDPOINT = "https://pve.example:8006/"
+NO_CLI = lambda name: None  # noqa: E731
+FAKE_CLI = lambda name: f"/opt/pulumi/bin/{name}"  # noqa: E731
+
+
+@dataclass(frozen=True)
+class ImageDownload:
+    node: str
+    storage: str
+    url: str
+    file_name: str
+    checksum: Optional[str]
+    checksum_algorithm: Optional[str]
+    file_id: str
+
+
+DEBIAN = "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2"
+DOWNLOADS = [
+    ImageDownload("pve-a", "local", DEBIAN, "debian-13-genericcloud-amd64.qcow2", "ab" * 64, "sha512",
+                  "local:import/debian-13-genericcloud-amd64.qcow2"),
+    ImageDownload("pve-b", "nvme-dir", DEBIAN, "debian-13-genericcloud-amd64.qcow2", None, None,
+                  "nvme-dir:import/debian-13-genericcloud-amd64.qcow2"),
+]
+
+
+def lab_config(endpoint: str = ENDPOINT, insecure: bool = True) -> dict[str, str]:
+    return {"pve-lab:lab": json.dumps({"outer": {"endpoint": endpoint, "insecure": insecure, "node": "pve-a"}})}
+
+
+def student(i: int, **kw) -> StackJob:
+    return StackJob(stack=f"c1-s{i:02d}", student_id=f"s{i:02d}", config=lab_config(**kw),
+                    secrets={"pve-lab:outerApiToken": TOKEN})
+
+
+# ---------------------------------------------------------------- gating on the CLI
+
+
+def test_without_the_pulumi_cli_the_backends_refuse_with_how_to_install_it():
+    with pytest.raises(PulumiCliMissing) as caught:
+        require_pulumi_cli(NO_CLI)
+    message = str(caught.value)
+    assert "`pulumi` CLI is not on PATH" in message and "https://get.pulumi.com" in message
+    assert "pulumi login" in message
+    with pytest.raises(PulumiCliMissing):
+        AutomationBackend(which=NO_CLI)
+    with pytest.raises(PulumiCliMissing):
+        ClassImagesBackend(DOWNLOADS, ENDPOINT, which=NO_CLI)
+    assert require_pulumi_cli(FAKE_CLI) == "/opt/pulumi/bin/pulumi"
+
+
+@pytest.mark.skipif(shutil.which("pulumi") is not None, reason="the pulumi CLI is installed here")
+def test_this_machine_has_no_pulumi_cli_and_the_default_gate_sees_it():
+    with pytest.raises(PulumiCliMissing):
+        AutomationBackend()
+
+
+# ---------------------------------------------------------------- the Automation API calls (stand-in module)
+
+
+class FakeStack:
+    def __init__(self, auto, name, kind):
+        self.auto, self.name, self.kind = auto, name, kind
+        self.workspace = types.SimpleNamespace(
+            remove_stack=lambda stack_name: auto.calls.append(("remove_stack", stack_name)),
+            install_plugin_from_server=lambda n, v, s: auto.calls.append(("install_plugin", n, v, s)),
+            install_plugin=lambda n, v: auto.calls.append(("install_plugin", n, v, None)))
+
+    def set_all_config(self, values):
+        self.auto.calls.append(("set_all_config", self.name, values))
+
+    def up(self, on_output, **options):
+        on_output(f"Updating ({self.name})")
+        self.auto.calls.append(("up", self.name, options))
+
+    def destroy(self, on_output, **options):
+        on_output(f"Destroying ({self.name})")
+        self.auto.calls.append(("destroy", self.name, options))
+
+
+def fake_auto(existing=()):
+    """A stand-in of `pulumi.automation` that records the calls the backends make."""
+    auto = types.SimpleNamespace(calls=[])
+
+    class StackNotFoundError(Exception):
+        pass
+
+    @dataclass
+    class ConfigValue:
+        value: str
+        secret: bool = False
+
+    def create_or_select_stack(stack_name, project_name=None, program=None, work_dir=None, opts=None):
+        auto.calls.append(("create_or_select_stack", stack_name, project_name, work_dir or opts.work_dir,
+                           program is not None))
+        return FakeStack(auto, stack_name, "inline" if program else "local")
+
+    def select_stack(stack_name, project_name=None, program=None, work_dir=None, opts=None):
+        if stack_name not in existing:
+            raise StackNotFoundError(stack_name)
+        auto.calls.append(("select_stack", stack_name, project_name, work_dir or opts.work_dir))
+        return FakeStack(auto, stack_name, "inline" if program else "local")
+
+    auto.StackNotFoundError = StackNotFoundError
+    auto.ConfigValue = ConfigValue
+    auto.create_or_select_stack = create_or_select_stack
+    auto.select_stack = select_stack
+    auto.LocalWorkspaceOptions = lambda work_dir: types.SimpleNamespace(work_dir=work_dir)
+    return auto
+
+
+def test_student_up_selects_the_project_stack_sets_config_with_secrets_and_hides_secrets(monkeypatch, tmp_path):
+    auto = fake_auto()
+    monkeypatch.setattr(automation, "_auto", lambda: auto)
+    lines = []
+    AutomationBackend(work_dir=tmp_path, which=FAKE_CLI).up(student(1), lines.append)
+    (kind, name, project, work_dir, inline), (_, _, values), up = auto.calls
+    assert (kind, name, project, work_dir, inline) == ("create_or_select_stack", "c1-s01", None, str(tmp_path), False)
+    assert values["pve-lab:lab"].secret is False
+    assert values["pve-lab:outerApiToken"] == auto.ConfigValue(TOKEN, secret=True)
+    assert up == ("up", "c1-s01", {"color": "never", "show_secrets": False})
+    assert lines == ["Updating (c1-s01)"]
+
+
+def test_student_destroy_then_removes_the_stack_and_a_missing_stack_is_not_an_error(monkeypatch, tmp_path):
+    auto = fake_auto(existing={"c1-s01"})
+    monkeypatch.setattr(automation, "_auto", lambda: auto)
+    backend = AutomationBackend(work_dir=tmp_path, which=FAKE_CLI)
+    backend.destroy(student(1), lambda line: None)
+    assert [c[0] for c in auto.calls] == ["select_stack", "destroy", "remove_stack"]
+    assert auto.calls[2] == ("remove_stack", "c1-s01")
+    with pytest.raises(StackNotFound, match="nothing to destroy"):
+        backend.destroy(student(2), lambda line: None)
+    auto.calls.clear()
+    backend.destroy(student(1), lambda line: None, remove_stack=False)
+    assert [c[0] for c in auto.calls] == ["select_stack", "destroy"]
+
+
+def test_images_stack_is_inline_installs_its_provider_and_keeps_its_settings(monkeypatch, tmp_path):
+    auto = fake_auto(existing={"c1-images"})
+    monkeypatch.setattr(automation, "_auto", lambda: auto)
+    backend = ClassImagesBackend(DOWNLOADS, ENDPOINT, work_dir=tmp_path / "class", which=FAKE_CLI)
+    backend.up(images_job("c1-images", TOKEN), lambda line: None)
+    create, plugin, config, up = auto.calls
+    assert create == ("create_or_select_stack", "c1-images", CLASS_PROJECT, str(tmp_path / "class"), True)
+    name, version, server = proxmoxve_plugin()
+    assert plugin == ("install_plugin", "proxmoxve", version, server)
+    assert version == json.loads((Path(__import__("pulumi_proxmoxve").__file__).parent
+                                  / "pulumi-plugin.json").read_text())["version"]
+    assert config[2] == {IMAGES_TOKEN_KEY: auto.ConfigValue(TOKEN, secret=True)}
+    assert up[2]["show_secrets"] is False
+    auto.calls.clear()
+    backend.destroy(images_job("c1-images", None), lambda line: None)
+    assert [c[0] for c in auto.calls] == ["select_stack", "destroy", "remove_stack"]
+
+
+def test_image_downloads_and_endpoints_are_checked():
+    bad = ImageDownload("pve-a", "local", DEBIAN, "debian.qcow2", None, None, "local:iso/debian.qcow2")
+    clash = ImageDownload("pve-a", "local", "https://mirror.example/debian.qcow2", "debian-13-genericcloud-amd64.qcow2",
+                          None, None, "local:import/debian-13-genericcloud-amd64.qcow2")
+    problems = check_downloads([*DOWNLOADS, bad, clash])
+    assert problems == [
+        "image download on pve-a: file_id 'local:iso/debian.qcow2' should be 'local:import/debian.qcow2'",
+        f"image download on pve-a: local:import/debian-13-genericcloud-amd64.qcow2 comes from two URLs "
+        f"({DEBIAN} and https://mirror.example/debian.qcow2)",
+    ]
+    with pytest.raises(ValueError, match="file_id"):
+        ClassImagesBackend([bad], ENDPOINT, which=FAKE_CLI)
+    assert class_outer_endpoint([student(1), student(2)]) == (ENDPOINT, True)
+    with pytest.raises(ValueError, match=r"pve-lab:lab.outer.endpoint: the class needs exactly one outer endpoint"):
+        class_outer_endpoint([student(1), student(2, endpoint="https://other:8006/")])
+
+
+# ---------------------------------------------------------------- the inline program under mocks
+
+
+def run_inline(program, config: dict[str, str], secret_keys: list[str]):
+    """Run an inline program on Pulumi's mock runtime (as pvelab/evaluate.py does for __main__.py)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    monitor = RecordingMonitor(LabMocks())
+    pulumi.runtime.set_all_config(config, secret_keys)
+    pulumi.runtime.set_mocks(LabMocks(), project=CLASS_PROJECT, stack="c1-images", preview=False, monitor=monitor)
+    try:
+        _sync_await(run_pulumi_func(program))
+        outputs = _sync_await(_resolve_exports())
+    finally:
+        pulumi.runtime.settings.reset_options()
+        loop.close()
+        asyncio.set_event_loop(None)
+    return monitor.records, outputs
+
+
+@pytest.fixture(scope="module")
+def images_graph():
+    program = images_program([*DOWNLOADS, DOWNLOADS[0]], ENDPOINT, insecure=True)  # a duplicate: one download
+    return run_inline(program, {IMAGES_TOKEN_KEY: TOKEN}, [IMAGES_TOKEN_KEY])
+
+
+def test_images_program_downloads_each_image_once_per_node(images_graph):
+    records, outputs = images_graph
+    files = [r for r in records if r.type == "proxmoxve:download/fileLegacy:FileLegacy"]
+    assert len(files) == 2
+    first = {k: unwrap(v) for k, v in files[0].inputs.items() if not k.startswith("__")}
+    assert first == {
+        "contentType": "import", "datastoreId": "local", "nodeName": "pve-a", "url": DEBIAN,
+        "fileName": "debian-13-genericcloud-amd64.qcow2", "checksum": "ab" * 64, "checksumAlgorithm": "sha512",
+        "overwrite": False, "uploadTimeout": 1800,
+    }
+    second = files[1]
+    assert (second.plain("nodeName"), second.plain("datastoreId")) == ("pve-b", "nvme-dir")
+    assert "checksum" not in second.inputs and "checksumAlgorithm" not in second.inputs
+    assert outputs["fileIds"].value == {f"{d.node}/{d.file_id}": d.file_id for d in DOWNLOADS}
+
+
+def test_images_program_uses_the_outer_provider_with_the_token_as_a_secret(images_graph):
+    records, _ = images_graph
+    (provider,) = [r for r in records if r.type == "pulumi:providers:proxmoxve"]
+    assert provider.plain("endpoint") == ENDPOINT and provider.plain("insecure") in (True, "true")
+    assert provider.plain("apiToken") == TOKEN
+    assert TOKEN not in list(plaintext_strings(provider.inputs))
+    for r in records:
+        if r.type == "proxmoxve:download/fileLegacy:FileLegacy":
+            assert r.provider.startswith(provider.urn + "::")
+        assert TOKEN not in list(plaintext_strings(r.inputs))
+
+
+def test_images_program_inputs_match_the_provider_sdk_types(images_graph):
+    records, _ = images_graph
+    assert check_all(records) == []
+
+
+def test_images_program_without_the_token_fails_clearly():
+    with pytest.raises(Exception, match="outerApiToken"):
+        run_inline(images_program(DOWNLOADS, ENDPOINT), {}, [])
+
+
+# ---------------------------------------------------------------- `classroom up/down` as commands
+
+
+class FakePlan:
+    class_id = "c1"
+
+    def __init__(self, n=3, downloads=DOWNLOADS):
+        self.image_downloads = list(downloads)
+        self.students = [types.SimpleNamespace(stack=f"c1-s{i:02d}", student_id=f"s{i:02d}", name=f"Student {i}",
+                                               outer_node="pve-a", config=lambda: lab_config())
+                         for i in range(1, n + 1)]
+
+
+class RecordingBackend:
+    def __init__(self, fail=()):
+        self.calls, self.fail = [], set(fail)
+
+    def up(self, job, on_output):
+        on_output(f"up {job.stack} with {sorted(job.secrets)}")
+        self.calls.append(("up", job.stack, dict(job.secrets)))
+        if job.stack in self.fail:
+            raise RuntimeError("error: 500 no space left on device")
+
+    def destroy(self, job, on_output, remove_stack=True):
+        self.calls.append(("down", job.stack, remove_stack))
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add = parser.add_subparsers(dest="command", required=True)
+    run_cli.add_run_commands(add)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+def commands(monkeypatch, tmp_path):
+    backend, images = RecordingBackend(fail={"c1-s02"}), RecordingBackend()
+    monkeypatch.setattr(run_cli, "load_plan", lambda path: FakePlan())
+    monkeypatch.setattr(run_cli, "make_backends", lambda plan, jobs: (backend, images))
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+
+    def run(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        args = parse([*argv, "--log-dir", str(tmp_path / "logs"), "--backoff", "0"])
+        code = run_cli.run_command(args.command, args, out, err)
+        return code, out.getvalue(), err.getvalue()
+
+    return types.SimpleNamespace(run=run, backend=backend, images=images, logs=tmp_path / "logs")
+
+
+def test_classroom_up_runs_images_first_prints_progress_and_a_table(commands):
+    code, out, err = commands.run("up", "class.yaml", "--parallel", "1")
+    assert code == 1  # s02 failed
+    assert commands.images.calls == [("up", "c1-images", {IMAGES_TOKEN_KEY: TOKEN})]
+    assert [c[1] for c in commands.backend.calls] == ["c1-s01", "c1-s02", "c1-s03"]
+    assert all(c[2] == {"pve-lab:outerApiToken": TOKEN} for c in commands.backend.calls)
+    assert "[1/3] s01  up  running\n[1/3] s01  up  up\n" in err
+    assert "[2/3] s02  up  failed: 500 no space left on device" in err
+    rows = [line.split()[:3] for line in out.splitlines()[2:-1]]
+    assert rows == [["(class)", "c1-images", "up"], ["s01", "c1-s01", "up"], ["s02", "c1-s02", "failed"],
+                    ["s03", "c1-s03", "up"]]
+    assert out.splitlines()[-1] == "3 up, 1 failed"
+    assert TOKEN not in out + err
+    assert (commands.logs / "c1-s02-up.log").read_text() == "up c1-s02 with ['pve-lab:outerApiToken']\n"
+
+
+def test_classroom_up_json_and_only(commands):
+    code, out, _ = commands.run("up", "class.yaml", "--only", "s03", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert [s["stack"] for s in doc["stacks"]] == ["c1-images", "c1-s03"]
+
+
+def test_classroom_up_needs_the_token_from_the_environment(commands, monkeypatch):
+    monkeypatch.delenv("PVE_LAB_OUTER_API_TOKEN")
+    code, out, err = commands.run("up", "class.yaml")
+    assert code == 2 and out == ""
+    assert err.startswith("pve-lab:outerApiToken: missing; export PVE_LAB_OUTER_API_TOKEN=")
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", "not-a-token")
+    code, _, err = commands.run("up", "class.yaml")
+    assert code == 2 and "not of the form" in err and "not-a-token" not in err
+    assert commands.backend.calls == [] and commands.images.calls == []
+
+
+def test_classroom_down_refuses_without_yes_when_no_terminal(commands, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))  # not a TTY: never asked
+    code, _, err = commands.run("down", "class.yaml")
+    assert code == 2
+    assert err.strip() == ("classroom down: refusing to destroy 3 student lab(s) (s01, s02, s03) and the class "
+                           "images without --yes (no terminal to ask on)")
+    assert commands.backend.calls == []
+
+
+def test_classroom_down_with_yes_destroys_students_then_images(commands, monkeypatch):
+    monkeypatch.delenv("PVE_LAB_OUTER_API_TOKEN")  # not needed to destroy
+    code, out, _ = commands.run("down", "class.yaml", "--yes")
+    assert code == 0
+    assert [c[1] for c in commands.backend.calls] == ["c1-s01", "c1-s02", "c1-s03"]
+    assert commands.images.calls == [("down", "c1-images", True)]
+    assert out.splitlines()[-1] == "4 destroyed"
+
+
+def test_classroom_down_asks_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    jobs = [student(1)]
+    assert run_cli.confirm_down(jobs, True, False, stdin=Tty("yes\n"), stderr=io.StringIO()) is None
+    refusal = run_cli.confirm_down(jobs, True, False, stdin=Tty("no\n"), stderr=io.StringIO())
+    assert refusal == "classroom down: not confirmed; nothing destroyed"
+
+
+def test_classroom_commands_without_the_cli_stop_before_any_stack(monkeypatch):
+    monkeypatch.setattr(run_cli, "load_plan", lambda path: FakePlan())
+    monkeypatch.setattr(automation.shutil, "which", NO_CLI)
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cli.run_command("up", parse(["up", "class.yaml"]), out, err)
+    assert code == 2 and out.getvalue() == ""
+    assert err.getvalue().startswith("classroom up: the `pulumi` CLI is not on PATH")
+
+
+def test_bad_flags_are_named():
+    with pytest.raises(SystemExit):
+        parse(["up", "class.yaml", "--parallel", "0"])
+    with pytest.raises(SystemExit):
+        parse(["down", "class.yaml", "--retries", "-1"])
+    args = parse(["down", "class.yaml"])
+    assert (args.parallel, args.retries, args.yes, args.only) == (4, 2, False, None)
+    assert callable(args.func)
