@@ -183,6 +183,9 @@ class StudentSpec:
     name: str = ""
     user: str = ""  # e.g. s01@pve: may open its own nested nodes' consoles and nothing else
     pool: str = ""  # the outer host's resource pool holding the student's VMs
+    # The student's role on their pool: PVEVMUser (console, power, CD-ROM, cloud-init, backup of their own VMs)
+    # or a console-only custom role the instructor created (VM.Audit + VM.Console).
+    role: str = "PVEVMUser"
     network: StudentNetwork = field(default_factory=StudentNetwork)
 
 
@@ -601,6 +604,10 @@ def validate(spec: LabSpec) -> list[str]:
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9._-]*$")
 POOL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 VNET_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # PVE SDN: VNet ids are at most 8 characters
+ROLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Roles that would let a student reach beyond their own VMs (other pools, users, the host, SDN config).
+ADMIN_ROLES = frozenset({"Administrator", "PVEAdmin", "PVEVMAdmin", "PVESysAdmin", "PVEUserAdmin", "PVEPoolAdmin",
+                         "PVEDatastoreAdmin", "PVESDNAdmin", "PVEMappingAdmin"})
 
 
 def validate_student(spec: LabSpec) -> list[str]:
@@ -612,6 +619,11 @@ def validate_student(spec: LabSpec) -> list[str]:
         problems.append(f"{_key('student.user')}: '{st.user}' is not a PVE user id like s01@pve")
     if not POOL_ID_RE.match(st.pool or ""):
         problems.append(f"{_key('student.pool')}: '{st.pool}' is not a pool id (letters, digits, '_', '-')")
+    if not ROLE_RE.match(st.role or "") or st.role in ADMIN_ROLES:
+        problems.append(
+            f"{_key('student.role')}: '{st.role}' is not allowed: a role id, not an admin role "
+            f"({', '.join(sorted(ADMIN_ROLES))}); use PVEVMUser or a console-only custom role"
+        )
     net = st.network
     if net.mode == "vlan":
         if net.vlan_tag is None:
