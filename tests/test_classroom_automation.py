@@ -361,7 +361,7 @@ def test_classroom_down_with_yes_destroys_students_then_images(commands, monkeyp
     monkeypatch.delenv("PVE_LAB_OUTER_API_TOKEN")  # not needed to destroy
     code, out, _ = commands.run("down", "class.yaml", "--yes")
     assert code == 0
-    assert [c[1] for c in commands.backend.calls] == ["c1-s01", "c1-s02", "c1-s03"]
+    assert sorted(c[1] for c in commands.backend.calls) == ["c1-s01", "c1-s02", "c1-s03"]  # in parallel
     assert commands.images.calls == [("down", "c1-images", True)]
     assert out.splitlines()[-1] == "4 destroyed"
 
@@ -395,3 +395,68 @@ def test_bad_flags_are_named():
     args = parse(["down", "class.yaml"])
     assert (args.parallel, args.retries, args.yes, args.only) == (4, 2, False, None)
     assert callable(args.func)
+
+
+# ---------------------------------------------------------------- with the real roster and allocation
+
+
+def test_up_keeps_a_rendered_stack_file_and_sets_only_what_differs(monkeypatch, tmp_path):
+    auto = fake_auto()
+    monkeypatch.setattr(automation, "_auto", lambda: auto)
+    lab = json.loads(lab_config()["pve-lab:lab"])
+    import yaml
+
+    (tmp_path / "Pulumi.c1-s01.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab}}))
+    backend = AutomationBackend(work_dir=tmp_path, which=FAKE_CLI)
+    backend.up(student(1), lambda line: None)
+    (_, _, values), = [c for c in auto.calls if c[0] == "set_all_config"]
+    assert set(values) == {"pve-lab:outerApiToken"}  # the structured lab in the file is already right
+    auto.calls.clear()
+    backend.up(student(1, endpoint="https://elsewhere:8006/"), lambda line: None)
+    (_, _, values), = [c for c in auto.calls if c[0] == "set_all_config"]
+    assert set(values) == {"pve-lab:lab", "pve-lab:outerApiToken"}
+
+
+@pytest.fixture
+def roster(tmp_path):
+    path = tmp_path / "classroom.yaml"
+    path.write_text((Path(__file__).resolve().parent.parent / "examples" / "classroom.yaml").read_text())
+    return path
+
+
+def test_up_from_the_example_roster_records_the_allocation_and_uses_the_class_image(monkeypatch, tmp_path, roster):
+    backend, images = RecordingBackend(), RecordingBackend()
+    made = {}
+
+    def make(plan, jobs):
+        made.update(plan=plan, jobs=jobs)
+        return backend, images
+
+    monkeypatch.setattr(run_cli, "make_backends", make)
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    args = parse(["up", str(roster), "--log-dir", str(tmp_path / "logs"), "--parallel", "3"])
+    out, err = io.StringIO(), io.StringIO()
+    assert run_cli.run_command("up", args, out, err) == 0, err.getvalue()
+    alloc = roster.with_name("classroom.alloc.yaml")
+    assert f"allocation recorded in {alloc}" in err.getvalue() and alloc.exists()
+    assert images.calls[0][1] == "ha101-images"
+    assert sorted(c[1] for c in backend.calls) == [f"ha101-s0{i}" for i in range(1, 7)]
+    for job in made["jobs"]:
+        lab = json.loads(job.config["pve-lab:lab"])
+        assert lab["image"]["fileId"] in {d.file_id for d in made["plan"].image_downloads}
+    # A second `up` of the same roster leaves the allocation file alone.
+    before = alloc.read_text()
+    err2 = io.StringIO()
+    assert run_cli.run_command("up", args, io.StringIO(), err2) == 0
+    assert "allocation recorded" not in err2.getvalue() and alloc.read_text() == before
+
+
+def test_the_real_backends_for_the_example_roster(monkeypatch, roster):
+    monkeypatch.setattr(automation.shutil, "which", FAKE_CLI)
+    plan = run_cli.load_plan(roster)
+    jobs = run_cli.student_jobs(plan, TOKEN)
+    backend, images = run_cli.make_backends(plan, jobs)
+    assert isinstance(backend, AutomationBackend) and isinstance(images, ClassImagesBackend)
+    assert (images.endpoint, images.insecure) == ("https://pve.example.internal:8006/", True)
+    assert sorted(d.node for d in images.downloads) == ["pve1", "pve2"]  # once per outer node, not per student
+    assert len(jobs) == 6 and run_cli.images_stack_name(plan, roster) == "ha101-images"

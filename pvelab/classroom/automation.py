@@ -16,7 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from ..stackfile import PROJECT_DIR
+from ..spec import SpecError
+from ..stackfile import PROJECT_DIR, load_stack
 from .runner import StackJob, StackNotFound
 
 CLASS_PROJECT = "pve-lab-class"
@@ -63,6 +64,26 @@ def config_values(job: StackJob) -> dict[str, Any]:
     return values
 
 
+def unchanged_config(job: StackJob, work_dir: Path) -> set[str]:
+    """Plain config keys whose value `Pulumi.<stack>.yaml` in `work_dir` already holds (a structured YAML value
+    counts as equal to the same JSON text)."""
+    try:
+        current = load_stack(job.stack, Path(work_dir)).values
+    except SpecError:  # no stack file yet, or one the CLI will rewrite anyway
+        return set()
+    same = set()
+    for key, text in job.config.items():
+        if key not in current:
+            continue
+        try:
+            wanted = json.loads(text) if not isinstance(current[key], str) else text
+        except ValueError:
+            continue
+        if wanted == current[key]:
+            same.add(key)
+    return same
+
+
 def _run_options() -> dict[str, Any]:
     # No colour codes in log files; never print secret config in the result summary.
     return {"color": "never", "show_secrets": False}
@@ -77,9 +98,13 @@ class AutomationBackend:
 
     def up(self, job: StackJob, on_output: Callable[[str], None]) -> None:
         auto = _auto()
+        values = config_values(job)
+        for key in unchanged_config(job, self.work_dir):
+            values.pop(key)  # keep the stack file `classroom render` wrote (structured YAML, comments)
         with _WORKSPACE_LOCK:
             stack = auto.create_or_select_stack(stack_name=job.stack, work_dir=str(self.work_dir))
-            stack.set_all_config(config_values(job))
+            if values:
+                stack.set_all_config(values)
         stack.up(on_output=on_output, **_run_options())
 
     def destroy(self, job: StackJob, on_output: Callable[[str], None], remove_stack: bool = True) -> None:

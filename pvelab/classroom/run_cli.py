@@ -81,11 +81,23 @@ def _command(action: str) -> Callable[[argparse.Namespace], int]:
 
 
 def load_plan(roster_path: Path) -> Any:
-    """The other half of the classroom feature: roster -> ClassPlan (imported here, when needed)."""
-    from .allocate import allocate
-    from .roster import load_roster
+    """Roster + its allocation file -> ClassPlan, exactly as `classroom plan/render` see it."""
+    from .allocate import plan_class
 
-    return allocate(load_roster(roster_path))
+    return plan_class(roster_path)
+
+
+def record_allocation(plan: Any, roster_path: Path) -> Optional[Path]:
+    """Write the allocation file when `up` is about to create stacks it does not list yet (keeps slots stable)."""
+    allocation = getattr(plan, "allocation", None)
+    if allocation is None:
+        return None
+    from .allocate import allocation_path, save_allocation
+
+    path = allocation_path(roster_path)
+    if path.exists() and path.read_text() == allocation.to_yaml():
+        return None
+    return save_allocation(plan, path)
 
 
 def student_jobs(plan: Any, api_token: Optional[str]) -> list[StackJob]:
@@ -214,6 +226,10 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         refusal = confirm_down(jobs, with_images and not args.only, getattr(args, "yes", False), stderr=stderr)
         if refusal:
             return fail(refusal)
+    if action == "up":
+        recorded = record_allocation(plan, roster_path)
+        if recorded:
+            print(f"allocation recorded in {recorded} (commit it: it keeps every student's slot)", file=stderr)
     logs = StackLogs(args.log_dir)
     try:
         run = run_classroom(
