@@ -228,15 +228,15 @@ def images_graph():
 
 def test_images_program_downloads_each_image_once_per_node(images_graph):
     records, outputs = images_graph
-    files = [r for r in records if r.type == "proxmoxve:download/fileLegacy:FileLegacy"]
-    assert len(files) == 2
-    first = {k: unwrap(v) for k, v in files[0].inputs.items() if not k.startswith("__")}
+    files = {r.plain("nodeName"): r for r in records if r.type == "proxmoxve:download/fileLegacy:FileLegacy"}
+    assert len(files) == 2  # registration order is not fixed: look them up by node
+    first = {k: unwrap(v) for k, v in files["pve-a"].inputs.items() if not k.startswith("__")}
     assert first == {
         "contentType": "import", "datastoreId": "local", "nodeName": "pve-a", "url": DEBIAN,
         "fileName": "debian-13-genericcloud-amd64.qcow2", "checksum": "ab" * 64, "checksumAlgorithm": "sha512",
         "overwrite": False, "uploadTimeout": 1800,
     }
-    second = files[1]
+    second = files["pve-b"]
     assert (second.plain("nodeName"), second.plain("datastoreId")) == ("pve-b", "nvme-dir")
     assert "checksum" not in second.inputs and "checksumAlgorithm" not in second.inputs
     assert outputs["fileIds"].value == {f"{d.node}/{d.file_id}": d.file_id for d in DOWNLOADS}
