@@ -1,0 +1,128 @@
+"""Commands `preflight`, `status` and `drill` (registered by pvelab.cli)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..stackfile import SECRET_ENV, load_stack
+from .api import ApiError, Retry
+from .connect import nested_client, outer_client
+from .drill import DrillTiming, render_json as drill_json, render_text as drill_text, run_drill
+from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
+from .status import gather, render_json as status_json, render_text as status_text
+
+EXIT_STILL_STOPPED = 3
+
+
+def _stack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--stack", default="lab", help="the stack whose Pulumi.<stack>.yaml to use (default: lab)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="attempts per API call on transient errors (default: 3)")
+    p.add_argument("--request-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds for one API request (default: 10)")
+
+
+def _outer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--outer-url", metavar="URL", help="outer host API URL instead of outer.endpoint "
+                   f"(token from ${SECRET_ENV['outerApiToken']})")
+    p.add_argument("--outer-ca", metavar="FILE", help="CA certificate to verify the outer host with "
+                   "(default: system CAs, or none when outer.insecure is true)")
+
+
+def _nested(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nested-url", metavar="[NODE=]URL", action="append",
+                   help="a nested node's API URL instead of https://<node ip>:8006 (repeat for each node; "
+                        f"root@pam with ${SECRET_ENV['rootPassword']})")
+    p.add_argument("--nested-ca", metavar="FILE", help="the nested cluster's CA (/etc/pve/pve-root-ca.pem of a "
+                   "node) to verify its certificates; without it they are not checked")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("preflight", help="check the outer PVE host before building",
+                       description="Check the outer host: PVE version, node, nested virtualization, CPU, memory, "
+                                   "storages and their content types, bridge, free VMIDs, API token privileges. "
+                                   "Exit 1 if any check fails.")
+    _stack(p)
+    _outer(p)
+    p.set_defaults(func=cmd_preflight)
+
+    p = sub.add_parser("status", help="the nested cluster's members, quorum, Ceph and HA",
+                       description="What `pvecm status`, `ceph -s` and `ha-manager status` say, read through the "
+                                   "nested cluster's API. Exit 1 when something is unhealthy.")
+    _stack(p)
+    _nested(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("drill", help="HA failover / quorum-loss drill (stops nested nodes!)",
+                       description="ha: hard-stop the nested node running the HA test VM (through the outer "
+                                   "host), time the failover, start the node again. quorum: stop a majority of "
+                                   "nodes, show the survivor without quorum, start them again.")
+    p.add_argument("kind", choices=("ha", "quorum"))
+    _stack(p)
+    _outer(p)
+    _nested(p)
+    d = DrillTiming()
+    p.add_argument("--poll", type=float, default=d.poll_s, metavar="S", help=f"poll interval (default {d.poll_s:g})")
+    p.add_argument("--task-timeout", type=float, default=d.task_deadline_s, metavar="S",
+                   help=f"outer stop/start task deadline (default {d.task_deadline_s:g})")
+    p.add_argument("--recovery-timeout", type=float, default=d.recovery_deadline_s, metavar="S",
+                   help=f"deadline for HA recovery / quorum loss (default {d.recovery_deadline_s:g})")
+    p.add_argument("--rejoin-timeout", type=float, default=d.rejoin_deadline_s, metavar="S",
+                   help=f"deadline for stopped nodes to rejoin with quorum (default {d.rejoin_deadline_s:g})")
+    p.add_argument("--observe", type=float, default=d.observe_s, metavar="S",
+                   help=f"quorum drill: how long to watch HA not recover (default {d.observe_s:g})")
+    p.set_defaults(func=cmd_drill)
+
+
+def _retry(args) -> Retry:
+    return Retry(attempts=max(1, args.retries), request_timeout_s=args.request_timeout)
+
+
+def _fail(msg: str) -> int:
+    print(msg, file=sys.stderr)
+    return 2
+
+
+def cmd_preflight(args) -> int:
+    spec = load_stack(args.stack).spec()
+    try:
+        client = outer_client(spec, args.outer_url, args.outer_ca, _retry(args))
+    except ApiError as exc:
+        return _fail(exc.message)
+    results = run_preflight(spec, client)
+    if args.format == "json":
+        print(preflight_json(results))
+    else:
+        url = args.outer_url or spec.outer.endpoint
+        print(preflight_text(results, f"preflight for stack '{args.stack}' on {url} (node {spec.outer.node}):"))
+    return 1 if failed(results) else 0
+
+
+def cmd_status(args) -> int:
+    spec = load_stack(args.stack).spec()
+    try:
+        client = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
+    except ApiError as exc:
+        return _fail(exc.message)
+    report = gather(client)
+    print(status_json(report) if args.format == "json" else status_text(report))
+    return 0 if report["healthy"] else 1
+
+
+def cmd_drill(args) -> int:
+    spec = load_stack(args.stack).spec()
+    timing = DrillTiming(poll_s=args.poll, task_deadline_s=args.task_timeout,
+                         recovery_deadline_s=args.recovery_timeout, rejoin_deadline_s=args.rejoin_timeout,
+                         observe_s=args.observe)
+    try:
+        outer = outer_client(spec, args.outer_url, args.outer_ca, _retry(args))
+        nested = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
+    except ApiError as exc:
+        return _fail(exc.message)
+    progress = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
+    report = run_drill(args.kind, spec, outer, nested, timing, out=progress)
+    print(drill_json(report) if args.format == "json" else drill_text(report))
+    if report.still_stopped:
+        return EXIT_STILL_STOPPED
+    return 0 if report.ok else 1

@@ -1,0 +1,361 @@
+"""`drill ha` and `drill quorum`: pull the plug on nested nodes and watch the cluster react.
+
+A nested node is stopped through the OUTER host's API (a hard stop of its VM: a power failure, no clean
+shutdown), while the nested cluster is watched through the API of a node that stays up.
+
+- ha: stop the node running the HA test VM; time until HA runs the VM on another node, with the
+  timeline of its HA states (started -> fence -> recovery -> started elsewhere); start the node again
+  and wait for all members and quorum.
+- quorum: stop a majority (2 of 3); the survivor loses quorum: /etc/pve turns read-only (a harmless
+  write is refused) and HA recovers nothing; start the nodes again and wait for quorum and HA.
+
+Whatever happens after a node was stopped (an error, a timeout, Ctrl-C), the drill starts it again and,
+if that fails, prints which node may still be stopped and the exact command to start it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+from ..spec import LabSpec, NodePlan
+from .api import ApiError, Clock, PveClient, WaitTimeout, poll
+from .status import cluster_facts, ha_service
+
+
+class DrillError(Exception):
+    """The drill cannot start or did not complete; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DrillTiming:
+    """Seconds. Real failovers take about 2 minutes (fence delay 60 s + lock expiry 120 s)."""
+
+    poll_s: float = 5.0
+    task_deadline_s: float = 120.0  # the outer host's stop/start task
+    recovery_deadline_s: float = 600.0  # HA runs the VM elsewhere
+    rejoin_deadline_s: float = 900.0  # stopped nodes boot, rejoin, quorum returns
+    observe_s: float = 150.0  # quorum drill: how long to watch the survivor not recover anything
+
+
+@dataclass
+class Event:
+    t: float  # seconds since the first stop
+    what: str
+
+
+@dataclass
+class DrillReport:
+    kind: str
+    ok: bool = False
+    stopped: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    recovery_s: Optional[float] = None
+    rejoin_s: Optional[float] = None
+    findings: list[str] = field(default_factory=list)
+    still_stopped: list[str] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class OuterVm:
+    plan: NodePlan
+    outer_node: str
+
+    def start_command(self, endpoint: str) -> str:
+        host = endpoint.split("//")[-1].split(":")[0].split("/")[0]
+        return (f"ssh root@{host} qm start {self.plan.vmid}   "
+                f"(or: pvesh create /nodes/{self.outer_node}/qemu/{self.plan.vmid}/status/start)")
+
+
+class Drill:
+    def __init__(self, spec: LabSpec, outer: PveClient, nested: PveClient, timing: DrillTiming = DrillTiming(),
+                 clock: Optional[Clock] = None, out: Callable[[str], None] = print):
+        self.spec, self.outer, self.nested, self.timing = spec, outer, nested, timing
+        self.clock = clock or Clock()
+        self.out = out
+        self.stopped: list[OuterVm] = []  # stopped by us and not yet started again
+        self.t0: Optional[float] = None
+        self.report = DrillReport("")
+
+    # ---------------------------------------------------------------- helpers
+    def elapsed(self) -> float:
+        return 0.0 if self.t0 is None else self.clock.now() - self.t0
+
+    def event(self, what: str) -> None:
+        ev = Event(round(self.elapsed(), 1), what)
+        self.report.events.append(ev)
+        self.out(f"  +{ev.t:7.1f} s  {what}")
+
+    def plan_of(self, hostname: str) -> NodePlan:
+        for p in self.spec.node_plans:
+            if p.hostname == hostname:
+                return p
+        raise DrillError(f"nested node '{hostname}' is not one of this lab's nodes "
+                         f"({', '.join(p.hostname for p in self.spec.node_plans)})")
+
+    def healthy_cluster(self) -> dict:
+        facts = cluster_facts(self.nested)
+        offline = [n["name"] for n in facts["nodes"] if not n["online"]]
+        if not facts["quorate"] or offline:
+            raise DrillError(
+                f"the nested cluster is not healthy before the drill (quorate: {facts['quorate']}, offline: "
+                f"{', '.join(offline) or 'none'}); start with a healthy cluster (python -m pvelab status)")
+        if facts["members"] < 3:
+            raise DrillError(f"the cluster has {facts['members']} member(s); the drill needs 3 or more")
+        return facts
+
+    def outer_vm(self, plan: NodePlan) -> OuterVm:
+        for r in self.outer.get("cluster/resources", type="vm"):
+            if int(r.get("vmid", -1)) == plan.vmid:
+                if r.get("status") != "running":
+                    raise DrillError(f"outer VM {plan.vmid} ({plan.hostname}) is {r.get('status')}, not running")
+                return OuterVm(plan, r["node"])
+        raise DrillError(f"outer VM {plan.vmid} ({plan.hostname}) not found on the outer host")
+
+    def ha_sid(self) -> str:
+        ha = self.spec.ha
+        if not ha.enabled or ha.test_vms < 1:
+            raise DrillError("pve-lab:lab.ha.enabled is false (or ha.testVms is 0): there is no HA test VM to fail over")
+        return f"vm:{ha.test_vmid_base}"
+
+    # ---------------------------------------------------------------- power
+    def stop(self, vm: OuterVm) -> None:
+        """Hard stop (power failure). Counted as stopped before the call: its answer may be lost."""
+        self.stopped.append(vm)
+        if self.t0 is None:
+            self.t0 = self.clock.now()
+        upid = self.outer.post(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/stop")
+        self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s)
+        self.report.stopped.append(vm.plan.hostname)
+        self.event(f"{vm.plan.hostname} powered off (outer VM {vm.plan.vmid} stopped hard)")
+
+    def start(self, vm: OuterVm) -> None:
+        upid = self.outer.post(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/start")
+        self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s)
+        self.stopped.remove(vm)
+        self.event(f"{vm.plan.hostname} powered on (outer VM {vm.plan.vmid} started)")
+
+    def restore_after_failure(self) -> None:
+        """Best effort: start every node we stopped; say loudly which may still be down."""
+        for vm in list(self.stopped):
+            try:
+                st = self.outer.get(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/current")
+                if st.get("status") == "running":
+                    self.stopped.remove(vm)  # the stop never happened, or someone started it already
+                    continue
+                self.start(vm)
+            except (ApiError, WaitTimeout, DrillError, KeyboardInterrupt) as exc:
+                msg = exc.message if isinstance(exc, ApiError) else (str(exc) or "interrupted")
+                self.report.still_stopped.append(vm.plan.hostname)
+                self.out(f"!! node {vm.plan.hostname} (outer VM {vm.plan.vmid} on {vm.outer_node}) may still be "
+                         f"STOPPED: starting it failed: {msg}")
+                self.out(f"!! start it with: {vm.start_command(self.outer.endpoints[0].url)}")
+
+    def wait_rejoined(self, sid: Optional[str]) -> None:
+        """All members online and quorate (and the HA service started, when there is one)."""
+        self.nested.endpoints[:] = self.all_endpoints
+        start = self.clock.now()
+        last = {"facts": "nothing read yet"}
+
+        def rejoined():
+            try:
+                facts = cluster_facts(self.nested)
+            except ApiError as exc:
+                last["facts"] = exc.message
+                return None
+            last["facts"] = f"quorate {facts['quorate']}, {facts['online']} of {facts['members']} online"
+            if not (facts["quorate"] and facts["online"] == facts["members"]):
+                return None
+            if sid:
+                svc = ha_service(self.nested, sid)
+                last["facts"] += f", {sid} {svc and svc['state']} on {svc and svc['node']}"
+                if not svc or svc["state"] != "started":
+                    return None
+            return facts
+
+        try:
+            poll(self.clock, self.timing.rejoin_deadline_s, self.timing.poll_s, rejoined,
+                 "the stopped node(s) to rejoin and quorum to return", lambda: last["facts"])
+        except WaitTimeout as exc:
+            raise DrillError(f"{exc}. The node VMs are running on the outer host; check the nested nodes' "
+                             f"consoles and `pvecm status` / `ha-manager status` on them") from None
+        self.report.rejoin_s = round(self.clock.now() - start, 1)
+        self.event(f"all {len(self.spec.node_plans)} members online and quorate again"
+                   + (f", {sid} started" if sid else ""))
+
+    # ---------------------------------------------------------------- drills
+    def run(self, kind: str) -> DrillReport:
+        self.report = DrillReport(kind)
+        self.all_endpoints = list(self.nested.endpoints)
+        try:
+            (self.drill_ha if kind == "ha" else self.drill_quorum)()
+            self.report.ok = True
+        except (DrillError, ApiError, WaitTimeout, KeyboardInterrupt) as exc:
+            msg = exc.message if isinstance(exc, ApiError) else (str(exc) or "interrupted (Ctrl-C)")
+            self.report.error = msg
+            self.out(f"drill {kind} failed: {msg}")
+            if self.stopped:
+                self.out("starting the stopped node(s) again ...")
+                self.restore_after_failure()
+        return self.report
+
+    def drill_ha(self) -> None:
+        sid = self.ha_sid()
+        self.healthy_cluster()
+        svc = ha_service(self.nested, sid)
+        if svc is None or svc["state"] != "started" or not svc["node"]:
+            raise DrillError(f"HA service {sid} is {svc['state'] + ' on ' + str(svc['node']) if svc else 'not defined'}"
+                             f"; it must be started before the drill (ha-manager status)")
+        victim = self.outer_vm(self.plan_of(svc["node"]))
+        self.nested.prefer_not(victim.plan.hostname)
+        self.out(f"drill ha: {sid} runs on {victim.plan.hostname}; stopping that node hard (outer VM "
+                 f"{victim.plan.vmid} on {victim.outer_node}) and watching HA through the other nodes")
+        self.stop(victim)
+        self.event(f"{sid} {svc['state']} on {svc['node']}")
+        state = (svc["node"], svc["state"])
+        last = {"seen": f"{state[1]} on {state[0]}"}
+
+        def recovered():
+            nonlocal state
+            try:
+                now = ha_service(self.nested, sid)
+            except ApiError as exc:
+                if not exc.transient:
+                    raise
+                last["seen"] = exc.message  # a node's API may blink while corosync re-forms
+                return None
+            if now is None:
+                raise DrillError(f"HA service {sid} disappeared during the drill")
+            if (now["node"], now["state"]) != state:
+                state = (now["node"], now["state"])
+                self.event(f"{sid} {now['state']} on {now['node']}")
+            last["seen"] = f"{now['state']} on {now['node']}"
+            if now["state"] == "started" and now["node"] != victim.plan.hostname:
+                return now
+            return None
+
+        try:
+            moved = poll(self.clock, self.timing.recovery_deadline_s, self.timing.poll_s, recovered,
+                         f"HA to start {sid} on another node", lambda: last["seen"])
+        except WaitTimeout as exc:
+            raise DrillError(f"HA did not recover {sid}: {exc}. Check `ha-manager status` on a running node "
+                             f"(a service stuck in fence/recovery: no node may run it, or fencing did not "
+                             f"complete)") from None
+        self.report.recovery_s = round(self.elapsed(), 1)
+        self.out(f"recovered: {sid} runs on {moved['node']} {self.report.recovery_s:.1f} s after the power failure")
+        self.start(victim)
+        self.wait_rejoined(None)
+
+    def drill_quorum(self) -> None:
+        facts = self.healthy_cluster()
+        names = [n["name"] for n in facts["nodes"]]
+        sid = None
+        first = None
+        if self.spec.ha.enabled and self.spec.ha.test_vms > 0:
+            sid = self.ha_sid()
+            svc = ha_service(self.nested, sid)
+            first = svc["node"] if svc and svc["node"] in names else None
+        stop_count = len(names) - len(names) // 2  # the rest is a minority: no quorum
+        order = ([first] if first else []) + [n for n in reversed(names) if n != first]
+        victims = [self.outer_vm(self.plan_of(n)) for n in order[:stop_count]]
+        survivors = [n for n in names if n not in {v.plan.hostname for v in victims}]
+        self.nested.only(set(survivors))
+        self.out(f"drill quorum: stopping {', '.join(v.plan.hostname for v in victims)} hard; "
+                 f"{', '.join(survivors)} stay(s) up without a majority")
+        for vm in victims:
+            self.stop(vm)
+        last = {"seen": "nothing read yet"}
+
+        def lost():
+            try:
+                f = cluster_facts(self.nested)
+            except ApiError as exc:
+                if not exc.transient:
+                    raise
+                last["seen"] = exc.message
+                return None
+            last["seen"] = f"quorate {f['quorate']}, {f['online']} of {f['members']} online"
+            return f if f["quorate"] is False else None
+
+        try:
+            after = poll(self.clock, self.timing.recovery_deadline_s, self.timing.poll_s, lost,
+                         f"{', '.join(survivors)} to lose quorum", lambda: last["seen"])
+        except WaitTimeout as exc:
+            raise DrillError(f"quorum was not lost: {exc}") from None
+        self.event(f"quorum lost: {after['online']} of {after['members']} members online")
+        self.report.findings.append(f"{', '.join(survivors)}: quorate no, {after['online']} of {after['members']} "
+                                    f"online (pvecm status: 'Quorate: No', activity blocked)")
+        self.probe_read_only(survivors[0])
+        if sid:
+            self.observe_no_recovery(sid, {v.plan.hostname for v in victims})
+        for vm in list(victims):
+            self.start(vm)
+        self.wait_rejoined(sid)
+
+    def probe_read_only(self, node: str) -> None:
+        """A write that changes nothing (the node's own description, as it is) must be refused."""
+        cfg = self.nested.get(f"nodes/{node}/config")
+        args = {"description": cfg["description"]} if cfg.get("description") else {"delete": "description"}
+        try:
+            self.nested.put(f"nodes/{node}/config", **args)
+        except ApiError as exc:
+            if exc.transient:
+                raise
+            self.event(f"write on {node} refused: {exc.message}")
+            self.report.findings.append(f"/etc/pve is read-only on {node}: writes fail ({exc.message})")
+            return
+        self.report.findings.append(f"unexpected: a write on {node} succeeded without quorum")
+        self.event(f"unexpected: a write on {node} succeeded without quorum")
+
+    def observe_no_recovery(self, sid: str, down: set[str]) -> None:
+        """Watch HA for observe_s: without quorum it must not move the service anywhere."""
+        seen: list[str] = []
+        end = self.clock.now() + self.timing.observe_s
+        self.out(f"watching {sid} for {self.timing.observe_s:g} s: without quorum HA must not recover it")
+        while True:
+            try:
+                svc = ha_service(self.nested, sid)
+                text = f"{svc['state']} on {svc['node']}" if svc else "not listed"
+            except ApiError as exc:
+                if not exc.transient:
+                    raise
+                svc, text = None, exc.message
+            if not seen or seen[-1] != text:
+                seen.append(text)
+                self.event(f"{sid} {text}")
+            if svc and svc["state"] == "started" and svc["node"] not in down:
+                self.report.findings.append(f"unexpected: HA started {sid} on {svc['node']} without quorum")
+                return
+            if self.clock.now() >= end:
+                break
+            self.clock.sleep(min(self.timing.poll_s, max(0.0, end - self.clock.now())))
+        self.report.findings.append(f"no HA recovery in {self.timing.observe_s:g} s: {sid} stayed "
+                                    f"{' -> '.join(seen)} (HA needs quorum to fence and recover)")
+
+
+def render_text(report: DrillReport) -> str:
+    lines = [f"drill {report.kind}: {'completed' if report.ok else 'FAILED'}"]
+    if report.recovery_s is not None:
+        lines.append(f"  time to recovery: {report.recovery_s:.1f} s (power failure -> HA service started elsewhere)")
+    if report.rejoin_s is not None:
+        lines.append(f"  rejoin after power-on: {report.rejoin_s:.1f} s")
+    if report.events:
+        lines.append("  timeline:")
+        lines += [f"    +{e.t:7.1f} s  {e.what}" for e in report.events]
+    lines += [f"  - {f}" for f in report.findings]
+    if report.error:
+        lines.append(f"  error: {report.error}")
+    if report.still_stopped:
+        lines.append(f"  STILL STOPPED (start them, see above): {', '.join(report.still_stopped)}")
+    return "\n".join(lines)
+
+
+def render_json(report: DrillReport) -> str:
+    return json.dumps(asdict(report), indent=2)
+
+
+def run_drill(kind: str, spec: LabSpec, outer: PveClient, nested: PveClient, timing: DrillTiming = DrillTiming(),
+              clock: Optional[Clock] = None, out: Callable[[str], None] = print) -> DrillReport:
+    return Drill(spec, outer, nested, timing, clock, out).run(kind)
+

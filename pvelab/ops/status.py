@@ -1,0 +1,183 @@
+"""`status`: the nested cluster's health as `pvecm status`, `ceph -s` and `ha-manager status` show it.
+
+Read through the API of the first nested node that answers (GET /cluster/status, /cluster/ceph/status,
+/cluster/ha/status/current), as a table or as JSON. Exit code 0 when the cluster is quorate, every member
+online, Ceph reachable and not HEALTH_ERR, and every HA service started; 1 otherwise.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Optional
+
+from .api import ApiError, PveClient
+
+SERVICE_STATUS_RE = re.compile(r"^\s*(?P<sid>\S+)\s+\((?P<node>[^,()]+),\s*(?P<state>[^,()]+)")
+
+
+def cluster_facts(client: PveClient) -> dict[str, Any]:
+    """Members and quorum from GET /cluster/status (the facts of `pvecm status` / `pvecm nodes`)."""
+    entries = client.get("cluster/status")
+    cluster = next((e for e in entries if e.get("type") == "cluster"), None)
+    nodes = sorted(
+        ({"name": e.get("name"), "nodeid": e.get("nodeid"), "online": bool(e.get("online")), "ip": e.get("ip"),
+          "local": bool(e.get("local"))} for e in entries if e.get("type") == "node"),
+        key=lambda n: (n["nodeid"] is None, n["nodeid"] or 0, n["name"] or ""))
+    return {
+        "name": cluster.get("name") if cluster else None,
+        "clustered": cluster is not None,
+        "quorate": bool(cluster.get("quorate")) if cluster else None,
+        "members": len(nodes),
+        "online": sum(1 for n in nodes if n["online"]),
+        "nodes": nodes,
+    }
+
+
+def parse_service(entry: dict) -> dict[str, Any]:
+    """One HA service entry: sid, node, state (the `state` field, or parsed from `status` on older PVE)."""
+    sid = entry.get("sid") or str(entry.get("id", "")).removeprefix("service:")
+    node, state = entry.get("node"), entry.get("state")
+    m = SERVICE_STATUS_RE.match(str(entry.get("status") or ""))
+    if m:
+        node = node or m.group("node").strip()
+        state = state or m.group("state").strip()
+    return {"sid": sid, "node": node, "state": state, "request_state": entry.get("request_state"),
+            "crm_state": entry.get("crm_state"), "status": entry.get("status")}
+
+
+def ha_facts(client: PveClient) -> dict[str, Any]:
+    """GET /cluster/ha/status/current, grouped as `ha-manager status` prints it."""
+    entries = client.get("cluster/ha/status/current")
+    quorum = next((e for e in entries if e.get("type") == "quorum"), {})
+    master = next((e for e in entries if e.get("type") == "master"), None)
+    return {
+        "quorum": quorum.get("status"),
+        "quorate": bool(quorum.get("quorate", str(quorum.get("status", "")).upper() == "OK")) if quorum else None,
+        "master": {"node": master.get("node"), "status": master.get("status")} if master else None,
+        "lrm": [{"node": e.get("node"), "state": e.get("state"), "status": e.get("status")}
+                for e in entries if e.get("type") == "lrm"],
+        "services": [parse_service(e) for e in entries if e.get("type") == "service"],
+    }
+
+
+def ha_service(client: PveClient, sid: str) -> Optional[dict[str, Any]]:
+    return next((s for s in ha_facts(client)["services"] if s["sid"] == sid), None)
+
+
+def ceph_facts(client: PveClient) -> dict[str, Any]:
+    """GET /cluster/ceph/status, reduced to what `ceph -s` shows first."""
+    st = client.get("cluster/ceph/status")
+    health = st.get("health") or {}
+    checks = health.get("checks") or {}
+    osd = st.get("osdmap") or {}
+    osd = osd.get("osdmap", osd)  # older Ceph nests it once more
+    pgmap = st.get("pgmap") or {}
+    return {
+        "health": health.get("status"),
+        "checks": sorted(f"{name}: {((c or {}).get('summary') or {}).get('message', '')}".rstrip(": ")
+                         for name, c in checks.items()),
+        "mons": (st.get("monmap") or {}).get("num_mons"),
+        "quorum": st.get("quorum_names") or [],
+        "osds": {k: osd.get(f"num_{k}_osds" if k != "total" else "num_osds") for k in ("total", "up", "in")},
+        "pgs": pgmap.get("num_pgs"),
+        "pgs_by_state": {p.get("state_name"): p.get("count") for p in pgmap.get("pgs_by_state") or []},
+    }
+
+
+def gather(client: PveClient) -> dict[str, Any]:
+    """Everything `status` shows; a part that cannot be read carries its error instead."""
+    report: dict[str, Any] = {}
+    for key, read in (("cluster", cluster_facts), ("ceph", ceph_facts), ("ha", ha_facts)):
+        try:
+            report[key] = read(client)
+        except ApiError as exc:
+            report[key] = {"error": exc.message}
+    report["endpoint"] = client.last_endpoint.name if client.last_endpoint else None
+    report["problems"] = problems(report)
+    report["healthy"] = not report["problems"]
+    return report
+
+
+def problems(report: dict[str, Any]) -> list[str]:
+    out = []
+    cl, ceph, ha = report.get("cluster", {}), report.get("ceph", {}), report.get("ha", {})
+    if "error" in cl:
+        out.append(f"cluster status unreadable: {cl['error']}")
+    else:
+        if not cl.get("clustered"):
+            out.append("this node is not in a cluster")
+        elif not cl.get("quorate"):
+            out.append(f"no quorum: {cl['online']} of {cl['members']} members online; /etc/pve is read-only and HA "
+                       f"cannot recover services")
+        for n in cl.get("nodes", []):
+            if not n["online"]:
+                out.append(f"node {n['name']} is offline")
+    if "error" in ceph:
+        out.append(f"Ceph unreachable: {ceph['error']}")
+    elif ceph.get("health") == "HEALTH_ERR":
+        out.append("Ceph HEALTH_ERR: " + "; ".join(ceph.get("checks") or []))
+    if "error" in ha:
+        out.append(f"HA status unreadable: {ha['error']}")
+    else:
+        for s in ha.get("services", []):
+            if s["state"] not in ("started", "stopped", "ignored", "disabled") or (
+                    s["state"] == "stopped" and s.get("request_state") == "started"):
+                out.append(f"HA service {s['sid']} is {s['state']} on {s['node']}")
+    return out
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def render_text(report: dict[str, Any]) -> str:
+    lines = []
+    cl = report.get("cluster", {})
+    if "error" in cl:
+        lines.append(f"Cluster: unreadable ({cl['error']})")
+    else:
+        quorate = {True: "yes", False: "NO", None: "-"}[cl.get("quorate")]
+        lines.append(f"Cluster {cl.get('name') or '(none)'}: quorate {quorate}, {cl['online']} of {cl['members']} "
+                     f"members online  [pvecm status]")
+        if cl.get("nodes"):
+            rows = [["NODE", "ID", "ONLINE", "IP"]] + [
+                [n["name"] or "?", str(n["nodeid"] or "-"), "yes" if n["online"] else "NO", n["ip"] or "-"]
+                for n in cl["nodes"]]
+            lines += _table(rows)
+    ceph = report.get("ceph", {})
+    if "error" in ceph:
+        lines.append(f"Ceph: unreachable ({ceph['error']})  [ceph -s]")
+    else:
+        osds = ceph["osds"]
+        pgs = ", ".join(f"{c} {s}" for s, c in sorted(ceph["pgs_by_state"].items())) or "-"
+        lines.append(f"Ceph: {ceph['health']}, mons {ceph['mons']} (quorum {','.join(ceph['quorum']) or '-'}), "
+                     f"osds {osds['up']} up / {osds['in']} in of {osds['total']}, pgs {ceph['pgs']} ({pgs})  [ceph -s]")
+        lines += [f"  - {c}" for c in ceph["checks"]]
+    ha = report.get("ha", {})
+    if "error" in ha:
+        lines.append(f"HA: unreadable ({ha['error']})  [ha-manager status]")
+    else:
+        master = ha.get("master") or {}
+        lines.append(f"HA: quorum {ha.get('quorum') or '-'}, master {master.get('status') or master.get('node') or '-'}"
+                     f"  [ha-manager status]")
+        for lrm in ha.get("lrm", []):
+            lines.append(f"  lrm {lrm['status'] or lrm['node']}")
+        if ha.get("services"):
+            rows = [["SERVICE", "NODE", "STATE", "REQUESTED"]] + [
+                [s["sid"], s["node"] or "-", s["state"] or "-", s["request_state"] or "-"] for s in ha["services"]]
+            lines += _table(rows)
+        else:
+            lines.append("  no HA services")
+    if report.get("endpoint"):
+        lines.append(f"(read through {report['endpoint']})")
+    if report["problems"]:
+        lines.append("Problems:")
+        lines += [f"  - {p}" for p in report["problems"]]
+    else:
+        lines.append("Healthy.")
+    return "\n".join(lines)
+
+
+def render_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=True)
