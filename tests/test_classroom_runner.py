@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import signal
 import threading
 from collections import defaultdict, deque
 
@@ -336,6 +337,15 @@ def test_stop_stops_scheduling_and_lets_running_stacks_finish():
 
 
 def test_ctrl_c_in_the_main_thread_waits_for_running_stacks_and_skips_the_rest():
+    # A background job's SIGINT may be ignored (SIG_IGN); interrupt_main() needs Python's handler in place.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_case()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_case():
     stop = threading.Event()
     second_running = threading.Event()
 
