@@ -302,7 +302,7 @@ def parse(argv):
 def commands(monkeypatch, tmp_path):
     backend, images = RecordingBackend(fail={"c1-s02"}), RecordingBackend()
     monkeypatch.setattr(run_cli, "load_plan", lambda path: FakePlan())
-    monkeypatch.setattr(run_cli, "make_backends", lambda plan, jobs: (backend, images))
+    monkeypatch.setattr(run_cli, "make_backends", lambda plan, jobs, **kw: (backend, images))
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
 
     def run(*argv):
@@ -335,6 +335,8 @@ def test_classroom_up_json_and_only(commands):
     assert code == 0
     doc = json.loads(out)
     assert [s["stack"] for s in doc["stacks"]] == ["c1-images", "c1-s03"]
+    code, out, _ = commands.run("up", "class.yaml", "--only", "s01,s03", "--json")
+    assert [s["stack"] for s in json.loads(out)["stacks"]] == ["c1-images", "c1-s01", "c1-s03"]
 
 
 def test_classroom_up_needs_the_token_from_the_environment(commands, monkeypatch):
@@ -428,7 +430,7 @@ def test_up_from_the_example_roster_records_the_allocation_and_uses_the_class_im
     backend, images = RecordingBackend(), RecordingBackend()
     made = {}
 
-    def make(plan, jobs):
+    def make(plan, jobs, **kw):
         made.update(plan=plan, jobs=jobs)
         return backend, images
 
@@ -455,8 +457,9 @@ def test_the_real_backends_for_the_example_roster(monkeypatch, roster):
     monkeypatch.setattr(automation.shutil, "which", FAKE_CLI)
     plan = run_cli.load_plan(roster)
     jobs = run_cli.student_jobs(plan, TOKEN)
-    backend, images = run_cli.make_backends(plan, jobs)
+    backend, images = run_cli.make_backends(plan, jobs, project_dir=roster.parent)
     assert isinstance(backend, AutomationBackend) and isinstance(images, ClassImagesBackend)
+    assert backend.work_dir == roster.parent and images.work_dir == roster.parent / ".pve-lab-class"
     assert (images.endpoint, images.insecure) == ("https://pve.example.internal:8006/", True)
     assert sorted(d.node for d in images.downloads) == ["pve1", "pve2"]  # once per outer node, not per student
     assert len(jobs) == 6 and run_cli.images_stack_name(plan, roster) == "ha101-images"

@@ -24,7 +24,8 @@ CLASS_PROJECT = "pve-lab-class"
 IMAGES_TOKEN_KEY = f"{CLASS_PROJECT}:outerApiToken"
 LAB_KEY = "pve-lab:lab"
 # The inline stack keeps its settings (incl. the secrets salt of a local backend) here, not in a temp dir.
-CLASS_WORK_DIR = PROJECT_DIR / ".pve-lab-class"
+CLASS_WORK_DIR_NAME = ".pve-lab-class"
+CLASS_WORK_DIR = PROJECT_DIR / CLASS_WORK_DIR_NAME
 
 PULUMI_INSTALL_HINT = (
     "the `pulumi` CLI is not on PATH; `classroom up` and `classroom down` drive one Pulumi stack per student "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TextIO
 
 from ..spec import CONFIG_NAMESPACE, SpecError, check_secrets
-from ..stackfile import SECRET_ENV, secret_from_env
+from ..stackfile import PROJECT_DIR, SECRET_ENV, secret_from_env
 from .runner import ClassRun, ProgressEvent, StackBackend, StackJob, run_classroom, select_jobs
 
 TOKEN_KEY = f"{CONFIG_NAMESPACE}:outerApiToken"
@@ -27,7 +27,7 @@ def add_run_commands(classroom_subparsers: Any) -> None:
     for action, text in (("up", "bring every student's lab up (the class images stack first)"),
                          ("down", "destroy every student's lab and remove the stacks (the class images last)")):
         p = classroom_subparsers.add_parser(action, help=text, description=text)
-        p.add_argument("roster", metavar="ROSTER", help="the class roster (YAML)")
+        p.add_argument("roster", metavar="ROSTER", help="the roster (YAML, or CSV with a YAML '#' header)")
         p.add_argument("--parallel", type=_positive_int("--parallel", 1), default=DEFAULT_PARALLEL, metavar="N",
                        help=f"stacks at the same time (default {DEFAULT_PARALLEL})")
         p.add_argument("--retries", type=_positive_int("--retries", 0), default=DEFAULT_RETRIES, metavar="N",
@@ -37,7 +37,10 @@ def add_run_commands(classroom_subparsers: Any) -> None:
                        help=f"wait before a retry, times the attempt number (default {DEFAULT_BACKOFF_S:g})")
         p.add_argument("--stack-deadline", type=_positive_float("--stack-deadline"), default=None, metavar="SECONDS",
                        help="no new attempt of a stack starts after this long (a running one is not killed)")
-        p.add_argument("--only", nargs="+", metavar="STUDENT_ID", help="only these students")
+        p.add_argument("--only", nargs="+", metavar="STUDENT_ID",
+                       help="only these students (put ROSTER before --only; commas also separate ids)")
+        p.add_argument("--project-dir", type=Path, default=PROJECT_DIR,
+                       help="where the students' Pulumi.<stack>.yaml files are (as for `classroom render`)")
         p.add_argument("--log-dir", type=Path, default=Path("classroom-logs"),
                        help="where each stack's Pulumi output is written (default ./classroom-logs)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
@@ -123,11 +126,12 @@ def images_stack_name(plan: Any, roster_path: Path) -> str:
     return f"{class_name(plan, roster_path)}-images"
 
 
-def make_backends(plan: Any, jobs: Sequence[StackJob]) -> tuple[StackBackend, Optional[StackBackend]]:
+def make_backends(plan: Any, jobs: Sequence[StackJob], project_dir: Path = PROJECT_DIR
+                  ) -> tuple[StackBackend, Optional[StackBackend]]:
     """The real backends (Automation API). Raises PulumiCliMissing before anything starts. Tests replace this."""
-    from .automation import AutomationBackend, ClassImagesBackend, class_outer_endpoint
+    from .automation import CLASS_WORK_DIR_NAME, AutomationBackend, ClassImagesBackend, class_outer_endpoint
 
-    backend = AutomationBackend()
+    backend = AutomationBackend(work_dir=project_dir)
     downloads = list(getattr(plan, "image_downloads", []) or [])
     if not downloads:
         return backend, None
@@ -135,7 +139,7 @@ def make_backends(plan: Any, jobs: Sequence[StackJob]) -> tuple[StackBackend, Op
     insecure = bool(getattr(plan, "outer_insecure", False))
     if not endpoint:
         endpoint, insecure = class_outer_endpoint(jobs)
-    return backend, ClassImagesBackend(downloads, endpoint, insecure)
+    return backend, ClassImagesBackend(downloads, endpoint, insecure, work_dir=Path(project_dir) / CLASS_WORK_DIR_NAME)
 
 
 # ---------------------------------------------------------------- output
@@ -201,7 +205,8 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         return fail(exc.render())
     api_token = secret_from_env("outerApiToken") if action == "up" else None
     try:
-        jobs = select_jobs(student_jobs(plan, api_token), args.only)
+        only = [s for value in args.only or [] for s in value.split(",") if s] or None
+        jobs = select_jobs(student_jobs(plan, api_token), only)
     except ValueError as exc:
         return fail(str(exc))
     with_images = bool(getattr(plan, "image_downloads", None))
@@ -214,7 +219,7 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         if problems:
             return fail("\n".join(f"{p} (from {env})" for p in problems))
     try:
-        backend, images_backend = make_backends(plan, jobs)
+        backend, images_backend = make_backends(plan, jobs, project_dir=args.project_dir)
     except Exception as exc:  # PulumiCliMissing, an ambiguous endpoint or image list: one clear line
         return fail(f"classroom {action}: {exc}")
     images = None
