@@ -1,0 +1,1 @@
+"""`plan`: the whole lab offline, before touching a host (see model.build_plan)."""
