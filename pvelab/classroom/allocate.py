@@ -65,7 +65,7 @@ class Slot:
 class Allocation:
     class_id: str
     students: dict[str, Slot] = field(default_factory=dict)
-    retired: dict[int, str] = field(default_factory=dict)  # slot -> the student who had it
+    retired: dict[int, tuple[str, str]] = field(default_factory=dict)  # slot -> (the student who had it, their node)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_yaml(self) -> str:
@@ -74,7 +74,7 @@ class Allocation:
                 f"# and outer node as long as they are listed here; retired slots are not handed out again.\n")
         doc = {"class": self.class_id, "settings": self.settings,
                "students": {sid: {"slot": s.slot, "node": s.node} for sid, s in sorted(self.students.items(), key=lambda kv: kv[1].slot)},
-               "retired": [{"slot": k, "student": v} for k, v in sorted(self.retired.items())]}
+               "retired": [{"slot": k, "student": v[0], "node": v[1]} for k, v in sorted(self.retired.items())]}
         return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
 
@@ -107,7 +107,7 @@ def load_allocation(path: str | Path) -> Optional[Allocation]:
         if not isinstance(slot, int) or slot < 0:
             problems.append(f"{where}: retired: expected {{slot: <number>, student: <id>}}, got {entry!r}")
             continue
-        alloc.retired[slot] = str((entry or {}).get("student") or "")
+        alloc.retired[slot] = (str((entry or {}).get("student") or ""), str((entry or {}).get("node") or ""))
     if problems:
         raise RosterError(problems)
     return alloc
@@ -205,7 +205,7 @@ class NodeUsage:
 
     def free_text(self) -> str:
         c, m, d = self.free()
-        fmt = lambda v, unit: "unlimited " + unit if v is None else f"{v:g} {unit}"  # noqa: E731
+        fmt = lambda v, unit: f"unlimited {unit.split()[-1]}" if v is None else f"{v:g} {unit}"  # noqa: E731
         return f"{fmt(c, 'vCPU')}, {fmt(m, 'GiB RAM')}, {fmt(d, 'GiB disk')}"
 
 
@@ -396,10 +396,13 @@ def allocate(roster: Roster, previous_allocation: Optional[Allocation] = None, *
     retired = dict(previous.retired)
     for sid, slot in previous.students.items():
         if sid not in roster_ids:
-            retired[slot.slot] = sid
-    slots: dict[str, int] = {s.id: previous.students[s.id].slot for s in roster.students if s.id in previous.students}
-    for sid, slot in slots.items():
-        retired.pop(slot, None)  # a returning student takes their old slot back
+            retired[slot.slot] = (sid, slot.node)
+    # A returning student (removed, then listed again) takes their retired slot and node back.
+    known = {sid: Slot(k, node) for k, (sid, node) in retired.items() if sid in roster_ids}
+    known.update(previous.students)
+    slots: dict[str, int] = {s.id: known[s.id].slot for s in roster.students if s.id in known}
+    for slot in slots.values():
+        retired.pop(slot, None)
     taken = set(slots.values()) | (set() if roster.allocation.reuse_retired_slots else set(retired))
     next_free = 0
     for s in roster.students:
@@ -449,7 +452,7 @@ def allocate(roster: Roster, previous_allocation: Optional[Allocation] = None, *
     placed: dict[str, Optional[str]] = {}
     status: dict[str, str] = {}
     for s in roster.students:  # students already allocated first: they never move unless pinned elsewhere
-        before = previous.students.get(s.id)
+        before = known.get(s.id)
         if before is None:
             continue
         node = s.node or before.node
