@@ -27,6 +27,8 @@ from aiohttp import web
 from fakepve import FakePve
 from fakepve.model import PveError
 
+from pvelab.ops.api import Retry
+
 HOST = "127.0.0.1"
 TOKEN = "lab@pve!pvelab=0123abcd-0000-4000-8000-00000000beef"
 ROOT_PASSWORD = "nested-secret"
@@ -307,6 +309,38 @@ class NestedFake(FakePve):
         if "description" in v:
             cfg["description"] = v["description"]
         return None
+
+
+# Fast retries: the tests' fakes answer in milliseconds.
+FAST = Retry(attempts=2, backoff_s=0.01, request_timeout_s=5)
+
+
+def token_parts() -> tuple[str, str]:
+    tokenid, secret = TOKEN.split("=", 1)
+    return tokenid, secret
+
+
+def outer_fake(sim: Optional[LabSim] = None, lab_vms: bool = False) -> OuterFake:
+    fake = OuterFake(sim)
+    tokenid, secret = token_parts()
+    fake.apitokens[tokenid] = secret
+    if lab_vms:
+        fake.add_lab_vms()
+    return fake
+
+
+def nested_urls(fake: "NestedFake") -> list[str]:
+    return [f"{name}={url}" for name, url in sorted(fake.node_url.items())]
+
+
+def closed_port_url() -> str:
+    """https://127.0.0.1:<a port nobody listens on> (connection refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    return f"https://{HOST}:{port}"
 
 
 def lab_raw(**outer) -> dict:

@@ -154,7 +154,7 @@ class Drill:
 
     def wait_rejoined(self, sid: Optional[str]) -> None:
         """All members online and quorate (and the HA service started, when there is one)."""
-        self.nested.endpoints[:] = self.all_endpoints
+        self.nested.endpoints += [ep for ep in self.all_endpoints if ep not in self.nested.endpoints]
         start = self.clock.now()
         last = {"facts": "nothing read yet"}
 
@@ -211,8 +211,8 @@ class Drill:
         self.nested.prefer_not(victim.plan.hostname)
         self.out(f"drill ha: {sid} runs on {victim.plan.hostname}; stopping that node hard (outer VM "
                  f"{victim.plan.vmid} on {victim.outer_node}) and watching HA through the other nodes")
-        self.stop(victim)
         self.event(f"{sid} {svc['state']} on {svc['node']}")
+        self.stop(victim)
         state = (svc["node"], svc["state"])
         last = {"seen": f"{state[1]} on {state[0]}"}
 

@@ -361,19 +361,23 @@ class Preflight:
                 held[path] = {p for entry in answer.values() for p in (entry or {})}
             return held[path]
 
-        missing = []
+        missing, lacking = [], set()
         for alternatives, why in self.needed_privileges():
-            lacks = [[f"{priv} on {path}" for path, ps in alt for priv in ps if priv not in privs(path)]
+            lacks = [[(priv, path) for path, ps in alt for priv in ps if priv not in privs(path)]
                      for alt in alternatives]
             if all(lacks):
-                missing.append(f"{' or '.join(', '.join(lack) for lack in lacks)} ({why})")
-        user = getattr(self.client.auth, "tokenid", getattr(self.client.auth, "user", "the token"))
+                missing.append(" or ".join(", ".join(f"{priv} on {path}" for priv, path in lack) for lack in lacks)
+                               + f" ({why})")
+                lacking |= {priv for priv, _ in lacks[0]}
+        auth = self.client.auth
+        tokenid = getattr(auth, "tokenid", auth.user)
         if missing:
-            self.add("API token privileges", "fail", f"{user} lacks: " + "; ".join(missing),
-                     "grant them, e.g. pveum acl modify / --tokens '<user>!<tokenid>' --roles PVEAdmin, or use a "
-                     "token with --privsep 0 of a user that holds them (README 'Prerequisites')")
+            self.add("API token privileges", "fail", f"{tokenid} lacks: " + "; ".join(missing),
+                     f"e.g. pveum role add PveLab --privs '{','.join(sorted(lacking))}' and pveum acl modify / "
+                     f"--roles PveLab --tokens '{tokenid}' (a token made with --privsep 0 has its user's "
+                     f"privileges: grant them with --users '{auth.user}' instead); README 'Prerequisites'")
         else:
-            self.add("API token privileges", "pass", f"{user} holds every privilege the lab needs")
+            self.add("API token privileges", "pass", f"{tokenid} holds every privilege the lab needs")
 
 
 def _content(status: dict) -> set[str]:
