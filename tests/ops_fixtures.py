@@ -286,7 +286,6 @@ class NestedFake(FakePve):
         if node and not self.sim.up(node):
             request.transport.close()  # a powered-off host: the connection just dies
             raise ConnectionResetError(f"{node} is powered off")
-        request["lab_node"] = node
         return await FakePve._middleware(self, request, handler)
 
     def _routes_lab(self):

@@ -1,0 +1,148 @@
+"""`drill ha` / `drill quorum` against a fake outer host and a fake nested cluster wired together (LabSim).
+
+Lab seconds run at 4 ms each: a 2-minute failover takes about half a second of real time.
+"""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import pvelab.ops.cli as ops_cli
+from ops_fixtures import (FAST, ROOT_PASSWORD, TOKEN, NestedFake, ca, lab_raw, lab_sim, nested_urls,  # noqa: F401
+                          ops_servers, outer_fake, serve)
+from pvelab.cli import main
+from pvelab.ops.api import Clock
+from pvelab.ops.connect import nested_client, outer_client
+from pvelab.ops.drill import DrillTiming, render_text, run_drill
+from pvelab.spec import parse_spec
+from pvelab.stackfile import load_stack
+
+SCALE = 0.004
+TIMING = DrillTiming(poll_s=0.02, task_deadline_s=5, recovery_deadline_s=5, rejoin_deadline_s=5, observe_s=0.3)
+
+
+class Lab:
+    def __init__(self, serve, ca, **sim_args):
+        self.sim = lab_sim(scale=SCALE, start_after=20, **sim_args)
+        self.outer = serve(outer_fake(self.sim, lab_vms=True))
+        self.nested = serve(NestedFake(self.sim))
+        self.ca = ca
+        self.lines: list[str] = []
+
+    def run(self, kind, raw=None, timing=TIMING, clock=None):
+        spec = parse_spec(raw or lab_raw())
+        outer = outer_client(spec, self.outer.url, self.ca, FAST, token=TOKEN)
+        nested = nested_client(spec, nested_urls(self.nested), self.ca, FAST, password=ROOT_PASSWORD)
+        return run_drill(kind, spec, outer, nested, timing, clock, out=self.lines.append)
+
+    def outer_posts(self):
+        return [p.split("/qemu/")[1] for m, p, _ in self.outer.requests if m == "POST" and "/status/" in p]
+
+    def all_running(self):
+        return all(vm.status == "running" for vm in self.outer.vms)
+
+
+@pytest.fixture
+def lab(serve, ca):
+    return lambda **sim_args: Lab(serve, ca, **sim_args)
+
+
+def ha_states(report):
+    return [e.what.removeprefix("vm:100 ") for e in report.events if e.what.startswith("vm:100 ")]
+
+
+def test_ha_drill_measures_the_failover(lab):
+    lab = lab()
+    power = lab.sim.power
+
+    def power_and_blip(vmid, on):  # the HA status API blips right after the power failure: ridden out
+        power(vmid, on)
+        if not on:
+            lab.nested.fail("GET", "/api2/json/cluster/ha/status/current", 503, "Service Unavailable", times=2)
+
+    lab.sim.power = power_and_blip
+    report = lab.run("ha")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert ha_states(report) == ["started on pve1", "fence on pve1", "recovery on pve1", "started on pve2"]
+    # HA starts the VM elsewhere 120 + 20 lab seconds after the power failure
+    assert 140 * SCALE <= report.recovery_s < TIMING.recovery_deadline_s
+    assert report.stopped == ["pve1"] and report.still_stopped == []
+    assert lab.outer_posts() == ["9100/status/stop", "9100/status/start"]  # a hard stop, not a shutdown
+    assert lab.all_running() and lab.sim.quorate() and all(lab.sim.up(n) for n in ("pve1", "pve2", "pve3"))
+    assert report.rejoin_s is not None
+    text = render_text(report)
+    assert "time to recovery:" in text and "fence on pve1" in text
+
+
+def test_ha_drill_times_out_cleanly_and_restarts_the_node(lab):
+    lab = lab(stuck="recovery")  # no node can take the VM
+    report = lab.run("ha", timing=DrillTiming(poll_s=0.02, task_deadline_s=5, recovery_deadline_s=1.0))
+    assert not report.ok
+    assert report.error.startswith("HA did not recover vm:100: timed out after 1 s")
+    assert "last seen: recovery on pve1" in report.error
+    assert report.still_stopped == [] and lab.all_running()
+    assert lab.outer_posts() == ["9100/status/stop", "9100/status/start"]
+
+
+def test_failed_restart_names_the_node_and_the_command(lab, tmp_path, monkeypatch, capsys):
+    lab = lab(stuck="fence")
+    lab.outer.fail("POST", "/api2/json/nodes/pve/qemu/9100/status/start", 500, "start failed: disk missing")
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    args = ["drill", "ha", "-s", "t", "--outer-url", lab.outer.url, "--outer-ca", lab.ca, "--nested-ca", lab.ca,
+            "--retries", "2", "--poll", "0.02", "--recovery-timeout", "0.5"]
+    args += [f"--nested-url={u}" for u in nested_urls(lab.nested)]
+    assert main(args) == ops_cli.EXIT_STILL_STOPPED
+    out = capsys.readouterr().out
+    assert "node pve1 (outer VM 9100 on pve) may still be STOPPED" in out
+    assert "qm start 9100" in out and "pvesh create /nodes/pve/qemu/9100/status/start" in out
+    assert "STILL STOPPED (start them, see above): pve1" in out
+    assert TOKEN.split("=")[1] not in out and ROOT_PASSWORD not in out
+
+
+class InterruptAfterStop(Clock):
+    """Ctrl-C during the first wait after the node was stopped."""
+
+    def sleep(self, seconds):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_after_stopping_starts_the_node_again(lab):
+    lab = lab()
+    report = lab.run("ha", clock=InterruptAfterStop())
+    assert not report.ok and report.error == "interrupted (Ctrl-C)"
+    assert lab.outer_posts() == ["9100/status/stop", "9100/status/start"]
+    assert lab.all_running() and report.still_stopped == []
+
+
+def test_quorum_drill_shows_the_survivor_without_quorum(lab):
+    lab = lab()
+    report = lab.run("quorum")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert report.stopped == ["pve1", "pve3"]  # the HA VM's node first; pve2 survives alone
+    findings = "\n".join(report.findings)
+    assert "pve2: quorate no, 1 of 3 online" in findings
+    assert "/etc/pve is read-only on pve2: writes fail" in findings and "no quorum?" in findings
+    assert "no HA recovery in 0.3 s: vm:100 stayed started on pve1" in findings
+    assert lab.all_running() and lab.sim.quorate()
+    assert lab.nested.node_config["pve2"] == {}  # the probe wrote nothing
+
+
+def test_unhealthy_cluster_refuses_and_stops_nothing(lab):
+    lab = lab()
+    lab.sim.power(9102, False)
+    lab.outer.vm(9102).status = "stopped"
+    report = lab.run("ha")
+    assert not report.ok and "not healthy before the drill" in report.error and "offline: pve3" in report.error
+    assert lab.outer_posts() == []
+
+
+def test_ha_drill_needs_an_ha_test_vm(lab):
+    lab = lab()
+    raw = lab_raw()
+    raw["ha"] = {"enabled": False}
+    report = lab.run("ha", raw)
+    assert not report.ok and "pve-lab:lab.ha.enabled is false" in report.error
+    assert lab.outer_posts() == []

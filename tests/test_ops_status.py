@@ -1,0 +1,124 @@
+"""`status` against a fake nested cluster (fakepve, one loopback port per node): healthy and broken clusters."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import pvelab.ops.cli as ops_cli
+from ops_fixtures import (FAST, ROOT_PASSWORD, NestedFake, ca, closed_port_url, lab_raw, lab_sim,  # noqa: F401
+                          nested_urls, ops_servers, serve)
+from pvelab.cli import main
+from pvelab.ops.api import ApiError
+from pvelab.ops.connect import nested_client, nested_endpoints
+from pvelab.ops.status import gather, parse_service, render_json, render_text
+from pvelab.spec import parse_spec
+from pvelab.stackfile import load_stack
+
+SPEC = parse_spec(lab_raw())
+
+
+@pytest.fixture
+def cluster(serve):
+    sim = lab_sim()
+    return serve(NestedFake(sim))
+
+
+def client_for(fake, ca, urls=None, password=ROOT_PASSWORD):
+    return nested_client(SPEC, urls or nested_urls(fake), ca, FAST, password=password)
+
+
+def test_healthy_cluster(cluster, ca):
+    report = gather(client_for(cluster, ca))
+    assert report["healthy"] and report["problems"] == []
+    cl = report["cluster"]
+    assert (cl["name"], cl["quorate"], cl["members"], cl["online"]) == ("pve-lab", True, 3, 3)
+    assert [n["name"] for n in cl["nodes"]] == ["pve1", "pve2", "pve3"]
+    assert report["ceph"]["health"] == "HEALTH_OK"
+    assert report["ha"]["quorum"] == "OK" and report["ha"]["master"]["node"] == "pve1"
+    (svc,) = report["ha"]["services"]
+    assert (svc["sid"], svc["node"], svc["state"]) == ("vm:100", "pve1", "started")
+    text = render_text(report)
+    assert "Cluster pve-lab: quorate yes, 3 of 3 members online" in text
+    assert "Ceph: HEALTH_OK" in text and "Healthy." in text
+    assert json.loads(render_json(report))["healthy"] is True
+
+
+def test_broken_cluster_lists_every_problem(cluster, ca):
+    sim = cluster.sim
+    sim.power(9102, False)  # pve3 loses power; the others keep quorum
+    sim.ha_state = "error"
+    cluster.ceph_down()
+    report = gather(client_for(cluster, ca))
+    assert not report["healthy"]
+    assert report["cluster"]["quorate"] is True and report["cluster"]["online"] == 2
+    assert "node pve3 is offline" in report["problems"]
+    assert any(p.startswith("Ceph unreachable: GET /cluster/ceph/status") and "rados_connect failed" in p
+               for p in report["problems"])
+    assert "HA service vm:100 is error on pve1" in report["problems"]
+    text = render_text(report)
+    assert "Ceph: unreachable" in text and "Problems:" in text
+
+
+def test_lost_quorum_is_reported(cluster, ca):
+    cluster.sim.power(9101, False)
+    cluster.sim.power(9102, False)
+    report = gather(client_for(cluster, ca))
+    assert report["cluster"]["quorate"] is False
+    assert any(p.startswith("no quorum: 1 of 3 members online") for p in report["problems"])
+    assert report["ha"]["quorum"] == "No quorum on node 'pve1'!"
+
+
+def test_reads_through_the_next_node_when_one_is_down(cluster, ca):
+    cluster.sim.power(9100, False)  # pve1's API no longer answers
+    report = gather(client_for(cluster, ca))
+    assert report["endpoint"].startswith("pve2 (")
+    assert report["cluster"]["online"] == 2
+
+
+def test_unreachable_cluster_is_a_clear_report(ca):
+    urls = [f"pve{i}={closed_port_url()}" for i in (1, 2, 3)]
+    report = gather(nested_client(SPEC, urls, ca, FAST, password="x"))
+    assert not report["healthy"]
+    assert "unreachable (Connection refused)" in report["cluster"]["error"]
+
+
+def test_wrong_password(cluster, ca):
+    with pytest.raises(ApiError, match="login as root@pam .* failed"):
+        client_for(cluster, ca, password="wrong").get("cluster/status")
+
+
+def test_transient_error_is_retried(cluster, ca):
+    cluster.fail("GET", "/api2/json/cluster/status", 596, "Broken pipe", times=1)
+    assert gather(client_for(cluster, ca))["cluster"]["members"] == 3
+
+
+def test_service_state_parsed_from_the_status_line():
+    # older ha-manager answers carry node and state only inside `status`
+    assert parse_service({"id": "service:vm:100", "type": "service", "status": "vm:100 (pve2, recovery)"}) == {
+        "sid": "vm:100", "node": "pve2", "state": "recovery", "request_state": None, "crm_state": None,
+        "status": "vm:100 (pve2, recovery)"}
+
+
+def test_default_endpoints_are_the_nodes_addresses():
+    eps = nested_endpoints(SPEC)
+    assert [(e.label, e.url, e.verify) for e in eps] == [
+        ("pve1", "https://10.10.10.11:8006/", False), ("pve2", "https://10.10.10.12:8006/", False),
+        ("pve3", "https://10.10.10.13:8006/", False)]
+
+
+def test_cli_table_and_json(cluster, ca, tmp_path, monkeypatch, capsys):
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    args = ["status", "-s", "t", "--nested-ca", ca] + [f"--nested-url={u}" for u in nested_urls(cluster)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "quorate yes" in out and ROOT_PASSWORD not in out
+    cluster.sim.power(9102, False)
+    assert main(args + ["--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["problems"] == ["node pve3 is offline"]
+    monkeypatch.delenv("PVE_LAB_ROOT_PASSWORD")
+    assert main(args) == 2
+    assert "PVE_LAB_ROOT_PASSWORD is not set" in capsys.readouterr().err
