@@ -55,8 +55,9 @@ class CephCluster(pulumi.ComponentResource):
         osd_memory = ceph.osd_memory_target_mib * MIB
         init = node_step(f"{name}-init", first.connection, "ceph-init", parent=self,
                          env={"CEPH_NETWORK": spec.ceph_network, "CEPH_CLUSTER_NETWORK": cluster_network,
-                              "OSD_MEMORY_TARGET_BYTES": osd_memory, "NODE_NAME": first.connection.hostname},
+                              "NODE_NAME": first.connection.hostname},
                          depends_on=installs)
+        # osd_memory_target goes to the monitors' config database, so the monitor step sets it (init has none yet).
         previous: pulumi.Resource = init
         self.monitors = []
         for m in members:

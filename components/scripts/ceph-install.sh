@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# ceph-install.sh - install the Ceph packages of one release on this node (`pveceph install`), unattended.
+# Environment: CEPH_RELEASE (squid|tentacle on PVE 9), CEPH_REPOSITORY (no-subscription|enterprise|test),
+#   NODE_NAME (for messages).
+# Skips when the release's daemons are installed. Prints the `ceph --version` line.
+set -euo pipefail
+
+log() { printf 'pve-lab: %s\n' "$*" >&2; }
+
+# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
+fail() {
+    log "error: $1"
+    if [[ -n "${2:-}" ]]; then
+        log "$2"
+    fi
+    exit 1
+}
+
+require_env() {
+    [[ -n "${NODE_NAME:-}" ]] || fail "missing environment variable NODE_NAME"
+    [[ "${CEPH_RELEASE:-}" =~ ^[a-z]+$ ]] ||
+        fail "CEPH_RELEASE='${CEPH_RELEASE:-}' is not a Ceph release code name (squid or tentacle on PVE 9)"
+    case "${CEPH_REPOSITORY:-}" in
+        no-subscription | enterprise | test) ;;
+        *) fail "CEPH_REPOSITORY='${CEPH_REPOSITORY:-}' (allowed: no-subscription, enterprise, test)" ;;
+    esac
+}
+
+# True when ceph-mon, ceph-osd and ceph-mgr are all installed. PVE ships the `ceph` client (ceph-common)
+# by default, so `ceph --version` alone says nothing about the daemons.
+daemons_installed() {
+    local count
+    count="$(dpkg-query -W -f='${db:Status-Status} ${Package}\n' ceph-mon ceph-osd ceph-mgr 2>/dev/null |
+        awk '$1 == "installed"' | wc -l)" || true
+    ((count == 3))
+}
+
+# The release named by `ceph --version` ("ceph version 19.2.3 (...) squid (stable)"), or nothing.
+client_release() {
+    ceph --version 2>/dev/null | sed -n 's/^ceph version [^ ]* ([^)]*) \([a-z]*\) .*/\1/p' || true
+}
+
+main() {
+    require_env
+    local installed
+    if daemons_installed; then
+        installed="$(client_release)"
+        if [[ "$installed" == "$CEPH_RELEASE" ]]; then
+            log "Ceph $CEPH_RELEASE is already installed on $NODE_NAME"
+            ceph --version
+            return 0
+        fi
+        fail "Ceph '${installed:-unknown}' is installed on $NODE_NAME, but ceph.release is '$CEPH_RELEASE'" \
+            "Changing the release of a built Ceph cluster is an upgrade (Proxmox's Ceph upgrade guide), not a lab setting: set ceph.release back to '${installed:-the installed release}', or destroy and re-create the lab."
+    fi
+    # pveceph runs `apt-get install` without -y: answer yes for this run only, through a private apt config
+    # (nothing is left in /etc/apt). The lock timeout waits out a daily apt job instead of failing.
+    local args=(install --repository "$CEPH_REPOSITORY" --version "$CEPH_RELEASE")
+    APT_ANSWERS="$(mktemp)"
+    trap 'rm -f "$APT_ANSWERS"' EXIT
+    printf '%s\n' 'APT::Get::Assume-Yes "true";' 'DPkg::Lock::Timeout "300";' >"$APT_ANSWERS"
+    # tentacle is a tech preview before pve-manager 9.2: without this, pveceph refuses it off a terminal.
+    if [[ "$CEPH_RELEASE" == tentacle ]]; then
+        args+=(--allow-experimental 1)
+    fi
+    log "installing Ceph $CEPH_RELEASE from the $CEPH_REPOSITORY repository on $NODE_NAME: pveceph ${args[*]}"
+    APT_CONFIG="$APT_ANSWERS" pveceph "${args[@]}" </dev/null >&2 ||
+        fail "pveceph ${args[*]} failed on $NODE_NAME (exit $?): see its messages above" \
+            "Check that $NODE_NAME reaches the Ceph repository (the enterprise one needs a subscription), then run this step again."
+    if ! daemons_installed || [[ "$(client_release)" != "$CEPH_RELEASE" ]]; then
+        fail "pveceph install exited 0, but ceph-mon/ceph-osd/ceph-mgr $CEPH_RELEASE are not installed on $NODE_NAME ($(ceph --version 2>&1 || true))" \
+            "Run 'pveceph install --repository $CEPH_REPOSITORY --version $CEPH_RELEASE' on $NODE_NAME to see why, then run this step again."
+    fi
+    log "Ceph $CEPH_RELEASE installed on $NODE_NAME"
+    ceph --version
+}
+
+main "$@"

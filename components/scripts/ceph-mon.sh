@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# ceph-mon.sh - a Ceph monitor and manager on this node, then the cluster's OSD memory target.
+# Run on one node at a time: monitors created at once collide on the ceph.conf lock (this script retries
+# that lock until the deadline anyway). The first monitor also creates a manager.
+# Environment: NODE_NAME, OSD_MEMORY_TARGET_BYTES, DEADLINE_S (600), POLL_S (5).
+set -euo pipefail
+
+ROOT="${PVE_LAB_ROOT:-}"
+DEADLINE_S="${DEADLINE_S:-600}"
+POLL_S="${POLL_S:-5}"
+START=$SECONDS
+
+log() { printf 'pve-lab: %s\n' "$*" >&2; }
+
+# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
+fail() {
+    log "error: $1"
+    if [[ -n "${2:-}" ]]; then
+        log "$2"
+    fi
+    exit 1
+}
+
+require_env() {
+    [[ "${NODE_NAME:-}" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] || fail "NODE_NAME='${NODE_NAME:-}' is not a node name"
+    [[ "${OSD_MEMORY_TARGET_BYTES:-}" =~ ^[0-9]+$ ]] ||
+        fail "OSD_MEMORY_TARGET_BYTES='${OSD_MEMORY_TARGET_BYTES:-}' must be a number of bytes"
+    local name_value
+    for name_value in "DEADLINE_S=$DEADLINE_S" "POLL_S=$POLL_S"; do
+        [[ "${name_value#*=}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "${name_value%%=*}='${name_value#*=}' must be a number of seconds"
+    done
+    local current
+    current="$(hostname)"
+    [[ "$current" == "$NODE_NAME" ]] || fail "this machine is named '$current' but NODE_NAME is '$NODE_NAME'"
+}
+
+deadline_passed() { ((SECONDS - START >= ${DEADLINE_S%.*})); }
+
+# The cluster, asked with a bounded wait (the client waits minutes for a monitor by default).
+cluster() { ceph --connect-timeout 15 "$@"; }
+
+create_monitor() {
+    local output
+    if [[ -d "$ROOT/var/lib/ceph/mon/ceph-$NODE_NAME" ]]; then
+        log "monitor mon.$NODE_NAME already exists"
+        return 0
+    fi
+    log "creating monitor mon.$NODE_NAME"
+    until output="$(pveceph mon create 2>&1)"; do
+        printf '%s\n' "$output" >&2
+        [[ "$output" == *"got lock request timeout"* ]] ||
+            fail "pveceph mon create failed on $NODE_NAME: ${output##*$'\n'}" \
+                "Check 'pvecm status' and 'ceph -s' on $NODE_NAME, then run this step again."
+        deadline_passed &&
+            fail "the ceph.conf lock (cfs-lock 'file-ceph_conf') stayed busy for ${DEADLINE_S}s on $NODE_NAME" \
+                "Another Ceph operation holds it: wait for running pveceph tasks (Datacenter > Tasks) to end, then run this step again."
+        log "ceph.conf is locked by another operation; trying again in ${POLL_S}s"
+        sleep "$POLL_S"
+    done
+    printf '%s\n' "$output" >&2
+    [[ -d "$ROOT/var/lib/ceph/mon/ceph-$NODE_NAME" ]] ||
+        fail "pveceph mon create exited 0, but /var/lib/ceph/mon/ceph-$NODE_NAME does not exist" \
+            "Look at the task log of the monitor creation on $NODE_NAME, then run this step again."
+}
+
+wait_for_quorum() {
+    local status names="" last=""
+    while :; do
+        if status="$(cluster status -f json 2>&1)"; then
+            names="$(python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)["quorum_names"]))' \
+                <<<"$status" 2>/dev/null)" || true
+            if [[ " $names " == *" $NODE_NAME "* ]]; then
+                log "mon.$NODE_NAME is in the quorum ($names)"
+                return 0
+            fi
+            last="quorum: ${names:-none}"
+        else
+            last="${status//$'\n'/ }"
+        fi
+        deadline_passed &&
+            fail "mon.$NODE_NAME did not join the monitor quorum within ${DEADLINE_S}s; last seen: $last" \
+                "Check 'systemctl status ceph-mon@$NODE_NAME', clock sync (chronyc tracking) and ports 3300/6789 between the nodes, then run this step again."
+        sleep "$POLL_S"
+    done
+}
+
+create_manager() {
+    if [[ -d "$ROOT/var/lib/ceph/mgr/ceph-$NODE_NAME" ]]; then
+        log "manager mgr.$NODE_NAME already exists"
+        return 0
+    fi
+    log "creating manager mgr.$NODE_NAME"
+    pveceph mgr create >&2 ||
+        fail "pveceph mgr create failed on $NODE_NAME (exit $?): see its messages above" \
+            "Check 'ceph -s' on $NODE_NAME, then run this step again."
+    [[ -d "$ROOT/var/lib/ceph/mgr/ceph-$NODE_NAME" ]] ||
+        fail "pveceph mgr create exited 0, but /var/lib/ceph/mgr/ceph-$NODE_NAME does not exist" \
+            "Look at the task log of the manager creation on $NODE_NAME, then run this step again."
+}
+
+# The OSDs' memory target lives in the monitors' config database: it can only be set once a monitor runs.
+set_osd_memory_target() {
+    local current
+    current="$(cluster config get osd osd_memory_target 2>&1)" ||
+        fail "could not read osd_memory_target: $current" "Check 'ceph -s' on $NODE_NAME, then run this step again."
+    if [[ "$current" == "$OSD_MEMORY_TARGET_BYTES" ]]; then
+        log "osd_memory_target is already $OSD_MEMORY_TARGET_BYTES"
+        return 0
+    fi
+    cluster config set osd osd_memory_target "$OSD_MEMORY_TARGET_BYTES" >&2 ||
+        fail "ceph config set osd osd_memory_target $OSD_MEMORY_TARGET_BYTES failed (exit $?)" \
+            "Ceph refuses values below 939524096 (896 MiB): check ceph.osdMemoryTargetMiB."
+    current="$(cluster config get osd osd_memory_target)"
+    [[ "$current" == "$OSD_MEMORY_TARGET_BYTES" ]] ||
+        fail "osd_memory_target reads '$current' after setting it to $OSD_MEMORY_TARGET_BYTES"
+    log "osd_memory_target set to $OSD_MEMORY_TARGET_BYTES"
+}
+
+main() {
+    require_env
+    create_monitor
+    wait_for_quorum
+    create_manager
+    set_osd_memory_target
+}
+
+main "$@"
