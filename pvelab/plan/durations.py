@@ -55,6 +55,13 @@ STEP_DURATIONS: dict[str, Duration] = {
     "proxmoxve:index/haresource:Haresource": Duration(10, "ha-manager add: one API call"),
     "proxmoxve:index/harule:Harule": Duration(5, "ha-manager rules add: one API call"),
     "proxmoxve:index/hagroup:Hagroup": Duration(5, "ha-manager groupadd (PVE 8): one API call"),
+    # A classroom student's pool, user, ACLs and network on the outer host (components/student_access.py).
+    "proxmoxve:index/poolLegacy:PoolLegacy": Duration(2, "one API call"),
+    "proxmoxve:index/userLegacy:UserLegacy": Duration(2, "one API call"),
+    "proxmoxve:index/acl:Acl": Duration(2, "one API call"),
+    "proxmoxve:sdn/vnet:Vnet": Duration(5, "one API call (pending until applied)"),
+    "proxmoxve:sdn/applier:Applier": Duration(
+        20, "PUT /cluster/sdn reloads the network configuration on every outer node (estimate)"),
 }
 
 # Steps without an entry (a new script or resource type) count this much, marked as a default.

@@ -519,7 +519,7 @@ class _Missing(dict):
         return "?"
 
 
-def _resource_title(r: Record, outer_vm: bool) -> tuple[str, str, str]:
+def _resource_title(r: Record, outer_vm: bool, parent: Optional[Record] = None) -> tuple[str, str, str]:
     """(kind, phase, title) of a non-command resource."""
     t = r.type
     if t == VM:
@@ -530,7 +530,12 @@ def _resource_title(r: Record, outer_vm: bool) -> tuple[str, str, str]:
     if t == IMAGE:
         return t, "outer", f"download {_plain(r, 'fileName') or 'image'}"
     if t == "random:index/randomPassword:RandomPassword":
-        return t, "credentials", "new root password"
+        # lab-credentials-root-password -> "root password"; lab-student-password -> "student password"
+        prefix = f"{parent.name}-" if parent is not None and r.name.startswith(f"{parent.name}-") else ""
+        what = r.name[len(prefix):].replace("-", " ")
+        if what == "password" and parent is not None:
+            what = f"{parent.name.rsplit('-', 1)[-1]} password"
+        return t, "credentials", f"new {what}"
     if t == "tls:index/privateKey:PrivateKey":
         return t, "credentials", f"new SSH key ({_plain(r, 'algorithm') or 'key'})"
     if t == POOL:
@@ -541,6 +546,17 @@ def _resource_title(r: Record, outer_vm: bool) -> tuple[str, str, str]:
         return t, "ha", f"HA rule {_plain(r, 'rule')}"
     if t == HA_GROUP:
         return t, "ha", f"HA group {_plain(r, 'group')}"
+    # a classroom student's corner of the outer host (components/student_access.py)
+    if t == "proxmoxve:index/poolLegacy:PoolLegacy":
+        return t, "outer", f"resource pool {_plain(r, 'poolId')}"
+    if t == "proxmoxve:index/userLegacy:UserLegacy":
+        return t, "outer", f"user {_plain(r, 'userId')}"
+    if t == "proxmoxve:index/acl:Acl":
+        return t, "outer", f"ACL {_plain(r, 'roleId')} on {_plain(r, 'path')}"
+    if t == "proxmoxve:sdn/vnet:Vnet":
+        return t, "outer", f"SDN VNet {_plain(r, 'resourceId')} (tag {_int(_plain(r, 'tag'))})"
+    if t == "proxmoxve:sdn/applier:Applier":
+        return t, "outer", "SDN apply" if _plain(r, "onCreate") is not False else "SDN apply (on destroy)"
     return t, "other", t.rsplit(":", 1)[-1]
 
 
@@ -661,7 +677,7 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
             detail = " ".join([f"{parts.script}.sh", *parts.args]) if parts.script else ""
             lane = lane_for(r, parts)
         else:
-            kind, phase, title = _resource_title(r, r.urn in nested_urns)
+            kind, phase, title = _resource_title(r, r.urn in nested_urns, parent)
             detail = r.type
             lane = lane_for(r, None)
         seconds, entry, is_default = duration_for(kind, units)

@@ -200,7 +200,8 @@ def _topology(svg: _Svg, plan: Plan, cols: list[_Col], col_of: dict[str, _Col], 
         if ha and n.hostname in ha.priorities or (ha and n.hostname == ha.preferred_node):
             prio = ha.priorities.get(n.hostname)
             if n.hostname == ha.preferred_node:
-                vm_text = ", ".join(f"vm:{v['vmid']} {v['name']}" for v in ha.vms) or ", ".join(ha.resources)
+                vm_text = (f"vm:{ha.vms[0]['vmid']} {ha.vms[0]['name']}" if len(ha.vms) == 1
+                           else ", ".join(f"vm:{v['vmid']}" for v in ha.vms) or ", ".join(ha.resources))
                 svg.rect(bx + 6, nodes_top + 108, bw - 12, 34, PHASE_COLORS["ha"][0], PHASE_COLORS["ha"][1], rx=5)
                 svg.text(bx + 12, nodes_top + 122, _fit(vm_text, bw - 24, 10), 10, "bold", fill="#4a2068")
                 svg.text(bx + 12, nodes_top + 136, f"HA preferred node (priority {prio})", 10, fill="#4a2068")
@@ -220,8 +221,9 @@ def _topology(svg: _Svg, plan: Plan, cols: list[_Col], col_of: dict[str, _Col], 
         for n, xx in zip(plan.nodes, xs):
             svg.line(xx, nodes_top + NODE_BOX_H, xx, ly, color, 1.5, dash="" if i == 0 else "6 3")
             addr = n.link0 if link == "link0" else n.link1
-            if addr:
-                svg.text(xx + 4, ly - 3, addr, 9, fill=color)
+            if addr:  # link0 labels left of their tick, link1 labels right: they never overlap
+                svg.text(xx - 4 if i == 0 else xx + 4, ly - 3, addr, 9, anchor="end" if i == 0 else "start",
+                         fill=color)
         if outer is not None:
             svg.text(outer.x + 12, ly - 2, f"corosync {link}", 10, "bold", fill=color)
             svg.text(outer.x + 12, ly + 10, plan.network[link] or "", 10, fill=color)
@@ -328,14 +330,31 @@ def _steps(svg: _Svg, plan: Plan, cols: list[_Col], col_of: dict[str, _Col], top
             color, marker = (CRITICAL, "arrow-crit") if crit else ((SAME_LANE, "arrow") if same else
                                                                    (CROSS_NODE, "arrow-cross"))
             blocked = same and any((src.lane, lv) in occupied for lv in range(src.level + 1, dst.level))
-            if same and not blocked:
+            # Stacked boxes (several steps of one lane on one level): leave and enter at the sides, so the
+            # arrow does not run under the box below the source or above the target.
+            below_src = per_cell[(src.lane, src.level)] - 1 > slot[d]
+            above_dst = slot[s.id] > 0
+            sx, sy, sw = pos[d]
+            tx, ty, tw = pos[s.id]
+            if same and not (blocked or below_src or above_dst):
                 path = f"M {x1:.1f} {y1:.1f} L {x2:.1f} {y2:.1f}"
             elif same:  # bow out to the right, around the boxes in between
-                bow = pos[d][0] + pos[d][2] + 4
-                path = f"M {x1:.1f} {y1:.1f} C {bow:.1f} {y1 + ROW_H:.1f} {bow:.1f} {y2 - ROW_H:.1f} {x2:.1f} {y2:.1f}"
+                a_x, a_y, b_x, b_y = sx + sw, sy + BOX_H / 2, tx + tw + 1, ty + BOX_H / 2
+                bow = max(a_x, b_x) + 14
+                path = f"M {a_x:.1f} {a_y:.1f} C {bow:.1f} {a_y:.1f} {bow:.1f} {b_y:.1f} {b_x:.1f} {b_y:.1f}"
             else:
-                dy = min(ROW_H * 0.8, (y2 - y1) / 2)
-                path = f"M {x1:.1f} {y1:.1f} C {x1:.1f} {y1 + dy:.1f} {x2:.1f} {y2 - dy:.1f} {x2:.1f} {y2:.1f}"
+                rightwards = tx > sx
+                if below_src:
+                    x1, y1 = (sx + sw, sy + BOX_H / 2) if rightwards else (sx, sy + BOX_H / 2)
+                    c1 = f"{x1 + (40 if rightwards else -40):.1f} {y1:.1f}"
+                else:
+                    c1 = f"{x1:.1f} {y1 + min(ROW_H * 0.8, (y2 - y1) / 2):.1f}"
+                if above_dst:
+                    x2, y2 = (tx - 1, ty + BOX_H / 2) if rightwards else (tx + tw + 1, ty + BOX_H / 2)
+                    c2 = f"{x2 - (40 if rightwards else -40):.1f} {y2:.1f}"
+                else:
+                    c2 = f"{x2:.1f} {y2 - min(ROW_H * 0.8, max(10.0, (y2 - y1) / 2)):.1f}"
+                path = f"M {x1:.1f} {y1:.1f} C {c1} {c2} {x2:.1f} {y2:.1f}"
             w = 2.2 if crit else (1.2 if same else 1.1)
             edges.append((1 if crit else 0, f'<path d="{path}" fill="none" stroke="{color}" stroke-width="{w}" '
                                             f'marker-end="url(#{marker})" opacity="0.9"/>'))
