@@ -64,6 +64,7 @@ def test_ha_drill_measures_the_failover(lab):
     report = lab.run("ha")
     assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
     assert ha_states(report) == ["started on pve1", "fence on pve1", "recovery on pve1", "started on pve2"]
+    assert "VM 100 running on pve2" in [e.what for e in report.events]
     # HA starts the VM elsewhere 120 + 20 lab seconds after the power failure
     assert 140 * SCALE <= report.recovery_s < TIMING.recovery_deadline_s
     assert report.stopped == ["pve1"] and report.still_stopped == []
@@ -115,6 +116,19 @@ def test_ctrl_c_after_stopping_starts_the_node_again(lab):
     assert not report.ok and report.error == "interrupted (Ctrl-C)"
     assert lab.outer_posts() == ["9100/status/stop", "9100/status/start"]
     assert lab.all_running() and report.still_stopped == []
+
+
+class BrokenClock(Clock):
+    def sleep(self, seconds):
+        raise RuntimeError("a bug")
+
+
+def test_unexpected_error_still_starts_the_node_again(lab):
+    lab = lab()
+    with pytest.raises(RuntimeError, match="a bug"):
+        lab.run("ha", clock=BrokenClock())
+    assert lab.outer_posts() == ["9100/status/stop", "9100/status/start"] and lab.all_running()
+    assert "starting the stopped node(s) again ..." in lab.lines
 
 
 def test_quorum_drill_shows_the_survivor_without_quorum(lab):

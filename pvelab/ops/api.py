@@ -138,7 +138,10 @@ class PveClient:
         self._apis: dict[str, ProxmoxAPI] = {}
         self.last_endpoint: Optional[Endpoint] = None
         for ep in self.endpoints:
-            ep.host_port  # noqa: B018 - validates the URL now, not in the middle of a drill
+            try:
+                ep.host_port  # noqa: B018 - validates the URL now, not in the middle of a drill
+            except ApiError as exc:
+                raise ApiError(f"{what}: {exc.message}") from None
 
     # ---- endpoint order
     def prefer_not(self, label: str) -> None:
@@ -202,6 +205,9 @@ class PveClient:
                         f"certificates (see --help)") from None
                 except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                     last, all_auth = ApiError(f"{self.what}: {ep.name} unreachable ({_reason(exc)})",
+                                              transient=True), False
+                except requests.exceptions.RequestException as exc:  # e.g. an answer cut off mid-way
+                    last, all_auth = ApiError(f"{self.what}: {ep.name}: {type(exc).__name__} ({_reason(exc)})",
                                               transient=True), False
                 self._apis.pop(ep.url, None)  # reconnect (and log in again) next time
             if last is not None and last.auth and all_auth:

@@ -131,8 +131,14 @@ class Drill:
         self.event(f"{vm.plan.hostname} powered off (outer VM {vm.plan.vmid} stopped hard)")
 
     def start(self, vm: OuterVm) -> None:
-        upid = self.outer.post(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/start")
-        self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s)
+        try:
+            upid = self.outer.post(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/start")
+            self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s)
+        except ApiError:
+            # a retried start whose first answer was lost fails with "already running": that is fine
+            st = self.outer.get(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/current")
+            if st.get("status") != "running":
+                raise
         self.stopped.remove(vm)
         self.event(f"{vm.plan.hostname} powered on (outer VM {vm.plan.vmid} started)")
 
@@ -195,6 +201,11 @@ class Drill:
             msg = exc.message if isinstance(exc, ApiError) else (str(exc) or "interrupted (Ctrl-C)")
             self.report.error = msg
             self.out(f"drill {kind} failed: {msg}")
+        except Exception as exc:  # a bug or an unforeseen library error must not leave a node off either
+            self.report.error = f"unexpected error: {type(exc).__name__}: {exc}"
+            self.out(f"drill {kind} failed: {self.report.error}")
+            raise
+        finally:
             if self.stopped:
                 self.out("starting the stopped node(s) again ...")
                 self.restore_after_failure()
@@ -232,7 +243,13 @@ class Drill:
                 self.event(f"{sid} {now['state']} on {now['node']}")
             last["seen"] = f"{now['state']} on {now['node']}"
             if now["state"] == "started" and now["node"] != victim.plan.hostname:
-                return now
+                # HA has placed it; recovered once the VM really runs there
+                vm = next((r for r in self.nested.get("cluster/resources", type="vm")
+                           if f"vm:{r.get('vmid')}" == sid), {})
+                last["seen"] += f", VM {vm.get('status', 'not listed')} on {vm.get('node', '?')}"
+                if vm.get("status") == "running" and vm.get("node") == now["node"]:
+                    self.event(f"VM {sid.split(':')[1]} running on {now['node']}")
+                    return now
             return None
 
         try:
