@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pvelab.classroom.allocate import (Allocation, allocate, allocation_path, load_allocation, plan_class,
-                                       save_allocation)
+from pvelab.classroom.allocate import allocate, allocation_path, load_allocation, save_allocation
 from pvelab.classroom.roster import RosterError, load_roster, parse_roster
 from pvelab.spec import ImageSpec, parse_spec
 
@@ -44,7 +43,7 @@ def problems_of(doc: dict, previous=None) -> list[str]:
 
 
 def test_example_roster_plans_six_students_on_two_nodes():
-    plan = plan_class(EXAMPLE) if not allocation_path(EXAMPLE).exists() else allocate(load_roster(EXAMPLE))
+    plan = allocate(load_roster(EXAMPLE))  # from scratch, whatever allocation file may sit next to it
     assert [s.stack for s in plan.students] == [f"ha101-s0{i}" for i in range(1, 7)]
     by_id = plan.by_id()
     assert by_id["s04"].outer_node == "pve2"  # pinned
@@ -241,6 +240,11 @@ def test_csv_roster_direct_and_referenced(tmp_path):
     (tmp_path / "class.yaml").write_text(f"class: ha101\nlab: {{outer: {{endpoint: '{ENDPOINT}'}}}}\nstudents: students.csv\n")
     referenced = load_roster(tmp_path / "class.yaml")
     assert [s.id for s in referenced.students] == ["s01", "s02"]
+
+    example = allocate(load_roster(EXAMPLE.with_suffix(".csv")))
+    assert [(s.stack, s.outer_node, s.student["user"]) for s in example.students] == [
+        ("ha102-s01", "pve1", "ha102-s01@pve"), ("ha102-s02", "pve2", "ha102-s02@pve"), ("ha102-s03", "pve1", "chen@ldap")]
+    assert example.by_id()["s03"].demand.memory_gib == 24
 
     (tmp_path / "bad.csv").write_text(header + "id,name,shoe\ns01,A,42\n")
     with pytest.raises(RosterError, match=r"unknown column 'shoe'"):

@@ -2,7 +2,7 @@
 
 A roster is YAML (see examples/classroom.yaml). The student list may also be a CSV file: either
 `students: students.csv` in the YAML roster (a path relative to it), or a CSV file given directly whose
-leading `#` lines hold the class settings as YAML. CSV columns: `id`, `name`, and optionally `node` (pin to
+leading `#` lines hold the class settings as YAML (`##` lines are plain comments). CSV columns: `id`, `name`, and optionally `node` (pin to
 an outer node), `user` (e.g. a realm login `aiko@ldap`) and `lab.<path>` overrides such as
 `lab.nodes.memoryMiB` (values read as YAML scalars).
 
@@ -398,7 +398,9 @@ def load_roster(path: str | Path) -> Roster:
         raise RosterError([f"roster: the file '{path}' does not exist"])
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".csv":
-        header = "\n".join(line.lstrip()[1:] for line in text.splitlines() if line.lstrip().startswith("#"))
+        # `# ` lines hold the YAML class settings; `##` lines are plain comments.
+        header = "\n".join(line.lstrip()[1:] for line in text.splitlines()
+                           if line.lstrip().startswith("#") and not line.lstrip().startswith("##"))
         try:
             doc = yaml.safe_load(header) or {}
         except yaml.YAMLError as exc:
