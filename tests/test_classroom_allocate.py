@@ -10,7 +10,7 @@ import pytest
 
 from pvelab.classroom.allocate import allocate, allocation_path, load_allocation, save_allocation
 from pvelab.classroom.roster import RosterError, load_roster, parse_roster
-from pvelab.spec import ImageSpec, parse_spec
+from pvelab.spec import ImageSpec, SpecError, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "classroom.yaml"
 ENDPOINT = "https://pve.example.internal:8006/"
@@ -262,3 +262,13 @@ def test_the_class_image_is_downloaded_once_per_outer_node():
     assert downloads["pve1"].checksum == "ab" * 64 and downloads["pve1"].checksum_algorithm == "sha512"
     for s in plan.students:
         assert s.lab["image"]["fileId"] == downloads[s.outer_node].file_id
+
+
+def test_the_spec_refuses_an_admin_role_for_a_student():
+    plan = allocate(roster(roster_doc(1)))
+    lab = copy.deepcopy(plan.students[0].lab)
+    assert lab["student"]["role"] == "PVEVMUser"
+    lab["student"]["role"] = "PVEAdmin"
+    with pytest.raises(SpecError) as err:
+        parse_spec(lab)
+    assert err.value.problems[0].startswith("pve-lab:lab.student.role: 'PVEAdmin' is not allowed")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..policy_rules import LIMIT_POLICY, SANITY_POLICY, ClassLimits, Violation, check_all, resources_from_spec
+from ..policy_rules import LIMIT_POLICY, ClassLimits, Violation, check_all, resources_from_spec
 from .allocate import ClassPlan, StudentStack
 
 
@@ -40,8 +40,8 @@ def class_limits(plan: ClassPlan) -> ClassLimits:
 
 
 def policy_config(plan: ClassPlan) -> dict:
-    """The `--policy-pack-config` file's content for this class."""
-    return {LIMIT_POLICY: class_limits(plan).to_config(), SANITY_POLICY: {}}
+    """The `--policy-pack-config` file's content for this class (the sanity policy takes no config)."""
+    return {LIMIT_POLICY: class_limits(plan).to_config()}
 
 
 def write_policy_config(plan: ClassPlan, path: str | Path) -> Path:
