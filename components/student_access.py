@@ -78,7 +78,9 @@ class StudentAccess(pulumi.ComponentResource):
             finalizer = proxmoxve.sdn.Applier(f"{name}-sdn-finalizer", proxmoxve.sdn.ApplierArgs(
                 on_create=False, on_destroy=True), opts=child)
             vnet = proxmoxve.sdn.Vnet(f"{name}-vnet", proxmoxve.sdn.VnetArgs(
-                resource_id=net.vnet, zone=net.zone, tag=net.vnet_tag, alias=label[:256]),
+                resource_id=net.vnet, zone=net.zone, tag=net.vnet_tag,
+                # ASCII only: PVE's alias format refuses most non-ASCII names
+                alias=f"pve-lab student {student.id}"),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[finalizer]))
             applied = proxmoxve.sdn.Applier(f"{name}-sdn-apply", proxmoxve.sdn.ApplierArgs(
                 on_create=True, on_destroy=False),
