@@ -49,7 +49,7 @@ def render_stack_file(plan: ClassPlan, st: StudentStack, existing: Optional[str]
     config[CONFIG_KEY] = st.lab
     out = {k: v for k, v in doc.items() if k != "config"}
     out["config"] = config
-    return _header(plan, st, config) + yaml.safe_dump(out, sort_keys=False, default_flow_style=False, width=120)
+    return _header(plan, st, config) + yaml.safe_dump(out, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
 
 
 def render(plan: ClassPlan, project_dir: str | Path = PROJECT_DIR) -> list[Path]:
