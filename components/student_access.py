@@ -4,7 +4,7 @@
 - the student's PVE user. Realm `pve`: a generated password (pulumi-random), a Pulumi secret the
   instructor hands out (`pulumi stack output --show-secrets studentPassword`). Other realms (pam, ldap,
   ad, openid) authenticate elsewhere, so no password is set;
-- ACLs with least privilege: the student's role (default PVEVMUser: console, power, CD-ROM, cloud-init of
+- ACLs with least privilege: the student's role (default PVEVMUser: view, console, power, CD-ROM, backup of
   their own VMs) on `/pool/<pool>`, and PVESDNUser (SDN.Audit + SDN.Use) on their own network only:
   `/sdn/zones/<zone>/<vnet>` (sdn mode) or `/sdn/zones/localnetwork/<bridge>/<tag>` (vlan mode, the VLAN
   of the outer bridge). Nothing on `/`, `/nodes`, `/storage` or other pools: the student sees and opens

@@ -183,7 +183,7 @@ class StudentSpec:
     name: str = ""
     user: str = ""  # e.g. s01@pve: may open its own nested nodes' consoles and nothing else
     pool: str = ""  # the outer host's resource pool holding the student's VMs
-    # The student's role on their pool: PVEVMUser (console, power, CD-ROM, cloud-init, backup of their own VMs)
+    # The student's role on their pool: PVEVMUser (view, console, power, CD-ROM, backup of their own VMs)
     # or a console-only custom role the instructor created (VM.Audit + VM.Console).
     role: str = "PVEVMUser"
     network: StudentNetwork = field(default_factory=StudentNetwork)
