@@ -72,6 +72,7 @@ def test_plan_json_round_trips_and_matches_the_tree(capsys, tmp_path, default_la
     code, out, err = run_plan(capsys, "--format", "json", "--out", str(tmp_path))
     assert code == 0, err
     data = json.loads(out)
+    assert data["format"] == "pve-lab-plan/1"
     assert data["ok"] is True and data["problems"] == [] and data["error"] is None
     tree_names = {n["name"] for n in _walk(data["tree"])}
     assert tree_names == {r.name for r in default_lab.records} | {"lab"}

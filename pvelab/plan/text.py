@@ -6,6 +6,8 @@ import json
 from .durations import HA_FAILOVER_S, format_duration, format_offset
 from .model import Plan, TreeNode, _gib, _num
 
+JSON_FORMAT = "pve-lab-plan/1"  # bump when a key changes meaning, so scripts can check
+
 SHORT_TYPES = {
     "pve-lab:index:PveLab": "PveLab",
     "pve-lab:index:LabCredentials": "LabCredentials",
@@ -21,8 +23,7 @@ def _short_type(t: str) -> str:
 
 
 def render_json(plan: Plan, files: dict[str, str] | None = None) -> str:
-    data = plan.to_dict()
-    data["files"] = dict(files or {})
+    data = {"format": JSON_FORMAT, **plan.to_dict(), "files": dict(files or {})}
     return plan.redact(json.dumps(data, indent=2, sort_keys=False))
 
 
@@ -101,9 +102,12 @@ def render_text(plan: Plan, files: dict[str, str] | None = None) -> str:
         title = lane.title + (f" ({lane.address})" if lane.address and lane.kind == "node" else "")
         add(f"  {title}")
         for st in lane_steps:
-            others = [d for d in st.depends_on if steps_by_id[d].lane != st.lane]
-            after = ("  after " + ", ".join(f"{d} ({_lane_name(plan, steps_by_id[d].lane)})" for d in others)
-                     if others else "")
+            elsewhere: dict[str, list[str]] = {}  # waits for steps on other lanes, grouped by lane
+            for d in st.depends_on:
+                if steps_by_id[d].lane != st.lane:
+                    elsewhere.setdefault(_lane_name(plan, steps_by_id[d].lane), []).append(d)
+            after = ("  after " + "; ".join(f"{', '.join(ids)} ({lane})" for lane, ids in elsewhere.items())
+                     if elsewhere else "")
             mark = "*" if st.critical else " "
             add(f"   {mark}L{st.level:<3} {format_offset(st.start_s):>8}  {format_duration(st.estimate_s):>7}  "
                 f"{st.title:<34}  {st.id}{after}")
