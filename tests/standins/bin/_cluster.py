@@ -1,0 +1,251 @@
+"""Cluster state shared by the stand-in pvecm and pvesh (what corosync and pmxcfs keep on a real cluster).
+
+State under $STANDIN_STATE:
+  cluster/clusters/<name>.json   one corosync config: name, config_version, links, nodes
+                                 ({node: {nodeid, quorum_votes, ring0_addr[, ring1_addr]}}), and `settling`
+                                 (answers the next `pvecm status` calls give while corosync restarts)
+  cluster/clusters/<name>.cfs-lock  the cluster-wide corosync.conf lock a join holds
+  cluster/instant-restart        present: corosync restarts at once after create/join (no settling answers)
+  nodes/<node>/cluster           the cluster this node's /etc/pve/corosync.conf belongs to (absent: none)
+  nodes/<node>/down              present: the node is powered off (no vote, API unreachable)
+  nodes/<node>/root-password     the node's root password (`pvecm add` logs in to the member with it)
+  nodes/<node>/fingerprint       overrides the node's API certificate fingerprint (default: from its name)
+  nodes/<node>/guests            present: the node has guests (a join refuses)
+  nodes/<node>/pvecm-add-seen.txt   what each `pvecm add` saw of its process (argv, parents, environment)
+Every member's `$PVE_LAB_ROOT/etc/pve/corosync.conf` (nodes/<node>/root/..., as tests/node_runner lays
+out a node) is rewritten whenever its cluster changes, as pmxcfs shares /etc/pve.
+Tests use the helpers at the bottom (`seed_foreign_cluster`, `power_off`, `set_root_password`, ...).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from standin_lib import die, fault, locked_json, log_call, node, node_dir, root, state_dir  # noqa: E402,F401
+
+COROSYNC_CONF = "etc/pve/corosync.conf"
+JOIN_HOLD_S = 0.05  # how long a join holds the cluster lock (so joins at the same time collide)
+LOCK_WAIT_S = 0.1  # how long a join waits for that lock (the real one waits 10 s)
+AFTER_CREATE = ["cmap"]  # corosync and pmxcfs restart: what quorum queries answer while they settle
+AFTER_JOIN = ["noquorum"]
+
+
+# --- paths and small state files -------------------------------------------------------------------
+
+def clusters_dir(state: Path | None = None) -> Path:
+    return (state or state_dir()) / "cluster" / "clusters"
+
+
+def cluster_path(name: str, state: Path | None = None) -> Path:
+    return clusters_dir(state) / f"{name}.json"
+
+
+def node_path(name: str, state: Path | None = None) -> Path:
+    d = (state or state_dir()) / "nodes" / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def node_root(name: str, state: Path | None = None) -> Path:
+    """The node's file tree, as tests/node_runner.FakeNode lays it out (its PVE_LAB_ROOT)."""
+    if state is None and name == node():
+        return root()
+    return node_path(name, state) / "root"
+
+
+def cluster_of(name: str, state: Path | None = None) -> str | None:
+    path = node_path(name, state) / "cluster"
+    return path.read_text().strip() or None if path.exists() else None
+
+
+def is_up(name: str, state: Path | None = None) -> bool:
+    return not (node_path(name, state) / "down").exists()
+
+
+def fingerprint(name: str, state: Path | None = None) -> str:
+    """The node's API certificate SHA-256 fingerprint: deterministic per node name unless a test set one."""
+    override = node_path(name, state) / "fingerprint"
+    if override.exists():
+        return override.read_text().strip()
+    digest = hashlib.sha256(f"stand-in pveproxy certificate of {name}".encode()).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+
+
+def root_password(name: str) -> str | None:
+    path = node_path(name) / "root-password"
+    return path.read_text().rstrip("\n") if path.exists() else None
+
+
+def load_cluster(name: str, state: Path | None = None) -> dict | None:
+    path = cluster_path(name, state)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextmanager
+def cluster_state(name: str):
+    """Locked read-modify-write of one cluster's config; rewrites the members' corosync.conf after."""
+    with locked_json(cluster_path(name), None) as holder:
+        yield holder
+    if holder["data"] is not None:
+        for member in holder["data"]["nodes"]:
+            write_corosync_conf(holder["data"], member)
+
+
+def my_cluster() -> dict | None:
+    """The config this node's corosync.conf belongs to, or None when it is in no cluster."""
+    name = cluster_of(node())
+    return load_cluster(name) if name else None
+
+
+def find_member(address: str) -> tuple[dict, str] | None:
+    """(cluster, node) whose node answers on `address` (a link address or the node name)."""
+    d = clusters_dir()
+    for path in sorted(d.glob("*.json")) if d.exists() else []:
+        data = json.loads(path.read_text())
+        for member, info in (data or {"nodes": {}})["nodes"].items():
+            if address in (member, info.get("ring0_addr"), info.get("ring1_addr")):
+                return data, member
+    return None
+
+
+# --- quorum ---------------------------------------------------------------------------------------
+
+def members_up(data: dict) -> list[str]:
+    return [n for n in sorted(data["nodes"], key=lambda n: data["nodes"][n]["nodeid"]) if is_up(n)]
+
+
+def votes(data: dict) -> tuple[int, int, int]:
+    """(expected votes, total votes of the nodes that are up, votes needed for quorum)."""
+    expected = sum(i["quorum_votes"] for i in data["nodes"].values())
+    total = sum(data["nodes"][n]["quorum_votes"] for n in members_up(data))
+    return expected, total, expected // 2 + 1
+
+
+def settling_after(change: list[str]) -> list[str]:
+    """The settling answers after a create or join (none when a test made restarts instant)."""
+    return [] if (state_dir() / "cluster" / "instant-restart").exists() else list(change)
+
+
+def next_settling_answer(name: str) -> str | None:
+    """Corosync restarts after create/join: each quorum query (status, a join's check) uses up one answer."""
+    with cluster_state(name) as holder:
+        settling = holder["data"].get("settling") or []
+        return settling.pop(0) if settling else None
+
+
+def quorate(data: dict) -> bool:
+    expected, total, needed = votes(data)
+    return total >= needed and not data.get("settling") and not fault("no-quorum")
+
+
+# --- corosync.conf --------------------------------------------------------------------------------
+
+def render_corosync_conf(data: dict) -> str:
+    lines = ["logging {", "  debug: off", "  to_syslog: yes", "}", "", "nodelist {"]
+    for member, info in sorted(data["nodes"].items(), key=lambda kv: kv[1]["nodeid"]):
+        lines += ["  node {", f"    name: {member}", f"    nodeid: {info['nodeid']}",
+                  f"    quorum_votes: {info['quorum_votes']}"]
+        lines += [f"    ring{link}_addr: {info[f'ring{link}_addr']}" for link in data["links"]]
+        lines.append("  }")
+    lines += ["}", "", "quorum {", "  provider: corosync_votequorum", "}", "", "totem {",
+              f"  cluster_name: {data['name']}", f"  config_version: {data['config_version']}"]
+    for link in data["links"]:
+        lines += ["  interface {", f"    linknumber: {link}", "  }"]
+    lines += ["  ip_version: ipv4-6", "  link_mode: passive", "  secauth: on", "  version: 2", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_corosync_conf(data: dict, member: str, state: Path | None = None) -> None:
+    path = node_root(member, state) / COROSYNC_CONF
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render_corosync_conf(data)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def new_cluster(name: str, member: str, links: dict[int, str], votes_: int = 1, nodeid: int = 1) -> dict:
+    return {"name": name, "config_version": 1, "links": sorted(links), "settling": [],
+            "nodes": {member: {"nodeid": nodeid, "quorum_votes": votes_,
+                               **{f"ring{i}_addr": a for i, a in links.items()}}}}
+
+
+@contextmanager
+def cluster_lock(name: str, wait_s: float = LOCK_WAIT_S):
+    """The cluster-wide corosync.conf lock (cfs lock); yields False when it stayed busy for wait_s."""
+    path = clusters_dir() / f"{name}.cfs-lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.01)
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- helpers for tests ----------------------------------------------------------------------------
+
+def set_root_password(state: Path, name: str, password: str) -> None:
+    (node_path(name, state) / "root-password").write_text(password + "\n")
+
+
+def set_fingerprint(state: Path, name: str, value: str) -> None:
+    (node_path(name, state) / "fingerprint").write_text(value + "\n")
+
+
+def power_off(state: Path, name: str) -> None:
+    (node_path(name, state) / "down").write_text("")
+
+
+def power_on(state: Path, name: str) -> None:
+    (node_path(name, state) / "down").unlink(missing_ok=True)
+
+
+def add_guests(state: Path, name: str) -> None:
+    (node_path(name, state) / "guests").write_text("100\n")
+
+
+def seed_foreign_cluster(state: Path, name: str, cluster: str, address: str) -> None:
+    """Make `name` a one-node cluster `cluster` of its own (e.g. a VM reused from another lab)."""
+    data = new_cluster(cluster, name, {0: address})
+    path = cluster_path(cluster, state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    (node_path(name, state) / "cluster").write_text(cluster + "\n")
+    write_corosync_conf(data, name, state)
+
+
+def leave_all_clusters(state: Path, name: str) -> None:
+    """Undo a seeded membership, as reinstalling the node would (tests only; no real pvecm does this)."""
+    cluster = cluster_of(name, state)
+    (node_path(name, state) / "cluster").unlink(missing_ok=True)
+    (node_root(name, state) / COROSYNC_CONF).unlink(missing_ok=True)
+    if cluster and (data := load_cluster(cluster, state)):
+        data["nodes"].pop(name, None)
+        if data["nodes"]:
+            cluster_path(cluster, state).write_text(json.dumps(data, indent=1, sort_keys=True))
+        else:
+            cluster_path(cluster, state).unlink()
+
+
+def settle_now(state: Path, cluster: str) -> None:
+    """Let corosync finish restarting: the next `pvecm status` answers from the votes alone."""
+    path = cluster_path(cluster, state)
+    data = json.loads(path.read_text())
+    data["settling"] = []
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
