@@ -113,12 +113,20 @@ def test_missing_stack_file_names_the_stack(capsys, tmp_path):
     assert code == 2 and "stack 'nosuch': no file Pulumi.nosuch.yaml" in err
 
 
-@pytest.mark.parametrize("flag,value", [("--host-cores", "0"), ("--host-memory-gib", "lots"), ("-s", "../x")])
+@pytest.mark.parametrize("flag,value", [("--host-cores", "0"), ("--host-memory-gib", "lots"),
+                                        ("--host-disk-gib", "nan"), ("-s", "../x")])
 def test_bad_flags_get_one_message_naming_the_flag(capsys, flag, value):
     with pytest.raises(SystemExit) as exit_:
         main(["plan", flag, value])
     assert exit_.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_out_must_be_a_folder(capsys, tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("")
+    code, out, err = run_plan(capsys, "--out", str(target))
+    assert code == 1 and err == f"plan: --out {target}: cannot write the picture (it is a file, not a folder)\n"
 
 
 def test_program_failure_is_one_clear_line(capsys, monkeypatch):

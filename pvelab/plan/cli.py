@@ -6,6 +6,7 @@ Exit codes: 0 planned; 2 the config (or a flag) is wrong, with the same message 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -18,15 +19,15 @@ from .text import render_errors, render_json, render_text
 DEFAULT_OUT = "plan-out"
 
 
-def _positive(flag: str, kind: type):
+def _positive(kind: type):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value <= 0:
+        if value is None or not math.isfinite(value) or value <= 0:
             what = "a positive whole number" if kind is int else "a positive number"
-            raise argparse.ArgumentTypeError(f"{flag}: expected {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")  # argparse names the flag
         return value
     return parse
 
@@ -34,7 +35,7 @@ def _positive(flag: str, kind: type):
 def _stack_name(text: str) -> str:
     if not STACK_NAME_RE.match(text):
         raise argparse.ArgumentTypeError(
-            f"-s/--stack: {text!r} is not a stack name (letters, digits, '_', '.', '-'; file Pulumi.<stack>.yaml)")
+            f"{text!r} is not a stack name (letters, digits, '_', '.', '-'; the file is Pulumi.<stack>.yaml)")
     return text
 
 
@@ -49,11 +50,11 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text", help="output on stdout (default: text)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"folder for the picture files (default: {DEFAULT_OUT}/)")
-    p.add_argument("--host-cores", type=_positive("--host-cores", int), metavar="N",
+    p.add_argument("--host-cores", type=_positive(int), metavar="N",
                    help="the outer host's CPU cores, to check that the lab fits")
-    p.add_argument("--host-memory-gib", type=_positive("--host-memory-gib", float), metavar="N",
+    p.add_argument("--host-memory-gib", type=_positive(float), metavar="N",
                    help="the outer host's RAM in GiB")
-    p.add_argument("--host-disk-gib", type=_positive("--host-disk-gib", float), metavar="N",
+    p.add_argument("--host-disk-gib", type=_positive(float), metavar="N",
                    help="free space in GiB on the outer storage for VM disks")
     # Where the stack files are (tests use a temporary folder); the program is always this checkout's.
     p.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)
@@ -74,8 +75,11 @@ def run(args: argparse.Namespace) -> int:
             print(render_json(plan))
         print(render_errors(plan), file=sys.stderr)
         return 2
+    out_dir = Path(args.out)
     try:
-        files = write_pictures(plan, Path(args.out)).as_dict()
+        if out_dir.exists() and not out_dir.is_dir():
+            raise NotADirectoryError(20, "it is a file, not a folder")
+        files = write_pictures(plan, out_dir).as_dict()
     except OSError as exc:
         print(f"plan: --out {args.out}: cannot write the picture ({exc.strerror or exc})", file=sys.stderr)
         return 1
