@@ -86,7 +86,7 @@ wait_for_quorum() {
 
 create_manager() {
     if [[ -d "$ROOT/var/lib/ceph/mgr/ceph-$NODE_NAME" ]]; then
-        log "manager mgr.$NODE_NAME already exists"
+        log "manager mgr.$NODE_NAME already exists (the first monitor creates one)"
         return 0
     fi
     log "creating manager mgr.$NODE_NAME"
