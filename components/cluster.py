@@ -49,7 +49,8 @@ class PveCluster(pulumi.ComponentResource):
             depends_on=[first.ready],
         )
         self.fingerprint_step = node_step(
-            f"{name}-fingerprint", first.connection, "cluster-fingerprint", parent=self, depends_on=[self.create])
+            f"{name}-fingerprint", first.connection, "cluster-fingerprint", parent=self,
+            env={"DEADLINE_S": deadline, "POLL_S": POLL_S}, depends_on=[self.create])
         fingerprint = self.fingerprint_step.stdout.apply(lambda s: (s or "").strip())
 
         previous: pulumi.Resource = self.fingerprint_step
