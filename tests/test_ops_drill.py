@@ -160,3 +160,10 @@ def test_ha_drill_needs_an_ha_test_vm(lab):
     report = lab.run("ha", raw)
     assert not report.ok and "pve-lab:lab.ha.enabled is false" in report.error
     assert lab.outer_posts() == []
+
+
+@pytest.mark.parametrize("flag,value", [("--poll", "0"), ("--recovery-timeout", "-5"), ("--retries", "zero")])
+def test_bad_timing_flags_are_refused(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["drill", "ha", flag, value])
+    assert exc.value.code == 2 and f"argument {flag}: '{value}'" in capsys.readouterr().err

@@ -14,12 +14,29 @@ from .status import gather, render_json as status_json, render_text as status_te
 EXIT_STILL_STOPPED = 3
 
 
+def seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds")
+    return value
+
+
+def count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number >= 1")
+    return int(text)
+
+
 def _stack(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--stack", default="lab", help="the stack whose Pulumi.<stack>.yaml to use (default: lab)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
-    p.add_argument("--retries", type=int, default=3, metavar="N",
+    p.add_argument("--retries", type=count, default=3, metavar="N",
                    help="attempts per API call on transient errors (default: 3)")
-    p.add_argument("--request-timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--request-timeout", type=seconds, default=10.0, metavar="S",
                    help="seconds for one API request (default: 10)")
 
 
@@ -63,20 +80,20 @@ def register(sub) -> None:
     _outer(p)
     _nested(p)
     d = DrillTiming()
-    p.add_argument("--poll", type=float, default=d.poll_s, metavar="S", help=f"poll interval (default {d.poll_s:g})")
-    p.add_argument("--task-timeout", type=float, default=d.task_deadline_s, metavar="S",
+    p.add_argument("--poll", type=seconds, default=d.poll_s, metavar="S", help=f"poll interval (default {d.poll_s:g})")
+    p.add_argument("--task-timeout", type=seconds, default=d.task_deadline_s, metavar="S",
                    help=f"outer stop/start task deadline (default {d.task_deadline_s:g})")
-    p.add_argument("--recovery-timeout", type=float, default=d.recovery_deadline_s, metavar="S",
+    p.add_argument("--recovery-timeout", type=seconds, default=d.recovery_deadline_s, metavar="S",
                    help=f"deadline for HA recovery / quorum loss (default {d.recovery_deadline_s:g})")
-    p.add_argument("--rejoin-timeout", type=float, default=d.rejoin_deadline_s, metavar="S",
+    p.add_argument("--rejoin-timeout", type=seconds, default=d.rejoin_deadline_s, metavar="S",
                    help=f"deadline for stopped nodes to rejoin with quorum (default {d.rejoin_deadline_s:g})")
-    p.add_argument("--observe", type=float, default=d.observe_s, metavar="S",
+    p.add_argument("--observe", type=seconds, default=d.observe_s, metavar="S",
                    help=f"quorum drill: how long to watch HA not recover (default {d.observe_s:g})")
     p.set_defaults(func=cmd_drill)
 
 
 def _retry(args) -> Retry:
-    return Retry(attempts=max(1, args.retries), request_timeout_s=args.request_timeout)
+    return Retry(attempts=args.retries, request_timeout_s=args.request_timeout)
 
 
 def _fail(msg: str) -> int:
