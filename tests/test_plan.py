@@ -292,3 +292,17 @@ def test_a_classroom_student_stack_plans_with_known_steps():
     assert {"resource pool s01pool", "user s01@pve", "ACL PVEVMUser on /pool/s01pool", "SDN apply"} <= outer
     assert [s.id for s in plan.steps if s.estimate_is_default] == []
     ET.fromstring(render_svg(plan))
+
+
+def test_plan_runs_the_policy_packs_sanity_rules(capsys, tmp_path):
+    code, out, _ = run_plan(capsys, "--out", str(tmp_path))
+    assert code == 0 and "Policy: the lab passes the sanity rules" in out
+    # An even node count passes validation when acknowledged, but the class policy still refuses it.
+    even = deep_merge(lab_raw(), {"nodes": {"count": 4, "acknowledgeEvenCount": True}})
+    write_stack(tmp_path, "even", even)
+    code, out, _ = run_plan(capsys, "-s", "even", "--project-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert code == 0
+    assert "Policy: 1 violation(s); `pulumi up --policy-pack policy` would refuse this stack" in out
+    assert "[quorum] 4 nested nodes" in out
+    code, out, _ = run_plan(capsys, "-s", "even", "--project-dir", str(tmp_path), "--format", "json")
+    assert [v.split("]")[0] for v in json.loads(out)["policy"]] == ["[quorum"]

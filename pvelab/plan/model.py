@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from pvelab.evaluate import (MOCK_PRIVATE_KEY, MOCK_ROOT_PASSWORD, PLACEHOLDER_SECRETS, SECRET_SIG, SIG_KEY,
                              Evaluation, Record)
 
+from pvelab.policy_rules import check_lab_sanity
 from .durations import HA_FAILOVER_S, duration_for
 
 COMMAND = "command:remote:Command"
@@ -206,6 +207,8 @@ class Plan:
     error: Optional[str] = None  # the program's own message, exactly as `pulumi up` shows it
     problems: list[str] = field(default_factory=list)  # the same, one line per problem
     warnings: list[str] = field(default_factory=list)
+    # The policy pack's lab sanity rules (policy/, pvelab/policy_rules.py) over the same records.
+    policy: list[str] = field(default_factory=list)
     cluster_name: str = ""
     summary: dict[str, Any] = field(default_factory=dict)  # short facts for the header (suite, Ceph release)
     outer: OuterHostInfo = field(default_factory=OuterHostInfo)
@@ -583,6 +586,7 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
 
     graph = _Graph(evaluation)
     records = evaluation.records
+    plan.policy = [str(v) for v in check_lab_sanity(records)]
 
     # --- the nested nodes: VMs under a NestedPveNode component (or tagged as one)
     nested_vms = [r for r in records if r.type == VM and (

@@ -148,6 +148,12 @@ def render_text(plan: Plan, files: dict[str, str] | None = None) -> str:
     defaults = sorted(st.id for st in plan.steps if st.estimate_is_default)
     if defaults:
         add(f"  No duration known for {', '.join(defaults)}: counted as 1 min each.")
+    add("")
+    if plan.policy:
+        add(f"Policy: {len(plan.policy)} violation(s); `pulumi up --policy-pack policy` would refuse this stack")
+        out.extend(f"  {v}" for v in plan.policy)
+    else:
+        add("Policy: the lab passes the sanity rules of the policy pack (policy/)")
     if plan.warnings:
         add("")
         add("Warnings")
