@@ -181,6 +181,19 @@ def test_join_of_a_node_in_another_cluster_fails_then_succeeds_once_cleared(lab)
     assert lab.join("pve2", 2).returncode == 0
 
 
+def test_join_of_a_node_with_the_clusters_config_but_not_in_its_node_list_fails_clearly(lab):
+    """A half-done join: corosync.conf of the lab's cluster here, but this node is not in its node list."""
+    assert lab.create().returncode == 0
+    conf = lab.nodes["pve1"].root / "etc/pve/corosync.conf"
+    target = lab.nodes["pve2"].root / "etc/pve/corosync.conf"
+    target.parent.mkdir(parents=True)
+    target.write_text(conf.read_text())
+    result = lab.join("pve2", 2)
+    assert result.returncode == 1
+    assert "pve2 has the /etc/pve/corosync.conf of cluster 'pve-lab' but is not in its node list" in result.stderr
+    assert not [c for c in lab.calls() if ": pvecm add" in c]
+
+
 def test_create_whose_task_failed_with_exit_0_is_caught(lab):
     arm_fault(lab.state, "create-task-failed", times=1)
     result = lab.create()
@@ -339,8 +352,8 @@ def test_shrinking_a_running_lab_is_refused_at_once(lab):
     result = lab.quorum(3, DEADLINE_S="30")
     assert time.monotonic() - started < 5, "a shrink is refused at once, not after the deadline"
     assert result.returncode == 1
-    assert "the cluster has 4 members (pve1 pve2 pve3 pve4) but EXPECTED_NODES (nodes.count) is 3" in result.stderr
-    assert "extra, the last joined: pve4" in result.stderr
+    assert "the cluster has 4 members (pve1 pve2 pve3 pve4), more than EXPECTED_NODES=3 (nodes.count): " \
+           "removing nodes from a running lab is refused (extra, the last joined: pve4)" in result.stderr
     assert "destroy and re-create it" in error_lines(result).splitlines()[-1]
 
 

@@ -32,7 +32,8 @@ main() {
         [[ "${!name}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "$name='${!name}' must be a number of seconds"
     done
     local node start=$SECONDS join_info=""
-    node="$(hostname)"
+    node="$(uname -n)"
+    node="${node%%.*}" # the PVE node name: the host name up to the first dot
     # Right after the create, pmxcfs may still be restarting: poll until the API answers.
     until join_info="$(pvesh get /cluster/config/join --output-format json 2>&1)"; do
         if ((SECONDS - start >= ${DEADLINE_S%.*})); then

@@ -141,11 +141,16 @@ main() {
     require_env
     # pvecm add refuses to run inside /etc/pve (pmxcfs restarts under it).
     cd /
-    NODE="$(hostname)"
+    # The PVE node name: the host name up to the first dot.
+    NODE="$(uname -n)"
+    NODE="${NODE%%.*}"
     local current
     current="$(current_cluster)"
     if is_member; then
         log "$NODE is already a member of cluster '$CLUSTER_NAME': nothing to join"
+    elif [[ "$current" == "$CLUSTER_NAME" ]]; then
+        fail "$NODE has the $COROSYNC_CONF of cluster '$CLUSTER_NAME' but is not in its node list (a half-done join?)" \
+            "Compare 'pvecm nodes' here and on $FIRST_IP; re-create this node if the join was left half done."
     elif [[ -n "$current" ]]; then
         fail "$NODE is already in cluster '$current' (its $COROSYNC_CONF), not in '$CLUSTER_NAME'" \
             "A node belongs to one cluster only: re-create this node (pulumi destroy, then pulumi up), or set pve-lab:lab.cluster.name to '$current' if that cluster is this lab's."

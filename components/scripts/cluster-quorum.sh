@@ -47,7 +47,7 @@ main() {
     while :; do
         mapfile -t members < <(configured_members)
         if ((${#members[@]} > EXPECTED_NODES)); then
-            fail "the cluster has ${#members[@]} members (${members[*]}) but EXPECTED_NODES (nodes.count) is $EXPECTED_NODES; extra, the last joined: ${members[*]:EXPECTED_NODES}. Removing nodes from a running lab is refused" \
+            fail "the cluster has ${#members[@]} members (${members[*]}), more than EXPECTED_NODES=$EXPECTED_NODES (nodes.count): removing nodes from a running lab is refused (extra, the last joined: ${members[*]:EXPECTED_NODES})" \
                 "To shrink the lab, destroy and re-create it (pulumi destroy, then pulumi up); to keep it, set pve-lab:lab.nodes.count back to ${#members[@]}."
         fi
         rc=0
