@@ -97,7 +97,7 @@ def test_failed_restart_names_the_node_and_the_command(lab, tmp_path, monkeypatc
     args += [f"--nested-url={u}" for u in nested_urls(lab.nested)]
     assert main(args) == ops_cli.EXIT_STILL_STOPPED
     out = capsys.readouterr().out
-    assert "node pve1 (outer VM 9100 on pve) may still be STOPPED" in out
+    assert "node pve1 (outer VM 9100 on pve) may still be STOPPED or stop soon" in out
     assert "qm start 9100" in out and "pvesh create /nodes/pve/qemu/9100/status/start" in out
     assert "STILL STOPPED (start them, see above): pve1" in out
     assert TOKEN.split("=")[1] not in out and ROOT_PASSWORD not in out
@@ -116,6 +116,18 @@ def test_ctrl_c_after_stopping_starts_the_node_again(lab):
     assert not report.ok and report.error == "interrupted (Ctrl-C)"
     assert lab.outer_posts() == ["9100/status/stop", "9100/status/start"]
     assert lab.all_running() and report.still_stopped == []
+
+
+def test_stop_task_past_its_deadline_is_reported(lab):
+    lab = lab()
+    lab.outer.time_scale = 1.0
+    lab.outer.vm(9100).stop_secs = 30  # the outer host takes 30 s to stop the VM
+    report = lab.run("ha", timing=DrillTiming(poll_s=0.02, task_deadline_s=0.2))
+    assert report.error.startswith("timed out after 0.2 s waiting for the outer host's stop of pve1 (VM 9100) "
+                                   "to finish")
+    assert report.still_stopped == ["pve1"]
+    assert any("its stop task is still running" in line for line in lab.lines)
+    assert any("qm start 9100" in line for line in lab.lines)
 
 
 class BrokenClock(Clock):

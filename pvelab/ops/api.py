@@ -227,16 +227,17 @@ class PveClient:
                         transient=exc.status_code in TRANSIENT_STATUS)
 
     # ---- tasks
-    def wait_task(self, node: str, upid: str, deadline_s: float, interval_s: float = 1.0) -> None:
+    def wait_task(self, node: str, upid: str, deadline_s: float, interval_s: float = 1.0, what: str = "") -> None:
         """Wait until the task ends; raise ApiError when it failed, WaitTimeout at the deadline."""
 
         def done():
             st = self.get(f"nodes/{node}/tasks/{upid}/status")
             return st if st.get("status") == "stopped" else None
 
-        st = poll(self.clock, deadline_s, interval_s, done, f"task {upid} on {node} to finish")
+        what = what or f"task {upid} on {node}"
+        st = poll(self.clock, deadline_s, interval_s, done, f"{what} to finish (task {upid})")
         if st.get("exitstatus") != "OK":
-            raise ApiError(f"task {st.get('type', '')} on {node} failed: {st.get('exitstatus')}")
+            raise ApiError(f"{what} failed: {st.get('exitstatus')} (task {upid})")
 
 
 def poll(clock: Clock, deadline_s: float, interval_s: float, probe: Callable[[], Optional[T]], what: str,

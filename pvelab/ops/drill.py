@@ -75,6 +75,7 @@ class Drill:
         self.clock = clock or Clock()
         self.out = out
         self.stopped: list[OuterVm] = []  # stopped by us and not yet started again
+        self.stop_tasks: dict[int, str] = {}  # vmid -> UPID of a stop task not yet seen finished
         self.t0: Optional[float] = None
         self.report = DrillReport("")
 
@@ -126,14 +127,18 @@ class Drill:
         if self.t0 is None:
             self.t0 = self.clock.now()
         upid = self.outer.post(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/stop")
-        self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s)
+        self.stop_tasks[vm.plan.vmid] = upid
+        self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s,
+                             f"the outer host's stop of {vm.plan.hostname} (VM {vm.plan.vmid})")
+        del self.stop_tasks[vm.plan.vmid]
         self.report.stopped.append(vm.plan.hostname)
         self.event(f"{vm.plan.hostname} powered off (outer VM {vm.plan.vmid} stopped hard)")
 
     def start(self, vm: OuterVm) -> None:
         try:
             upid = self.outer.post(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/start")
-            self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s)
+            self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s,
+                                 f"the outer host's start of {vm.plan.hostname} (VM {vm.plan.vmid})")
         except ApiError:
             # a retried start whose first answer was lost fails with "already running": that is fine
             st = self.outer.get(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/current")
@@ -146,6 +151,11 @@ class Drill:
         """Best effort: start every node we stopped; say loudly which may still be down."""
         for vm in list(self.stopped):
             try:
+                upid = self.stop_tasks.get(vm.plan.vmid)
+                if upid:  # our stop task did not report its end: it may still power the VM off later
+                    task = self.outer.get(f"nodes/{vm.outer_node}/tasks/{upid}/status")
+                    if task.get("status") == "running":
+                        raise DrillError(f"its stop task is still running ({upid}); it will be off when that ends")
                 st = self.outer.get(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/current")
                 if st.get("status") == "running":
                     self.stopped.remove(vm)  # the stop never happened, or someone started it already
@@ -155,7 +165,7 @@ class Drill:
                 msg = exc.message if isinstance(exc, ApiError) else (str(exc) or "interrupted")
                 self.report.still_stopped.append(vm.plan.hostname)
                 self.out(f"!! node {vm.plan.hostname} (outer VM {vm.plan.vmid} on {vm.outer_node}) may still be "
-                         f"STOPPED: starting it failed: {msg}")
+                         f"STOPPED or stop soon: {msg}")
                 self.out(f"!! start it with: {vm.start_command(self.outer.endpoints[0].url)}")
 
     def wait_rejoined(self, sid: Optional[str]) -> None:
