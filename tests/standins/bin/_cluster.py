@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from standin_lib import die, fault, locked_json, log_call, node, node_dir, root, state_dir  # noqa: E402,F401
+from standin_lib import die, fault, locked_json, log_call, node, root, state_dir  # noqa: E402,F401 (re-exported)
 
 COROSYNC_CONF = "etc/pve/corosync.conf"
 JOIN_HOLD_S = 0.05  # how long a join holds the cluster lock (so joins at the same time collide)
