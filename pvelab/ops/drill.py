@@ -316,6 +316,11 @@ class Drill:
         self.probe_read_only(survivors[0])
         if sid:
             self.observe_no_recovery(sid, {v.plan.hostname for v in victims})
+        self.report.findings.append(
+            "what it means: without quorum the survivor keeps its running guests, but /etc/pve is read-only (no "
+            "config change, no VM start or migration) and HA neither fences nor recovers, so that two halves "
+            "can never run the same VM; it all resumes when a majority is back (`pvecm expected 1` on a lone "
+            "survivor forces quorum: an emergency measure only)")
         for vm in list(victims):
             self.start(vm)
         self.wait_rejoined(sid)
@@ -364,7 +369,7 @@ class Drill:
 def render_text(report: DrillReport) -> str:
     lines = [f"drill {report.kind}: {'completed' if report.ok else 'FAILED'}"]
     if report.recovery_s is not None:
-        lines.append(f"  time to recovery: {report.recovery_s:.1f} s (power failure -> HA service started elsewhere)")
+        lines.append(f"  time to recovery: {report.recovery_s:.1f} s (power failure -> the VM runs on another node)")
     if report.rejoin_s is not None:
         lines.append(f"  rejoin after power-on: {report.rejoin_s:.1f} s")
     if report.events:
