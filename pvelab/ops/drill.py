@@ -64,8 +64,8 @@ class OuterVm:
 
     def start_command(self, endpoint: str) -> str:
         host = endpoint.split("//")[-1].split(":")[0].split("/")[0]
-        return (f"ssh root@{host} qm start {self.plan.vmid}   "
-                f"(or: pvesh create /nodes/{self.outer_node}/qemu/{self.plan.vmid}/status/start)")
+        return (f"ssh root@{host} qm start {self.plan.vmid}   (qm runs on node {self.outer_node}; from any node: "
+                f"pvesh create /nodes/{self.outer_node}/qemu/{self.plan.vmid}/status/start, or Start in the web UI)")
 
 
 class Drill:
