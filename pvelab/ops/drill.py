@@ -196,7 +196,7 @@ class Drill:
         except WaitTimeout as exc:
             raise DrillError(f"{exc}. The node VMs are running on the outer host; check the nested nodes' "
                              f"consoles and `pvecm status` / `ha-manager status` on them") from None
-        self.report.rejoin_s = round(self.clock.now() - start, 1)
+        self.report.rejoin_s = self.clock.now() - start  # rounded only when shown
         self.event(f"all {len(self.spec.node_plans)} members online and quorate again"
                    + (f", {sid} started" if sid else ""))
 
@@ -269,7 +269,7 @@ class Drill:
             raise DrillError(f"HA did not recover {sid}: {exc}. Check `ha-manager status` on a running node "
                              f"(a service stuck in fence/recovery: no node may run it, or fencing did not "
                              f"complete)") from None
-        self.report.recovery_s = round(self.elapsed(), 1)
+        self.report.recovery_s = self.elapsed()  # rounded only when shown
         self.out(f"recovered: {sid} runs on {moved['node']} {self.report.recovery_s:.1f} s after the power failure")
         self.start(victim)
         self.wait_rejoined(None)
@@ -384,7 +384,11 @@ def render_text(report: DrillReport) -> str:
 
 
 def render_json(report: DrillReport) -> str:
-    return json.dumps(asdict(report), indent=2)
+    data = asdict(report)
+    for key in ("recovery_s", "rejoin_s"):
+        if data[key] is not None:
+            data[key] = round(data[key], 1)
+    return json.dumps(data, indent=2)
 
 
 def run_drill(kind: str, spec: LabSpec, outer: PveClient, nested: PveClient, timing: DrillTiming = DrillTiming(),
