@@ -4,6 +4,8 @@ Lab seconds run at 4 ms each: a 2-minute failover takes about half a second of r
 """
 from __future__ import annotations
 
+import io
+
 import pytest
 import yaml
 
@@ -93,7 +95,7 @@ def test_failed_restart_names_the_node_and_the_command(lab, tmp_path, monkeypatc
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
     monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
     args = ["drill", "ha", "-s", "t", "--outer-url", lab.outer.url, "--outer-ca", lab.ca, "--nested-ca", lab.ca,
-            "--retries", "2", "--poll", "0.02", "--recovery-timeout", "0.5"]
+            "--retries", "2", "--poll", "0.02", "--recovery-timeout", "0.5", "--yes"]
     args += [f"--nested-url={u}" for u in nested_urls(lab.nested)]
     assert main(args) == ops_cli.EXIT_STILL_STOPPED
     out = capsys.readouterr().out
@@ -179,3 +181,18 @@ def test_bad_timing_flags_are_refused(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["drill", "ha", flag, value])
     assert exc.value.code == 2 and f"argument {flag}: '{value}'" in capsys.readouterr().err
+
+
+def test_drill_asks_first_and_refuses_without_yes_off_a_terminal(lab, tmp_path, monkeypatch, capsys):
+    lab = lab()
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
+    args = ["drill", "quorum", "-s", "t", "--outer-url", lab.outer.url, "--outer-ca", lab.ca, "--nested-ca", lab.ca]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "drill quorum hard-stops 2 of the 3 nested nodes of stack 't' (outer VMs 9100, 9101, 9102 on pve)" in err
+    assert "pass --yes" in err
+    assert lab.outer_posts() == [] and lab.all_running()

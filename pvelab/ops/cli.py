@@ -89,6 +89,8 @@ def register(sub) -> None:
                    help=f"deadline for stopped nodes to rejoin with quorum (default {d.rejoin_deadline_s:g})")
     p.add_argument("--observe", type=seconds, default=d.observe_s, metavar="S",
                    help=f"quorum drill: how long to watch HA not recover (default {d.observe_s:g})")
+    p.add_argument("--yes", action="store_true",
+                   help="do not ask before hard-stopping nested nodes (needed when not run on a terminal)")
     p.set_defaults(func=cmd_drill)
 
 
@@ -127,8 +129,27 @@ def cmd_status(args) -> int:
     return 0 if report["healthy"] else 1
 
 
+def _confirm_drill(args, spec) -> bool:
+    """A drill powers nodes off: say which, and go on only when the user agrees (or passed --yes)."""
+    if args.yes:
+        return True
+    plans = spec.node_plans
+    what = ("the nested node that runs the HA test VM" if args.kind == "ha"
+            else f"{len(plans) // 2 + 1} of the {len(plans)} nested nodes")
+    vmids = ", ".join(str(p.vmid) for p in plans)
+    question = (f"drill {args.kind} hard-stops {what} of stack '{args.stack}' (outer VMs {vmids} on "
+                f"{spec.outer.node}), then starts them again.")
+    if not sys.stdin.isatty():
+        print(f"{question} Not on a terminal: pass --yes to go ahead.", file=sys.stderr)
+        return False
+    answer = input(f"{question} Continue? [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
 def cmd_drill(args) -> int:
     spec = load_stack(args.stack).spec()
+    if not _confirm_drill(args, spec):
+        return 2
     timing = DrillTiming(poll_s=args.poll, task_deadline_s=args.task_timeout,
                          recovery_deadline_s=args.recovery_timeout, rejoin_deadline_s=args.rejoin_timeout,
                          observe_s=args.observe)
