@@ -24,6 +24,7 @@ pulumi.export("nodes", [
     for p in spec.node_plans
 ])
 pulumi.export("pveVersions", {n.plan.hostname: n.pveversion for n in lab.nodes})
+pulumi.export("clusterMembers", lab.cluster.members)
 pulumi.export("clusterStatus", lab.cluster.status_text)
 pulumi.export("rootPassword", lab.credentials.root_password)
 pulumi.export("sshPrivateKey", lab.credentials.ssh_private_key)

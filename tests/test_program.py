@@ -238,6 +238,7 @@ def test_stack_outputs_for_the_reader(default_lab):
                         "webUrl": "https://10.10.10.11:8006/", "ssh": "ssh root@10.10.10.11"}
     assert "Quorate:          Yes" in out["clusterStatus"].value
     assert out["clusterName"].value == "pve-lab" and out["cephPool"].value == "vmpool"
+    assert out["clusterMembers"].value == NODES
     assert out["haResources"].value == ["vm:100"] and out["haPreferredNode"].value == "pve1"
 
 
