@@ -128,6 +128,9 @@ class NestedPveNode(pulumi.ComponentResource):
             agent=proxmoxve.VmLegacyAgentArgs(enabled=True, timeout="2m", trim=True),
             initialization=proxmoxve.VmLegacyInitializationArgs(
                 datastore_id=storage,
+                # No first-boot `apt upgrade` by cloud-init: it would hold the dpkg lock for minutes while
+                # the prepare step waits, and prepare runs `apt full-upgrade` itself once the PVE repo is in.
+                upgrade=False,
                 ip_configs=ip_configs,
                 dns=proxmoxve.VmLegacyInitializationDnsArgs(domain=spec.cluster.domain, servers=list(spec.network.dns)),
                 user_account=proxmoxve.VmLegacyInitializationUserAccountArgs(

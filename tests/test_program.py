@@ -37,6 +37,7 @@ def test_default_stack_builds_three_nested_nodes(default_lab):
         assert init["ipConfigs"][0]["ipv4"] == {"address": f"{ip}/24", "gateway": "10.10.10.1"}
         assert init["dns"] == {"domain": "lab.internal", "servers": ["10.10.10.1"]}
         assert init["userAccount"]["username"] == "root"
+        assert init["upgrade"] is False  # prepare upgrades; cloud-init must not hold the dpkg lock meanwhile
         assert init["userAccount"]["keys"] == [MOCK_PUBLIC_KEY]
         assert vm.plain("agent")["enabled"] is True
         assert vm.plain("serialDevices") == [{"device": "socket"}]
