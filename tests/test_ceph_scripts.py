@@ -381,10 +381,13 @@ def test_health_waits_for_the_expected_osds(built):
 def test_scripts_are_shellcheck_clean():
     import subprocess
 
-    scripts = sorted(str(p) for p in (Path(__file__).resolve().parent.parent / "components/scripts").glob("ceph-*.sh"))
+    folder = Path(__file__).resolve().parent.parent / "components/scripts"
+    scripts = sorted(str(p) for p in folder.glob("ceph-*.sh"))
     assert len(scripts) == 5
     shellcheck = Path(sys.executable).parent / "shellcheck"
-    r = subprocess.run([str(shellcheck), "-S", "style", *scripts], capture_output=True, text=True)
+    # -x: follow `source lib/common.sh`, so the helpers are checked as the scripts use them.
+    r = subprocess.run([str(shellcheck), "-x", "-S", "style", *scripts, str(folder / "lib/common.sh")],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -427,5 +427,7 @@ def test_scripts_are_shellcheck_clean():
     shellcheck = Path(sys.executable).parent / "shellcheck"
     scripts = sorted(str(p) for p in SCRIPTS.glob("cluster-*.sh"))
     assert len(scripts) == 4
-    proc = subprocess.run([str(shellcheck), "-S", "style", *scripts], capture_output=True, text=True)
+    # -x: follow `source lib/common.sh`, so the helpers are checked as the scripts use them.
+    proc = subprocess.run([str(shellcheck), "-x", "-S", "style", *scripts, str(SCRIPTS / "lib/common.sh")],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout

@@ -371,5 +371,7 @@ def test_shellcheck_style_passes():
     shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
     if not shellcheck:
         pytest.skip("shellcheck is not installed")
-    proc = subprocess.run([shellcheck, "-S", "style", str(SCRIPT)], capture_output=True, text=True)
+    # -x: follow `source lib/common.sh`, so the helpers are checked as the script uses them.
+    proc = subprocess.run([shellcheck, "-x", "-S", "style", str(SCRIPT), str(SCRIPT.parent / "lib/common.sh")],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,38 @@
+"""pvelab/node_script.py: the command ships lib/common.sh with every script, and the run line stays last."""
+from __future__ import annotations
+
+import pytest
+
+import pvelab.node_script as node_script
+from node_runner import FakeNode
+from pvelab.node_script import HEREDOC_MARK, script_command
+
+
+def test_the_library_is_written_before_the_script_and_the_run_line_is_last():
+    command = script_command("cluster-quorum", ["an arg"], {"EXPECTED_NODES": "3", "UNSET": None})
+    lines = command.splitlines()
+    assert lines[0] == f'mkdir -p "$HOME/pve-lab/lib" && cat > "$HOME/pve-lab/lib/common.sh" <<\'{HEREDOC_MARK}\''
+    library_end = lines.index(HEREDOC_MARK)
+    assert lines[library_end + 1] == f'cat > "$HOME/pve-lab/cluster-quorum.sh" <<\'{HEREDOC_MARK}\''
+    assert lines.count(HEREDOC_MARK) == 2 and lines[-2] == HEREDOC_MARK
+    assert lines[-1] == "env EXPECTED_NODES=3 bash \"$HOME/pve-lab/cluster-quorum.sh\" 'an arg'"
+    assert "fail()" in "\n".join(lines[:library_end])
+
+
+def test_a_script_left_on_the_node_runs_by_hand(tmp_path):
+    node = FakeNode("pve1", tmp_path)
+    node.run(script_command("cluster-quorum"))  # fails (no EXPECTED_NODES), but leaves both files
+    assert (node.home / "pve-lab/lib/common.sh").is_file()
+    by_hand = node.run('cd / && bash "$HOME/pve-lab/cluster-quorum.sh"')
+    assert by_hand.returncode == 1
+    assert by_hand.stderr == ("pve-lab: error: missing environment variable EXPECTED_NODES\n"
+                              "pve-lab: Run as: EXPECTED_NODES=3 bash cluster-quorum.sh\n")
+
+
+def test_a_heredoc_mark_in_the_library_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib/common.sh").write_text(f"log() {{ :; }}\n{HEREDOC_MARK}\n")
+    (tmp_path / "x.sh").write_text("true\n")
+    monkeypatch.setattr(node_script, "SCRIPTS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="common.sh: a line equal to PVE_LAB_EOF"):
+        script_command("x")
