@@ -4,6 +4,8 @@
 # Optional: LINK1 (second corosync link), DEADLINE_S (600), POLL_S (5), PVE_LAB_ROOT (file tree root, for tests).
 # Already in a cluster named CLUSTER_NAME: nothing to create. In a cluster of another name: fails.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 ROOT="${PVE_LAB_ROOT:-}"
 COROSYNC_CONF="/etc/pve/corosync.conf"
@@ -12,35 +14,12 @@ POLL_S="${POLL_S:-5}"
 LINK0="${LINK0:-}"
 LINK1="${LINK1:-}"
 
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
-
 require_env() {
-    local missing=() name
-    for name in CLUSTER_NAME LINK0; do
-        [[ -n "${!name:-}" ]] || missing+=("$name")
-    done
-    if ((${#missing[@]})); then
-        fail "missing environment variable(s): ${missing[*]}" "Run as: CLUSTER_NAME=pve-lab LINK0=10.10.10.11 bash cluster-create.sh"
-    fi
+    require_vars "Run as: CLUSTER_NAME=pve-lab LINK0=10.10.10.11 bash cluster-create.sh" CLUSTER_NAME LINK0
     [[ "$CLUSTER_NAME" =~ ^[a-z][a-z0-9-]{0,14}$ ]] ||
         fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter"
-    for name in LINK0 LINK1; do
-        if [[ -n "${!name:-}" && ! "${!name}" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]]; then
-            fail "$name='${!name}' is not an IPv4 address"
-        fi
-    done
-    for name in DEADLINE_S POLL_S; do
-        [[ "${!name}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "$name='${!name}' must be a number of seconds"
-    done
+    require_ipv4 LINK0 LINK1
+    require_seconds DEADLINE_S POLL_S
 }
 
 # The cluster this node's corosync.conf belongs to; empty when it is in no cluster.
@@ -60,7 +39,7 @@ wait_for_quorum() {
         if ((rc == 0)); then
             return 0
         fi
-        if ((SECONDS - start >= ${DEADLINE_S%.*})); then
+        if deadline_passed "$start"; then
             log "last 'pvecm status' (exit $rc):"
             printf '%s\n' "$status" >&2
             fail "cluster '$CLUSTER_NAME' did not become quorate within ${DEADLINE_S}s" \

@@ -4,20 +4,11 @@
 # (`pvesh get /cluster/config/join`, the node's pve_fp): the certificate pveproxy really serves.
 # Optional environment: DEADLINE_S (60), POLL_S (2).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 DEADLINE_S="${DEADLINE_S:-60}"
 POLL_S="${POLL_S:-2}"
-
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
 
 # The pve_fp of node $NODE_NAME in the join information (JSON on stdin). Perl and JSON::PP ship with PVE.
 fingerprint_from_join_info() {
@@ -27,16 +18,13 @@ fingerprint_from_join_info() {
 }
 
 main() {
-    local name
-    for name in DEADLINE_S POLL_S; do
-        [[ "${!name}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "$name='${!name}' must be a number of seconds"
-    done
+    require_seconds DEADLINE_S POLL_S
     local node start=$SECONDS join_info=""
     node="$(uname -n)"
     node="${node%%.*}" # the PVE node name: the host name up to the first dot
     # Right after the create, pmxcfs may still be restarting: poll until the API answers.
     until join_info="$(pvesh get /cluster/config/join --output-format json 2>&1)"; do
-        if ((SECONDS - start >= ${DEADLINE_S%.*})); then
+        if deadline_passed "$start"; then
             fail "no join information from 'pvesh get /cluster/config/join' within ${DEADLINE_S}s: ${join_info//$'\n'/ }" \
                 "Is this node the cluster's first node, with the cluster created ('pvecm status')? Then run this step again."
         fi

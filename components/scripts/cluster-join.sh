@@ -7,6 +7,8 @@
 # Stdin: the first node's root password, as the first line (never an argument or a variable: `ps` would show it).
 # Already a member of CLUSTER_NAME: nothing to join. In a cluster of another name: fails.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 ROOT="${PVE_LAB_ROOT:-}"
 COROSYNC_CONF="/etc/pve/corosync.conf"
@@ -15,40 +17,17 @@ POLL_S="${POLL_S:-5}"
 LINK0="${LINK0:-}"
 LINK1="${LINK1:-}"
 
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
-
 require_env() {
-    local missing=() name
-    for name in CLUSTER_NAME FIRST_IP LINK0 FINGERPRINT EXPECTED_NODES; do
-        [[ -n "${!name:-}" ]] || missing+=("$name")
-    done
-    if ((${#missing[@]})); then
-        fail "missing environment variable(s): ${missing[*]}" \
-            "Run as: CLUSTER_NAME=pve-lab FIRST_IP=10.10.10.11 LINK0=10.10.10.12 FINGERPRINT=AA:BB:... EXPECTED_NODES=2 bash cluster-join.sh <<<\"\$ROOT_PASSWORD\""
-    fi
+    require_vars "Run as: CLUSTER_NAME=pve-lab FIRST_IP=10.10.10.11 LINK0=10.10.10.12 FINGERPRINT=AA:BB:... EXPECTED_NODES=2 bash cluster-join.sh <<<\"\$ROOT_PASSWORD\"" \
+        CLUSTER_NAME FIRST_IP LINK0 FINGERPRINT EXPECTED_NODES
     [[ "$CLUSTER_NAME" =~ ^[a-z][a-z0-9-]{0,14}$ ]] ||
         fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter"
-    for name in FIRST_IP LINK0 LINK1; do
-        if [[ -n "${!name:-}" && ! "${!name}" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]]; then
-            fail "$name='${!name}' is not an IPv4 address"
-        fi
-    done
+    require_ipv4 FIRST_IP LINK0 LINK1
     [[ "$FINGERPRINT" =~ ^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$ ]] ||
         fail "FINGERPRINT='$FINGERPRINT' is not a SHA-256 fingerprint (32 hex pairs joined by ':')" \
             "Take it from cluster-fingerprint.sh on the first node."
     [[ "$EXPECTED_NODES" =~ ^[1-9][0-9]*$ ]] || fail "EXPECTED_NODES='$EXPECTED_NODES' must be a whole number of nodes"
-    for name in DEADLINE_S POLL_S; do
-        [[ "${!name}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "$name='${!name}' must be a number of seconds"
-    done
+    require_seconds DEADLINE_S POLL_S
 }
 
 # The cluster this node's corosync.conf belongs to; empty when it is in no cluster.
@@ -105,7 +84,7 @@ join_cluster() {
                 fail "pvecm add exited $rc, but $NODE is not a member of cluster '$CLUSTER_NAME' afterwards (its messages are above)" \
                     "Fix the cause shown by pvecm (see also 'journalctl -u pve-cluster -u corosync' here and on $FIRST_IP), then run again." ;;
         esac
-        if ((SECONDS - start >= ${DEADLINE_S%.*})); then
+        if deadline_passed "$start"; then
             fail "could not join cluster '$CLUSTER_NAME' within ${DEADLINE_S}s: $reason" \
                 "Check 'pvecm status' on $FIRST_IP and 'systemctl status pveproxy' there, then run this step again."
         fi
@@ -125,7 +104,7 @@ wait_for_quorum() {
             log "cluster '$CLUSTER_NAME' is quorate with $online nodes"
             return 0
         fi
-        if ((SECONDS - start >= ${DEADLINE_S%.*})); then
+        if deadline_passed "$start"; then
             log "last 'pvecm status' (exit $rc):"
             printf '%s\n' "$status" >&2
             fail "cluster '$CLUSTER_NAME' was not quorate with $EXPECTED_NODES nodes within ${DEADLINE_S}s of this join" \

@@ -4,30 +4,18 @@
 # Environment: EXPECTED_NODES. Optional: DEADLINE_S (600), POLL_S (5), PVE_LAB_ROOT (file tree root, for tests).
 # More members than EXPECTED_NODES fails at once: a running lab is never shrunk (destroy and re-create it).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 ROOT="${PVE_LAB_ROOT:-}"
 COROSYNC_CONF="/etc/pve/corosync.conf"
 DEADLINE_S="${DEADLINE_S:-600}"
 POLL_S="${POLL_S:-5}"
 
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
-
 require_env() {
     [[ -n "${EXPECTED_NODES:-}" ]] || fail "missing environment variable EXPECTED_NODES" "Run as: EXPECTED_NODES=3 bash cluster-quorum.sh"
     [[ "$EXPECTED_NODES" =~ ^[1-9][0-9]*$ ]] || fail "EXPECTED_NODES='$EXPECTED_NODES' must be a whole number of nodes"
-    local name
-    for name in DEADLINE_S POLL_S; do
-        [[ "${!name}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "$name='${!name}' must be a number of seconds"
-    done
+    require_seconds DEADLINE_S POLL_S
 }
 
 # The configured members, one name per line in node id order (the node list of corosync.conf).
@@ -59,7 +47,7 @@ main() {
             log "cluster is quorate with all $EXPECTED_NODES members online: ${members[*]}"
             return 0
         fi
-        if ((SECONDS - start >= ${DEADLINE_S%.*})); then
+        if deadline_passed "$start"; then
             log "last 'pvecm status' (exit $rc):"
             printf '%s\n' "$status" >&2
             fail "the cluster was not quorate with $EXPECTED_NODES members online within ${DEADLINE_S}s (members: ${members[*]:-none}; online: ${online:-unknown}; 'pvecm status' exit $rc, 2 = not quorate)" \
