@@ -3,21 +3,12 @@
 # Environment: EXPECTED_MONS, EXPECTED_OSDS, NODE_NAME (for messages), DEADLINE_S (900), POLL_S (5).
 # Prints `ceph -s` (the stack output cephHealth); on timeout, fails with `ceph -s` and `ceph health detail`.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 DEADLINE_S="${DEADLINE_S:-900}"
 POLL_S="${POLL_S:-5}"
 START=$SECONDS
-
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
 
 require_env() {
     [[ -n "${NODE_NAME:-}" ]] || fail "missing environment variable NODE_NAME"
@@ -25,9 +16,7 @@ require_env() {
     for name_value in "EXPECTED_MONS=${EXPECTED_MONS:-}" "EXPECTED_OSDS=${EXPECTED_OSDS:-}"; do
         [[ "${name_value#*=}" =~ ^[1-9][0-9]*$ ]] || fail "${name_value%%=*}='${name_value#*=}' must be a positive count"
     done
-    for name_value in "DEADLINE_S=$DEADLINE_S" "POLL_S=$POLL_S"; do
-        [[ "${name_value#*=}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "${name_value%%=*}='${name_value#*=}' must be a number of seconds"
-    done
+    require_seconds DEADLINE_S POLL_S
 }
 
 cluster() { ceph --connect-timeout 15 "$@"; }
@@ -56,7 +45,7 @@ main() {
         else
             last="${status//$'\n'/ }"
         fi
-        if ((SECONDS - START >= ${DEADLINE_S%.*})); then
+        if deadline_passed "$START"; then
             log "ceph -s:"
             cluster -s >&2 || true
             log "ceph health detail:"

@@ -4,20 +4,11 @@
 #   NODE_NAME (for messages).
 # Skips when /etc/pve/ceph.conf already has an fsid; fails when that configuration uses other networks.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 CONF="${PVE_LAB_ROOT:-}/etc/pve/ceph.conf"
 CIDR_RE='^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$'
-
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
 
 require_env() {
     [[ -n "${NODE_NAME:-}" ]] || fail "missing environment variable NODE_NAME"

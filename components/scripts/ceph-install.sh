@@ -4,17 +4,8 @@
 #   NODE_NAME (for messages).
 # Skips when the release's daemons are installed. Prints the `ceph --version` line.
 set -euo pipefail
-
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 require_env() {
     [[ -n "${NODE_NAME:-}" ]] || fail "missing environment variable NODE_NAME"

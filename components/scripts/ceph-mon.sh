@@ -4,37 +4,21 @@
 # that lock until the deadline anyway). The first monitor also creates a manager.
 # Environment: NODE_NAME, OSD_MEMORY_TARGET_BYTES, DEADLINE_S (600), POLL_S (5).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 ROOT="${PVE_LAB_ROOT:-}"
 DEADLINE_S="${DEADLINE_S:-600}"
 POLL_S="${POLL_S:-5}"
 START=$SECONDS
 
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
-
 require_env() {
     [[ "${NODE_NAME:-}" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] || fail "NODE_NAME='${NODE_NAME:-}' is not a node name"
     [[ "${OSD_MEMORY_TARGET_BYTES:-}" =~ ^[0-9]+$ ]] ||
         fail "OSD_MEMORY_TARGET_BYTES='${OSD_MEMORY_TARGET_BYTES:-}' must be a number of bytes"
-    local name_value
-    for name_value in "DEADLINE_S=$DEADLINE_S" "POLL_S=$POLL_S"; do
-        [[ "${name_value#*=}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "${name_value%%=*}='${name_value#*=}' must be a number of seconds"
-    done
-    local current
-    current="$(hostname)"
-    [[ "$current" == "$NODE_NAME" ]] || fail "this machine is named '$current' but NODE_NAME is '$NODE_NAME'"
+    require_seconds DEADLINE_S POLL_S
+    require_hostname NODE_NAME
 }
-
-deadline_passed() { ((SECONDS - START >= ${DEADLINE_S%.*})); }
 
 # The cluster, asked with a bounded wait (the client waits minutes for a monitor by default).
 cluster() { ceph --connect-timeout 15 "$@"; }
@@ -51,7 +35,7 @@ create_monitor() {
         [[ "$output" == *"got lock request timeout"* ]] ||
             fail "pveceph mon create failed on $NODE_NAME: ${output##*$'\n'}" \
                 "Check 'pvecm status' and 'ceph -s' on $NODE_NAME, then run this step again."
-        deadline_passed &&
+        deadline_passed "$START" &&
             fail "the ceph.conf lock (cfs-lock 'file-ceph_conf') stayed busy for ${DEADLINE_S}s on $NODE_NAME" \
                 "Another Ceph operation holds it: wait for running pveceph tasks (Datacenter > Tasks) to end, then run this step again."
         log "ceph.conf is locked by another operation; trying again in ${POLL_S}s"
@@ -77,7 +61,7 @@ wait_for_quorum() {
         else
             last="${status//$'\n'/ }"
         fi
-        deadline_passed &&
+        deadline_passed "$START" &&
             fail "mon.$NODE_NAME did not join the monitor quorum within ${DEADLINE_S}s; last seen: $last" \
                 "Check 'systemctl status ceph-mon@$NODE_NAME', clock sync (chronyc tracking) and ports 3300/6789 between the nodes, then run this step again."
         sleep "$POLL_S"

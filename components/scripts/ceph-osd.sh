@@ -4,40 +4,25 @@
 # A disk that already holds an OSD of this cluster is skipped; a disk holding anything else is refused with
 # the command that wipes it (never wiped here: it may hold someone's data).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 ROOT="${PVE_LAB_ROOT:-}"
 DEADLINE_S="${DEADLINE_S:-600}"
 POLL_S="${POLL_S:-5}"
 START=$SECONDS
 
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
-
 require_env() {
     [[ "${NODE_NAME:-}" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] || fail "NODE_NAME='${NODE_NAME:-}' is not a node name"
     read -ra DEVICES <<<"${OSD_DEVICES:-}"
     ((${#DEVICES[@]})) || fail "OSD_DEVICES is empty: give the data disks, e.g. /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd0"
-    local dev name_value
+    local dev
     for dev in "${DEVICES[@]}"; do
         [[ "$dev" == /dev/* ]] || fail "OSD_DEVICES entry '$dev' is not a /dev path"
     done
-    for name_value in "DEADLINE_S=$DEADLINE_S" "POLL_S=$POLL_S"; do
-        [[ "${name_value#*=}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "${name_value%%=*}='${name_value#*=}' must be a number of seconds"
-    done
-    local current
-    current="$(hostname)"
-    [[ "$current" == "$NODE_NAME" ]] || fail "this machine is named '$current' but NODE_NAME is '$NODE_NAME'"
+    require_seconds DEADLINE_S POLL_S
+    require_hostname NODE_NAME
 }
-
-deadline_passed() { ((SECONDS - START >= ${DEADLINE_S%.*})); }
 
 cluster() { ceph --connect-timeout 15 "$@"; }
 
@@ -121,7 +106,7 @@ wait_until_up() {
         else
             last="${dump//$'\n'/ }"
         fi
-        deadline_passed &&
+        deadline_passed "$START" &&
             fail "the OSDs of $NODE_NAME did not come up within ${DEADLINE_S}s; $last" \
                 "Check 'systemctl status ceph-osd@<id>' and free memory on $NODE_NAME (each OSD wants osd_memory_target), then run this step again."
         sleep "$POLL_S"
