@@ -9,6 +9,8 @@
 #   DEADLINE_S (600), POLL_S (5), REBOOT_DELAY_S (5), PVE_LAB_ROOT (file tree root, for tests).
 # Every step reads the state first and acts only when it differs: a second run changes nothing.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
 
 ROOT="${PVE_LAB_ROOT:-}"
 PVE_SUITE="${PVE_SUITE:-trixie}"
@@ -28,28 +30,10 @@ API_URL="https://localhost:8006/"
 # Debian kernels to remove once the Proxmox kernel runs (genericcloud images ship the -cloud flavour).
 DEBIAN_KERNEL_PATTERNS=("linux-image-amd64" "linux-image-cloud-amd64" "linux-image-6.12*" "os-prober")
 
-log() { printf 'pve-lab: %s\n' "$*" >&2; }
-
-# fail MESSAGE [WHAT-TO-DO]: the last line says what to do.
-fail() {
-    log "error: $1"
-    if [[ -n "${2:-}" ]]; then
-        log "$2"
-    fi
-    exit 1
-}
-
 require_env() {
-    local missing=() name
-    for name in NODE_HOSTNAME NODE_FQDN NODE_IP; do
-        if [[ -z "${!name:-}" ]]; then
-            missing+=("$name")
-        fi
-    done
-    if ((${#missing[@]})); then
-        fail "missing environment variable(s): ${missing[*]}" "Run as: NODE_HOSTNAME=pve1 NODE_FQDN=pve1.lab.example NODE_IP=10.10.10.11 bash install-pve.sh STEP"
-    fi
-    [[ "$NODE_IP" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || fail "NODE_IP='$NODE_IP' is not an IPv4 address"
+    require_vars "Run as: NODE_HOSTNAME=pve1 NODE_FQDN=pve1.lab.example NODE_IP=10.10.10.11 bash install-pve.sh STEP" \
+        NODE_HOSTNAME NODE_FQDN NODE_IP
+    require_ipv4 NODE_IP
     [[ "$NODE_HOSTNAME" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] ||
         fail "NODE_HOSTNAME='$NODE_HOSTNAME' is not a valid short host name (lower-case letters, digits, '-')"
     [[ "$NODE_FQDN" == "$NODE_HOSTNAME".* ]] ||
@@ -57,11 +41,7 @@ require_env() {
     if [[ -n "${KEYRING_SHA256:-}" && ! "$KEYRING_SHA256" =~ ^[0-9a-f]{64}$ ]]; then
         fail "KEYRING_SHA256 must be 64 lower-case hex digits (a sha256), got '$KEYRING_SHA256'"
     fi
-    local name_value
-    for name_value in "DEADLINE_S=$DEADLINE_S" "POLL_S=$POLL_S" "REBOOT_DELAY_S=$REBOOT_DELAY_S"; do
-        [[ "${name_value#*=}" =~ ^[0-9]+(\.[0-9]+)?$ ]] ||
-            fail "${name_value%%=*}='${name_value#*=}' must be a number of seconds"
-    done
+    require_seconds DEADLINE_S POLL_S REBOOT_DELAY_S
 }
 
 # write_if_changed PATH MODE < content: replace PATH only when its bytes differ; true when it wrote.
@@ -173,11 +153,7 @@ configure_hosts() {
 }
 
 check_hostname() {
-    local current
-    current="$(hostname)"
-    [[ "$current" == "$NODE_HOSTNAME" ]] ||
-        fail "this machine is named '$current' but NODE_HOSTNAME is '$NODE_HOSTNAME'" \
-            "Check that NODE_IP=$NODE_IP is the right VM, or fix its cloud-init hostname and reboot it."
+    require_hostname NODE_HOSTNAME "Check that NODE_IP=$NODE_IP is the right VM, or fix its cloud-init hostname and reboot it."
 }
 
 # Poll until cloud-init's first boot is over (it may be upgrading packages), up to the deadline.
@@ -191,7 +167,7 @@ wait_for_cloud_init() {
             error) log "cloud-init reported errors (see 'cloud-init status --long'); continuing"; return 0 ;;
             *) return 0 ;;
         esac
-        if ((SECONDS - start >= ${DEADLINE_S%.*})); then
+        if deadline_passed "$start"; then
             fail "cloud-init still '${status:-no answer}' after ${DEADLINE_S}s" \
                 "Look at 'cloud-init status --long' on $NODE_HOSTNAME, then run this step again."
         fi
@@ -381,7 +357,7 @@ step_ready() {
             log "ready: $version; web UI https://$NODE_IP:8006/"
             return 0
         fi
-        if ((SECONDS - start >= ${DEADLINE_S%.*})); then
+        if deadline_passed "$start"; then
             local waiting="pveversion"
             ((version_ok)) && waiting="the API on $API_URL"
             fail "$waiting did not come up within ${DEADLINE_S}s on $NODE_HOSTNAME; last error: $last_error" \
