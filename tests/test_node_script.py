@@ -1,6 +1,8 @@
 """pvelab/node_script.py: the command ships lib/common.sh with every script, and the run line stays last."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import pvelab.node_script as node_script
@@ -36,3 +38,10 @@ def test_a_heredoc_mark_in_the_library_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(node_script, "SCRIPTS_DIR", tmp_path)
     with pytest.raises(ValueError, match="common.sh: a line equal to PVE_LAB_EOF"):
         script_command("x")
+
+
+def test_the_library_never_traces_commands():
+    """cluster-join holds the root password in a variable: a trace in the shared helpers would print it."""
+    text = (node_script.SCRIPTS_DIR / node_script.LIBRARY).read_text()
+    assert not re.search(r"^\s*set\s+(-\w*x|-o\s+xtrace)", text, re.M)
+    assert "bash -x" not in text
