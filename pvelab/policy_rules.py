@@ -16,7 +16,7 @@ the nested cluster's API): limits count only what the class takes from the outer
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .spec import ADMIN_ROLES  # roles that reach beyond a student's own VMs

@@ -11,7 +11,6 @@ import shutil
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 import pytest
@@ -19,6 +18,7 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from pvelab.classroom import automation, run_cli
+from pvelab.classroom.allocate import ImageDownload
 from pvelab.classroom.automation import (
     CLASS_PROJECT, IMAGES_TOKEN_KEY, AutomationBackend, ClassImagesBackend, PulumiCliMissing, check_downloads,
     class_outer_endpoint, images_job, images_program, proxmoxve_plugin, require_pulumi_cli,
@@ -31,17 +31,6 @@ TOKEN = "root@pam!pvelab=00000000-1111-2222-3333-444444444444"
 ENDPOINT = "https://pve.example:8006/"
 NO_CLI = lambda name: None  # noqa: E731
 FAKE_CLI = lambda name: f"/opt/pulumi/bin/{name}"  # noqa: E731
-
-
-@dataclass(frozen=True)
-class ImageDownload:
-    node: str
-    storage: str
-    url: str
-    file_name: str
-    checksum: Optional[str]
-    checksum_algorithm: Optional[str]
-    file_id: str
 
 
 DEBIAN = "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2"

@@ -422,7 +422,6 @@ def allocate(roster: Roster, previous_allocation: Optional[Allocation] = None, *
     # 2. each student's demand, from their lab as the spec reads it
     default_node = roster.outer_nodes[0].name if roster.outer_nodes else roster.default_node
     demands: dict[str, Demand] = {}
-    specs: dict[str, Optional[LabSpec]] = {}
     if not problems:
         for s in roster.students:
             try:

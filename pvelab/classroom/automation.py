@@ -109,17 +109,23 @@ class AutomationBackend:
         stack.up(on_output=on_output, **_run_options())
 
     def destroy(self, job: StackJob, on_output: Callable[[str], None], remove_stack: bool = True) -> None:
-        auto = _auto()
-        with _WORKSPACE_LOCK:
-            try:
-                stack = auto.select_stack(stack_name=job.stack, work_dir=str(self.work_dir))
-            except auto.StackNotFoundError:
-                raise StackNotFound("no such stack; nothing to destroy") from None
         # Destroy needs neither the program nor a healthy lab (README "Destroy"): state has all it needs.
-        stack.destroy(on_output=on_output, **_run_options())
-        if remove_stack:
-            with _WORKSPACE_LOCK:
-                stack.workspace.remove_stack(job.stack)
+        _destroy(job, lambda auto: auto.select_stack(stack_name=job.stack, work_dir=str(self.work_dir)),
+                 on_output, remove_stack)
+
+
+def _destroy(job: StackJob, select: Callable[[Any], Any], on_output: Callable[[str], None], remove_stack: bool) -> None:
+    """Destroy the stack `select(auto)` opens, then remove it; StackNotFound when there is no such stack."""
+    auto = _auto()
+    with _WORKSPACE_LOCK:
+        try:
+            stack = select(auto)
+        except auto.StackNotFoundError:
+            raise StackNotFound("no such stack; nothing to destroy") from None
+    stack.destroy(on_output=on_output, **_run_options())
+    if remove_stack:
+        with _WORKSPACE_LOCK:
+            stack.workspace.remove_stack(job.stack)
 
 
 # ---------------------------------------------------------------- the class-images stack
@@ -250,16 +256,7 @@ class ClassImagesBackend:
         stack.up(on_output=on_output, **_run_options())
 
     def destroy(self, job: StackJob, on_output: Callable[[str], None], remove_stack: bool = True) -> None:
-        auto = _auto()
-        with _WORKSPACE_LOCK:
-            try:
-                stack = self._stack(job, create=False)
-            except auto.StackNotFoundError:
-                raise StackNotFound("no such stack; nothing to destroy") from None
-        stack.destroy(on_output=on_output, **_run_options())
-        if remove_stack:
-            with _WORKSPACE_LOCK:
-                stack.workspace.remove_stack(job.stack)
+        _destroy(job, lambda auto: self._stack(job, create=False), on_output, remove_stack)
 
 
 def images_job(stack: str, api_token: Optional[str]) -> StackJob:
