@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -178,7 +179,7 @@ class Evaluation:
         return self.error is None
 
     def by_urn(self) -> dict[str, Record]:
-        return {r.urn: r for r in self.records}
+        return self._index[0]
 
     def of_type(self, typ: str) -> list[Record]:
         return [r for r in self.records if r.type == typ]
@@ -190,7 +191,16 @@ class Evaluation:
         return matches[0]
 
     def children(self, urn: str) -> list[Record]:
-        return [r for r in self.records if r.parent == urn]
+        return list(self._index[1].get(urn, ()))
+
+    @functools.cached_property
+    def _index(self) -> tuple[dict[str, Record], dict[str, list[Record]]]:
+        """URN -> record and parent URN -> children, built once (depends_on walks them many times)."""
+        by_urn, children = {}, {}
+        for r in self.records:
+            by_urn[r.urn] = r
+            children.setdefault(r.parent, []).append(r)
+        return by_urn, children
 
     def provider_of(self, record: Record) -> Optional[Record]:
         """The provider resource a custom resource uses (explicit or inherited), or None for a default one."""
