@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
-from pulumi.runtime import get_config
+from pulumi.runtime import get_config, is_config_secret
 
-from pvelab.spec import CONFIG_NAMESPACE, LabSpec, SpecError, check_secrets, parse_spec
+from pvelab.spec import CONFIG_NAMESPACE, LabSpec, SpecError, check_root_password, check_secrets, parse_spec
 
 from .credentials import LabCredentialsArgs
 
@@ -26,6 +26,15 @@ class LabSettings:
 def _raw(key: str) -> Optional[str]:
     # Reads the value only to validate it; it is never logged or returned.
     return get_config(f"{CONFIG_NAMESPACE}:{key}")
+
+
+def _warn_plain_secrets() -> None:
+    """A secret set without --secret sits in Pulumi.<stack>.yaml in plain text: say so (never the value)."""
+    for key in ("outerApiToken", "rootPassword", "sshPrivateKey"):
+        full = f"{CONFIG_NAMESPACE}:{key}"
+        if _raw(key) is not None and not is_config_secret(full):
+            pulumi.log.warn(f"{full} is stored as plain text in the stack file; set it again with "
+                            f"`pulumi config set --secret {full} ...` (value hidden)")
 
 
 def load_settings() -> LabSettings:
@@ -43,9 +52,8 @@ def load_settings() -> LabSettings:
     except ValueError as exc:  # not JSON-shaped
         problems.append(f"{CONFIG_NAMESPACE}:lab: not a structured value ({exc})")
     problems += check_secrets(_raw("outerApiToken"), _raw("sshPrivateKey"), _raw("sshPublicKey"))
-    password = _raw("rootPassword")
-    if password is not None and not (12 <= len(password) <= 64):
-        problems.append(f"{CONFIG_NAMESPACE}:rootPassword: must be 12 to 64 characters (value hidden)")
+    problems += check_root_password(_raw("rootPassword"))
+    _warn_plain_secrets()
     if problems:
         raise pulumi.RunError(SpecError(problems).render())
     assert spec is not None

@@ -14,6 +14,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .formats import (
+    BRIDGE_RE, CHECKSUM_HEX_LEN, CONFIG_ID_RE, HEX_RE, HOSTNAME_RE, IMPORT_FILE_RE, MAX_FQDN, MAX_LABEL, MAX_PG_NUM,
+    MAX_VM_MEMORY_MIB, POOL_ID_RE, PVE_NODE_RE, PVE_TAG_RE, ROLE_ID_RE, SDN_ID_MAX, SDN_ID_RE, STORAGE_ID_RE,
+    UNIX_USER_RE, USER_ID_MAX, USER_ID_RE, Bounds, Choice, HttpsUrl, Text, key_name, show,
+)
+
 CONFIG_NAMESPACE = "pve-lab"
 CONFIG_KEY = f"{CONFIG_NAMESPACE}:lab"
 
@@ -21,11 +27,8 @@ CONFIG_KEY = f"{CONFIG_NAMESPACE}:lab"
 PVE_BASE_MIB = 2048
 CEPH_MON_MGR_MIB = 1024
 MIN_OSD_MEMORY_TARGET_MIB = 896  # Ceph refuses a smaller osd_memory_target
-MAX_CLUSTER_NAME = 15  # pvecm: at most 15 characters
-HOSTNAME_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
-DOMAIN_RE = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-HA_RULE_RE = re.compile(r"^[a-z][a-z0-9_-]+$")
+MAX_CLUSTER_NAME = 15  # pve-cluster API2/ClusterConfig.pm: clustername maxLength 15
+DOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 PVE_VMID_MIN, PVE_VMID_MAX = 100, 999_999_999
 CEPH_RELEASES = {9: ("squid", "tentacle"), 8: ("reef", "squid")}
 CEPH_REPOSITORIES = ("no-subscription", "enterprise", "test")
@@ -306,8 +309,8 @@ def _parse(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
     fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
-        sub = f"{path}.{key}" if path else str(key)
-        f = fields.get(key)
+        sub = f"{path}.{key_name(key)}" if path else key_name(key)
+        f = fields.get(key) if isinstance(key, str) else None
         if f is None:
             near = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
@@ -332,7 +335,7 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bool,
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(f"{_key(path)}: expected a list of strings, got {value!r}")
+            problems.append(f"{_key(path)}: expected a list of strings, got {show(value)}")
             return False, None
         return True, tuple(value)
     if tp is bool:
@@ -341,31 +344,138 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> tuple[bool,
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return True, value
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value):
             return True, int(value)  # `pulumi config set --path` stores numbers as strings
     elif tp is str:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return True, str(value)
     if tp is bool and isinstance(value, str) and value.lower() in ("true", "false"):
         return True, value.lower() == "true"
-    problems.append(f"{_key(path)}: expected {_type_name(tp)}, got {value!r}")
+    problems.append(f"{_key(path)}: expected {_type_name(tp)}, got {show(value)}")
     return False, None
 
 
-# ---------------------------------------------------------------- semantic checks
+# ---------------------------------------------------------------- the shape of every field (declarative)
+# One rule per config key: the shape PVE gives it (pvelab/formats.py names the source of each pattern) or
+# the bounds it accepts. Cross-field rules (quorum, sizing, networks) are the plain functions further down.
+
+STORAGE_ID = Text(STORAGE_ID_RE, "a PVE storage id: letters, digits, '-', '_', '.', starting with a letter, "
+                                 "ending with a letter or digit", 64, 2)
+NODE_NAME = Text(PVE_NODE_RE, "a PVE node name: letters, digits and '-', not starting or ending with '-'", MAX_LABEL)
+BRIDGE = Text(BRIDGE_RE, "a bridge name like vmbr0: letters, digits, '-', '_', '.'", 15)
+SECONDS = Bounds(30, 7200)
+VLAN = Bounds(1, 4094)
+
+FIELD_RULES: dict[str, Any] = {
+    "outer.endpoint": HttpsUrl(base_only=True, missing="missing; the outer PVE API URL, e.g. https://pve.example:8006/"),
+    "outer.node": NODE_NAME,
+    "outer.storage": STORAGE_ID,
+    "outer.imageStorage": STORAGE_ID,
+    "outer.bridge": BRIDGE,
+    "outer.vlanTag": VLAN,
+    "outer.pool": Text(POOL_ID_RE, "a PVE pool id: letters, digits, '-', '_', '.' (up to 3 levels a/b/c)", 64),
+    "outer.sshUser": Text(UNIX_USER_RE, "a Linux user name like root"),
+    "nodes.count": Bounds(1, 32),
+    "nodes.cores": Bounds(2, 128),
+    "nodes.memoryMiB": Bounds(1024, MAX_VM_MEMORY_MIB),
+    "nodes.systemDiskGiB": Bounds(16, 4096),
+    "nodes.cephDisks": Bounds(0, 8),
+    "nodes.cephDiskGiB": Bounds(8, 16384),
+    "nodes.bios": Choice(("seabios", "ovmf")),
+    "network.link1.bridge": BRIDGE,
+    "network.link1.vlanTag": VLAN,
+    "cluster.name": Text(PVE_NODE_RE, "letters, digits and '-', not starting or ending with '-' (pvecm's cluster "
+                                      "name)", MAX_CLUSTER_NAME),
+    "cluster.hostnamePrefix": Text(HOSTNAME_RE, "lowercase letters, digits and '-', starting with a letter", 40),
+    "cluster.domain": Text(DOMAIN_RE, "a DNS domain like lab.internal (lowercase labels of letters, digits and '-', "
+                                      "at least two)", MAX_FQDN),
+    "pveVersion": Choice((9, 8), says="is not supported"),
+    "ceph.repository": Choice(CEPH_REPOSITORIES, says="is not a Ceph repository"),
+    "ceph.clusterNetwork": Choice(("link1",)),
+    "ceph.osdMemoryTargetMiB": Bounds(1, MAX_VM_MEMORY_MIB),  # the minimum has its own message (_check_ceph)
+    "ceph.pool.name": STORAGE_ID,  # the pool is also added as a PVE storage of the same name
+    "ceph.pool.size": Bounds(1, 7),
+    "ceph.pool.minSize": Bounds(1, 7),
+    "ceph.pool.pgNum": Bounds(1, MAX_PG_NUM),
+    "ceph.healthTimeoutS": Bounds(60, 7200),
+    "ha.testVms": Bounds(0, 10),
+    "ha.testVmMemoryMiB": Bounds(128, 65536),
+    "ha.testVmDiskGiB": Bounds(1, 1024),
+    "ha.ruleName": Text(CONFIG_ID_RE, "a PVE config id: letters, digits, '_' and '-', starting with a letter", 64, 2),
+    "image.url": HttpsUrl(),
+    "image.fileName": Text(IMPORT_FILE_RE, "a plain file name ending in .qcow2, .raw or .vmdk (what PVE imports)", 200),
+    "image.checksumAlgorithm": Choice(tuple(CHECKSUM_HEX_LEN)),
+    "image.fileId": Text(re.compile(STORAGE_ID_RE.pattern + ":import/" + IMPORT_FILE_RE.pattern),
+                         "a volume id like local:import/debian-13.qcow2", 260,
+                         says="is not a volume id like local:import/debian-13.qcow2 (an import file: .qcow2, .raw, .vmdk)"),
+    "repository.component": Choice(("pve-no-subscription", "pve-enterprise", "pvetest")),
+    "repository.keyringUrl": HttpsUrl(),
+    "repository.keyringSha256": Text(re.compile(r"[0-9a-f]{64}"), "", says="must be 64 lower-case hex digits (a sha256)"),
+    "timeouts.installS": SECONDS,
+    "timeouts.rebootS": SECONDS,
+    "timeouts.readyS": SECONDS,
+    "timeouts.quorumS": SECONDS,
+    "tags[]": Text(PVE_TAG_RE, "a PVE tag: letters, digits, '_', '.', '+', '-'", 64),
+    "student.id": Text(re.compile(r"[a-z0-9][a-z0-9-]*"), "lowercase letters, digits and '-'", 40),
+    "student.name": Text(re.compile(r"[^\x00-\x1f\x7f]*"), "one line of text", 200, 0),
+    "student.user": Text(USER_ID_RE, "a PVE user id like s01@pve", USER_ID_MAX, 3),
+    "student.pool": Text(POOL_ID_RE, "a PVE pool id: letters, digits, '-', '_', '.'", 64),
+    "student.role": Text(ROLE_ID_RE, "a PVE role id like PVEVMUser", 64),
+    "student.network.mode": Choice(("vlan", "sdn")),
+    "student.network.vlanTag": VLAN,
+    "student.network.zone": Text(SDN_ID_RE, "an SDN zone id: letters and digits, starting with a letter", SDN_ID_MAX, 2),
+    "student.network.vnet": Text(SDN_ID_RE, "an SDN VNet id: letters and digits, starting with a letter", SDN_ID_MAX, 2),
+    "student.network.vnetTag": Bounds(1, 16_777_215),
+}
+
+
+def _field_values(spec: LabSpec, path: str) -> list[tuple[str, Any]]:
+    """(config key, value) pairs at `path` in the spec; none when a section is absent; `x[]` for list items."""
+    obj: Any = spec
+    parts = path.split(".")
+    for part in parts[:-1]:
+        obj = getattr(obj, _snake(part), None)
+        if obj is None:
+            return []
+    last = parts[-1]
+    if last.endswith("[]"):
+        items = getattr(obj, _snake(last[:-2]))
+        prefix = path[:-2]
+        return [(f"{prefix}[{i}]", v) for i, v in enumerate(items)]
+    value = getattr(obj, _snake(last))
+    return [] if value is None else [(path, value)]
+
+
+def _snake(name: str) -> str:
+    name = name.replace("MiB", "Mib").replace("GiB", "Gib")
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def check_fields(spec: LabSpec) -> list[str]:
+    """Every field against its rule in FIELD_RULES."""
+    problems = []
+    for path, rule in FIELD_RULES.items():
+        for key, value in _field_values(spec, path):
+            problem = rule.problem(value)
+            if problem:
+                problems.append(f"{_key(key)}: {problem}")
+    return problems
+
+
+# ---------------------------------------------------------------- cross-field rules
 
 
 def _net(value: str, path: str, problems: list[str]) -> Optional[ipaddress.IPv4Network]:
     try:
         net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
-        problems.append(f"{_key(path)}: '{value}' is not a valid network CIDR ({exc}); use e.g. 10.10.10.0/24")
+        problems.append(f"{_key(path)}: {show(value)} is not a valid network CIDR ({exc}); use e.g. 10.10.10.0/24")
         return None
     if net.version != 4:
-        problems.append(f"{_key(path)}: '{value}' is IPv6; the lab network must be IPv4")
+        problems.append(f"{_key(path)}: {show(value)} is IPv6; the lab network must be IPv4")
         return None
     if net.num_addresses < 8:
-        problems.append(f"{_key(path)}: '{value}' is too small; use a /29 or larger")
+        problems.append(f"{_key(path)}: {show(value)} is too small; use a /29 or larger")
         return None
     return net
 
@@ -374,10 +484,9 @@ def _addr(value: str, path: str, problems: list[str]) -> Optional[ipaddress.IPv4
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
-        problems.append(f"{_key(path)}: '{value}' is not an IPv4 address")
-        return None
-    if addr.version != 4:
-        problems.append(f"{_key(path)}: '{value}' is not an IPv4 address")
+        addr = None
+    if addr is None or addr.version != 4:
+        problems.append(f"{_key(path)}: {show(value)} is not an IPv4 address")
         return None
     return addr
 
@@ -399,29 +508,8 @@ def _check_range(net, first, count: int, path: str, problems: list[str], avoid: 
             problems.append(f"{_key(path)}: node addresses {first}..{last} collide with {what} {addr}")
 
 
-def _positive(value: int, path: str, problems: list[str], minimum: int = 1, maximum: Optional[int] = None) -> None:
-    if value < minimum or (maximum is not None and value > maximum):
-        allowed = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-        problems.append(f"{_key(path)}: {value} is out of range (allowed: {allowed})")
-
-
-def validate(spec: LabSpec) -> list[str]:
-    problems: list[str] = []
-    o, n, net, c, ceph, ha = spec.outer, spec.nodes, spec.network, spec.cluster, spec.ceph, spec.ha
-
-    # outer host
-    if not o.endpoint:
-        problems.append(f"{_key('outer.endpoint')}: missing; the outer PVE API URL, e.g. https://pve.example:8006/")
-    elif not re.match(r"^https?://[^/\s]+(:\d+)?/?$", o.endpoint):
-        problems.append(f"{_key('outer.endpoint')}: '{o.endpoint}' is not an API base URL like https://host:8006/")
-    for k in ("node", "storage", "image_storage", "bridge"):
-        if not getattr(o, k):
-            problems.append(f"{_key('outer.' + _camel(k))}: must not be empty")
-    if o.vlan_tag is not None:
-        _positive(o.vlan_tag, "outer.vlanTag", problems, 1, 4094)
-
-    # nodes
-    _positive(n.count, "nodes.count", problems, 1, 32)
+def _check_quorum(spec: LabSpec, problems: list[str]) -> None:
+    n = spec.nodes
     if n.count < 3 and not n.acknowledge_even_count:
         problems.append(
             f"{_key('nodes.count')}: {n.count} node(s) cannot keep quorum when one fails; use 3 or more, "
@@ -432,12 +520,10 @@ def validate(spec: LabSpec) -> list[str]:
             f"{_key('nodes.count')}: {n.count} is even; losing half the nodes loses quorum. Use an odd count "
             f"(3, 5, ...) or set nodes.acknowledgeEvenCount: true"
         )
-    _positive(n.cores, "nodes.cores", problems, 2, 128)
-    _positive(n.system_disk_gib, "nodes.systemDiskGiB", problems, 16, 4096)
-    _positive(n.ceph_disks, "nodes.cephDisks", problems, 0, 8)
-    _positive(n.ceph_disk_gib, "nodes.cephDiskGiB", problems, 8, 16384)
-    if n.bios not in ("seabios", "ovmf"):
-        problems.append(f"{_key('nodes.bios')}: '{n.bios}' is not allowed (allowed: seabios, ovmf)")
+
+
+def _check_sizing(spec: LabSpec, problems: list[str]) -> None:
+    n, ceph, ha = spec.nodes, spec.ceph, spec.ha
     need = PVE_BASE_MIB
     if ceph.enabled:
         need += CEPH_MON_MGR_MIB + n.ceph_disks * ceph.osd_memory_target_mib
@@ -450,197 +536,199 @@ def validate(spec: LabSpec) -> list[str]:
             + (f" + {ha.test_vms} HA test VM(s)" if ha.enabled else "")
             + f"; need at least {need} MiB"
         )
-
-    # VMIDs
     if not (PVE_VMID_MIN <= spec.vmid_base and spec.vmid_base + n.count - 1 <= PVE_VMID_MAX):
         problems.append(f"{_key('vmidBase')}: {spec.vmid_base} is out of range (allowed: 100..{PVE_VMID_MAX - n.count + 1})")
 
-    # network
+
+def _check_lab_network(spec: LabSpec, problems: list[str]):
+    """The lab network, its gateway, the node addresses and DNS; returns (network, node addresses)."""
+    net, count = spec.network, spec.nodes.count
     lab_net = _net(net.cidr, "network.cidr", problems)
     gw = _addr(net.gateway, "network.gateway", problems)
     first = _addr(net.first_address, "network.firstAddress", problems)
-    if lab_net and gw and gw not in lab_net:
-        problems.append(f"{_key('network.gateway')}: {gw} is outside {lab_net}")
+    if lab_net and gw:
+        if gw not in lab_net:
+            problems.append(f"{_key('network.gateway')}: {gw} is outside {lab_net}")
+        elif gw in (lab_net.network_address, lab_net.broadcast_address):
+            which = "network" if gw == lab_net.network_address else "broadcast"
+            problems.append(f"{_key('network.gateway')}: {gw} is the {which} address of {lab_net}; use a host "
+                            f"address (e.g. {lab_net.network_address + 1})")
     if lab_net and first and first not in lab_net:
         problems.append(f"{_key('network.firstAddress')}: {first} is outside {lab_net}")
-    elif n.count >= 1:
-        _check_range(lab_net, first, n.count, "network.firstAddress", problems, {"the gateway": gw})
+    elif count >= 1:
+        _check_range(lab_net, first, count, "network.firstAddress", problems, {"the gateway": gw})
     if not net.dns:
         problems.append(f"{_key('network.dns')}: give at least one DNS server")
     for i, d in enumerate(net.dns):
         _addr(d, f"network.dns[{i}]", problems)
-    if net.link1 is not None:
-        l1 = net.link1
-        l1_net = _net(l1.cidr, "network.link1.cidr", problems) if l1.cidr else None
-        if not l1.cidr:
-            problems.append(f"{_key('network.link1.cidr')}: missing; the second corosync network, e.g. 10.10.20.0/24")
-        l1_first = _addr(l1.first_address, "network.link1.firstAddress", problems) if l1.first_address else None
-        if not l1.first_address:
-            problems.append(f"{_key('network.link1.firstAddress')}: missing; the first node's address on link1")
-        if l1_net and lab_net and l1_net.overlaps(lab_net):
-            problems.append(f"{_key('network.link1.cidr')}: {l1_net} overlaps the lab network {lab_net}; use a separate network")
-        elif l1_first and l1_net and l1_first not in l1_net:
-            problems.append(f"{_key('network.link1.firstAddress')}: {l1_first} is outside {l1_net}")
-        else:
-            _check_range(l1_net, l1_first, n.count, "network.link1.firstAddress", problems, {})
-        if l1.vlan_tag is not None:
-            _positive(l1.vlan_tag, "network.link1.vlanTag", problems, 1, 4094)
+    addresses = [first + i for i in range(count)] if first is not None else []
+    return lab_net, addresses
 
-    # cluster naming
-    if not (1 <= len(c.name) <= MAX_CLUSTER_NAME) or not HOSTNAME_RE.match(c.name):
+
+def _check_link1(spec: LabSpec, lab_net, problems: list[str]) -> list:
+    """The optional second corosync network; returns the nodes' link1 addresses."""
+    l1, count = spec.network.link1, spec.nodes.count
+    if l1 is None:
+        return []
+    l1_net = _net(l1.cidr, "network.link1.cidr", problems) if l1.cidr else None
+    if not l1.cidr:
+        problems.append(f"{_key('network.link1.cidr')}: missing; the second corosync network, e.g. 10.10.20.0/24")
+    l1_first = _addr(l1.first_address, "network.link1.firstAddress", problems) if l1.first_address else None
+    if not l1.first_address:
+        problems.append(f"{_key('network.link1.firstAddress')}: missing; the first node's address on link1")
+    if l1_net and lab_net and l1_net.overlaps(lab_net):
+        problems.append(f"{_key('network.link1.cidr')}: {l1_net} overlaps the lab network {lab_net}; use a separate network")
+    elif l1_first and l1_net and l1_first not in l1_net:
+        problems.append(f"{_key('network.link1.firstAddress')}: {l1_first} is outside {l1_net}")
+    else:
+        _check_range(l1_net, l1_first, count, "network.link1.firstAddress", problems, {})
+    return [l1_first + i for i in range(count)] if l1_first is not None else []
+
+
+def _check_names(spec: LabSpec, problems: list[str]) -> None:
+    """Host names and FQDNs the nodes get: DNS label and name lengths."""
+    c, count = spec.cluster, spec.nodes.count
+    if not HOSTNAME_RE.fullmatch(c.hostname_prefix) or not DOMAIN_RE.fullmatch(c.domain):
+        return  # the field rules already said what is wrong
+    longest = f"{c.hostname_prefix}{count}"
+    if len(longest) > MAX_LABEL:
+        problems.append(f"{_key('cluster.hostnamePrefix')}: node name '{longest}' is longer than {MAX_LABEL} characters")
+    if "." not in c.domain:
+        problems.append(f"{_key('cluster.domain')}: {show(c.domain)} is not a DNS domain like lab.internal (two labels or more)")
+    for label in c.domain.split("."):
+        if len(label) > MAX_LABEL:
+            problems.append(f"{_key('cluster.domain')}: the label '{label[:20]}...' is longer than {MAX_LABEL} characters")
+            break
+    if len(longest) + 1 + len(c.domain) > MAX_FQDN:
+        problems.append(f"{_key('cluster.domain')}: the node FQDN '{longest}.{c.domain[:20]}...' is longer than "
+                        f"{MAX_FQDN} characters")
+
+
+def _check_ceph(spec: LabSpec, lab_net, addresses: list, link1_addresses: list, problems: list[str]) -> None:
+    ceph, n, link1 = spec.ceph, spec.nodes, spec.network.link1
+    if not ceph.enabled:
+        return
+    releases = CEPH_RELEASES.get(spec.pve_version, ())
+    if releases and ceph.release not in releases:
         problems.append(
-            f"{_key('cluster.name')}: '{c.name}' is not allowed: 1-{MAX_CLUSTER_NAME} characters, lowercase "
-            f"letters, digits and '-', starting with a letter"
+            f"{_key('ceph.release')}: {show(ceph.release)} is not offered on PVE {spec.pve_version} "
+            f"(allowed: {', '.join(releases)})"
         )
-    if not HOSTNAME_RE.match(c.hostname_prefix) or len(c.hostname_prefix) > 40:
+    if ceph.network is not None:
+        cn = _net(ceph.network, "ceph.network", problems)
+        outside = [a for a in addresses if cn and a not in cn]
+        inside_l1 = [a for a in link1_addresses if cn and a in cn]
+        if cn and lab_net and not cn.overlaps(lab_net):
+            problems.append(f"{_key('ceph.network')}: {cn} must be the lab network {lab_net} (or a part of it) so monitors can bind")
+        elif outside:
+            problems.append(f"{_key('ceph.network')}: {cn} must contain every node address (monitors bind there); "
+                            f"{', '.join(map(str, outside))} outside it")
+        if inside_l1:
+            problems.append(f"{_key('ceph.network')}: {cn} also contains link1 addresses ({inside_l1[0]}...); the "
+                            f"public network must be the lab network only")
+    if ceph.osd_memory_target_mib < MIN_OSD_MEMORY_TARGET_MIB:
+        problems.append(f"{_key('ceph.osdMemoryTargetMiB')}: {ceph.osd_memory_target_mib} is below Ceph's minimum "
+                        f"({MIN_OSD_MEMORY_TARGET_MIB})")
+    if ceph.cluster_network == "link1" and link1 is None:
+        problems.append(f"{_key('ceph.clusterNetwork')}: 'link1' needs network.link1 to be configured")
+    p = ceph.pool
+    if p.min_size > p.size:
+        problems.append(f"{_key('ceph.pool.minSize')}: {p.min_size} is larger than ceph.pool.size {p.size}")
+    elif p.min_size < 2 and p.size > 1:
+        problems.append(f"{_key('ceph.pool.minSize')}: 1 risks data loss; use 2 or more")
+    if p.pg_num >= 1 and p.pg_num & (p.pg_num - 1):
+        problems.append(f"{_key('ceph.pool.pgNum')}: {p.pg_num} must be a power of two (e.g. 32)")
+    osd_nodes = n.count if n.ceph_disks > 0 else 0
+    if n.ceph_disks == 0:
+        problems.append(f"{_key('nodes.cephDisks')}: Ceph is enabled but the nodes have no data disks; use 1 or more")
+    elif p.size > osd_nodes:
         problems.append(
-            f"{_key('cluster.hostnamePrefix')}: '{c.hostname_prefix}' is not allowed: lowercase letters, digits and "
-            f"'-', starting with a letter (the nodes become {c.hostname_prefix}1, {c.hostname_prefix}2, ...)"
+            f"{_key('ceph.pool.size')}: {p.size} replicas need {p.size} nodes with OSDs, the lab has {osd_nodes} "
+            f"(the default CRUSH rule puts each replica on a different host)"
         )
-    if not DOMAIN_RE.match(c.domain) or "." not in c.domain:
-        problems.append(f"{_key('cluster.domain')}: '{c.domain}' is not a DNS domain like lab.internal")
 
-    if spec.pve_version not in CEPH_RELEASES:
-        problems.append(f"{_key('pveVersion')}: {spec.pve_version} is not supported (allowed: 9, 8)")
 
-    # ceph
-    if ceph.enabled:
-        releases = CEPH_RELEASES.get(spec.pve_version, ())
-        if releases and ceph.release not in releases:
-            problems.append(
-                f"{_key('ceph.release')}: '{ceph.release}' is not offered on PVE {spec.pve_version} "
-                f"(allowed: {', '.join(releases)})"
-            )
-        if ceph.repository not in CEPH_REPOSITORIES:
-            problems.append(f"{_key('ceph.repository')}: '{ceph.repository}' (allowed: {', '.join(CEPH_REPOSITORIES)})")
-        if ceph.network is not None:
-            cn = _net(ceph.network, "ceph.network", problems)
-            if cn and lab_net and not cn.overlaps(lab_net):
-                problems.append(f"{_key('ceph.network')}: {cn} must be the lab network {lab_net} (or a part of it) so monitors can bind")
-        if ceph.cluster_network not in (None, "link1"):
-            problems.append(f"{_key('ceph.clusterNetwork')}: '{ceph.cluster_network}' (allowed: link1, or leave it out)")
-        elif ceph.cluster_network == "link1" and net.link1 is None:
-            problems.append(f"{_key('ceph.clusterNetwork')}: 'link1' needs network.link1 to be configured")
-        if ceph.osd_memory_target_mib < MIN_OSD_MEMORY_TARGET_MIB:
-            problems.append(
-                f"{_key('ceph.osdMemoryTargetMiB')}: {ceph.osd_memory_target_mib} is below Ceph's minimum "
-                f"({MIN_OSD_MEMORY_TARGET_MIB})"
-            )
-        p = ceph.pool
-        if not POOL_NAME_RE.match(p.name):
-            problems.append(f"{_key('ceph.pool.name')}: '{p.name}' is not allowed: letters, digits, '_', '.', '-'")
-        _positive(p.size, "ceph.pool.size", problems, 1, 7)
-        _positive(p.min_size, "ceph.pool.minSize", problems, 1, 7)
-        if p.min_size > p.size:
-            problems.append(f"{_key('ceph.pool.minSize')}: {p.min_size} is larger than ceph.pool.size {p.size}")
-        elif p.min_size < 2 and p.size > 1:
-            problems.append(f"{_key('ceph.pool.minSize')}: 1 risks data loss; use 2 or more")
-        if p.pg_num < 1 or p.pg_num & (p.pg_num - 1):
-            problems.append(f"{_key('ceph.pool.pgNum')}: {p.pg_num} must be a power of two (e.g. 32)")
-        osd_nodes = n.count if n.ceph_disks > 0 else 0
-        if n.ceph_disks == 0:
-            problems.append(f"{_key('nodes.cephDisks')}: Ceph is enabled but the nodes have no data disks; use 1 or more")
-        elif p.size > osd_nodes:
-            problems.append(
-                f"{_key('ceph.pool.size')}: {p.size} replicas need {p.size} nodes with OSDs, the lab has {osd_nodes} "
-                f"(the default CRUSH rule puts each replica on a different host)"
-            )
-        _positive(ceph.health_timeout_s, "ceph.healthTimeoutS", problems, 60, 7200)
+def _check_ha(spec: LabSpec, problems: list[str]) -> None:
+    ha, n = spec.ha, spec.nodes
+    if not ha.enabled:
+        return
+    if not spec.ceph.enabled:
+        problems.append(
+            f"{_key('ha.enabled')}: HA needs shared storage for the VM disk; enable ceph (ceph.enabled: true) "
+            f"or turn HA off (ha.enabled: false)"
+        )
+    if n.count < 3:
+        problems.append(f"{_key('ha.enabled')}: HA needs at least 3 nodes (nodes.count is {n.count})")
+    if not 100 <= ha.test_vmid_base <= PVE_VMID_MAX - ha.test_vms:
+        problems.append(f"{_key('ha.testVmidBase')}: {ha.test_vmid_base} is out of range "
+                        f"(allowed: 100..{PVE_VMID_MAX - ha.test_vms})")
+    names = [hostname(spec, i) for i in range(n.count)]
+    if ha.preferred_node is not None and ha.preferred_node not in names:
+        problems.append(f"{_key('ha.preferredNode')}: {show(ha.preferred_node)} is not a lab node (nodes: {', '.join(names)})")
 
-    # HA
-    if ha.enabled:
-        if not ceph.enabled:
-            problems.append(
-                f"{_key('ha.enabled')}: HA needs shared storage for the VM disk; enable ceph (ceph.enabled: true) "
-                f"or turn HA off (ha.enabled: false)"
-            )
-        if n.count < 3:
-            problems.append(f"{_key('ha.enabled')}: HA needs at least 3 nodes (nodes.count is {n.count})")
-        _positive(ha.test_vms, "ha.testVms", problems, 0, 10)
-        _positive(ha.test_vm_memory_mib, "ha.testVmMemoryMiB", problems, 128, 65536)
-        _positive(ha.test_vm_disk_gib, "ha.testVmDiskGiB", problems, 1, 1024)
-        _positive(ha.test_vmid_base, "ha.testVmidBase", problems, 100, PVE_VMID_MAX - ha.test_vms)
-        names = [hostname(spec, i) for i in range(n.count)]
-        if ha.preferred_node is not None and ha.preferred_node not in names:
-            problems.append(f"{_key('ha.preferredNode')}: '{ha.preferred_node}' is not a lab node (nodes: {', '.join(names)})")
-        if not HA_RULE_RE.match(ha.rule_name):
-            problems.append(f"{_key('ha.ruleName')}: '{ha.rule_name}' is not allowed: lowercase, starting with a letter, [a-z0-9_-]")
 
-    # repository and image must match the PVE version (PVE 9 = Debian 13 trixie, PVE 8 = Debian 12 bookworm)
-    repo = spec.repository
-    if repo.component not in ("pve-no-subscription", "pve-enterprise", "pvetest"):
-        problems.append(f"{_key('repository.component')}: '{repo.component}' (allowed: pve-no-subscription, pve-enterprise, pvetest)")
-    if repo.keyring_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", repo.keyring_sha256):
-        problems.append(f"{_key('repository.keyringSha256')}: must be 64 lower-case hex digits (a sha256)")
+def _check_packages(spec: LabSpec, problems: list[str]) -> None:
+    """Repository, keyring and image must match the PVE version (9 = Debian 13 trixie, 8 = Debian 12 bookworm)."""
+    repo, image = spec.repository, spec.image
     if spec.pve_version == 8 and not (repo.keyring_url and repo.keyring_sha256):
         problems.append(
             f"{_key('repository.keyringSha256')}: PVE 8 needs repository.keyringUrl and repository.keyringSha256 "
             f"(the bookworm keyring and its sha256; only PVE 9's is built in)"
         )
     wrong_release = {9: ("bookworm", "debian-12"), 8: ("trixie", "debian-13")}.get(spec.pve_version, ())
-    if any(w in spec.image.url for w in wrong_release):
+    if any(w in image.url for w in wrong_release):
         problems.append(
             f"{_key('image.url')}: this image does not match pveVersion {spec.pve_version} "
             f"(PVE 9 needs a Debian 13 trixie image, PVE 8 a Debian 12 bookworm image)"
         )
+    want = CHECKSUM_HEX_LEN.get(image.checksum_algorithm)
+    if image.checksum is not None and want and not (len(image.checksum) == want and HEX_RE.fullmatch(image.checksum)):
+        problems.append(f"{_key('image.checksum')}: must be {want} lower-case hex digits (a {image.checksum_algorithm} "
+                        f"digest)")
 
-    # image
-    if not re.match(r"^https?://\S+$", spec.image.url):
-        problems.append(f"{_key('image.url')}: '{spec.image.url}' is not an http(s) URL")
-    if spec.image.file_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+:import/[A-Za-z0-9._-]+", spec.image.file_id):
-        problems.append(f"{_key('image.fileId')}: '{spec.image.file_id}' is not a volume id like local:import/debian-13.qcow2")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+\.(qcow2|img|raw)", spec.image.file_name):
-        problems.append(f"{_key('image.fileName')}: '{spec.image.file_name}' must be a plain file name ending in .qcow2, .img or .raw")
-    for k in ("install_s", "reboot_s", "ready_s", "quorum_s"):
-        _positive(getattr(spec.timeouts, k), "timeouts." + _camel(k), problems, 30, 7200)
-    for i, t in enumerate(spec.tags):
-        if not re.fullmatch(r"[a-z0-9_.+-]+", t):
-            problems.append(f"{_key(f'tags[{i}]')}: '{t}' is not a PVE tag (lowercase letters, digits, _ . + -)")
+
+def validate(spec: LabSpec) -> list[str]:
+    """Every problem of a well-typed spec: field shapes first, then the rules across fields."""
+    problems = check_fields(spec)
+    _check_quorum(spec, problems)
+    _check_sizing(spec, problems)
+    lab_net, addresses = _check_lab_network(spec, problems)
+    link1_addresses = _check_link1(spec, lab_net, problems)
+    _check_names(spec, problems)
+    _check_ceph(spec, lab_net, addresses, link1_addresses, problems)
+    _check_ha(spec, problems)
+    _check_packages(spec, problems)
     if spec.student is not None:
         problems += validate_student(spec)
     return problems
 
 
-USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9._-]*$")
-POOL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-VNET_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # PVE SDN: VNet ids are at most 8 characters
-ROLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Roles that would let a student reach beyond their own VMs (other pools, users, the host, SDN config).
 ADMIN_ROLES = frozenset({"Administrator", "PVEAdmin", "PVEVMAdmin", "PVESysAdmin", "PVEUserAdmin", "PVEPoolAdmin",
                          "PVEDatastoreAdmin", "PVESDNAdmin", "PVEMappingAdmin"})
+ROLE_RE = ROLE_ID_RE
+USER_RE = USER_ID_RE
 
 
 def validate_student(spec: LabSpec) -> list[str]:
+    """What the field rules cannot say about a student: no admin role, the network mode's required keys."""
     st, problems = spec.student, []
     assert st is not None
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", st.id or ""):
-        problems.append(f"{_key('student.id')}: '{st.id}' is not allowed: lowercase letters, digits and '-'")
-    if not USER_RE.match(st.user or ""):
-        problems.append(f"{_key('student.user')}: '{st.user}' is not a PVE user id like s01@pve")
-    if not POOL_ID_RE.match(st.pool or ""):
-        problems.append(f"{_key('student.pool')}: '{st.pool}' is not a pool id (letters, digits, '_', '-')")
-    if not ROLE_RE.match(st.role or "") or st.role in ADMIN_ROLES:
+    if st.role in ADMIN_ROLES:
         problems.append(
-            f"{_key('student.role')}: '{st.role}' is not allowed: a role id, not an admin role "
+            f"{_key('student.role')}: {show(st.role)} is not allowed: not an admin role "
             f"({', '.join(sorted(ADMIN_ROLES))}); use PVEVMUser or a console-only custom role"
         )
     net = st.network
-    if net.mode == "vlan":
-        if net.vlan_tag is None:
-            problems.append(f"{_key('student.network.vlanTag')}: missing; mode vlan needs the student's VLAN tag (1..4094)")
-        else:
-            _positive(net.vlan_tag, "student.network.vlanTag", problems, 1, 4094)
+    if net.mode == "vlan" and net.vlan_tag is None:
+        problems.append(f"{_key('student.network.vlanTag')}: missing; mode vlan needs the student's VLAN tag (1..4094)")
     elif net.mode == "sdn":
         if not net.zone:
             problems.append(f"{_key('student.network.zone')}: missing; mode sdn needs an existing SDN zone")
-        if not VNET_RE.match(net.vnet or ""):
-            problems.append(f"{_key('student.network.vnet')}: '{net.vnet}' is not a VNet id (lowercase, starts with a letter, at most 8)")
+        if not net.vnet:
+            problems.append(f"{_key('student.network.vnet')}: missing; the student's VNet id (at most {SDN_ID_MAX} characters)")
         if net.vnet_tag is None:
             problems.append(f"{_key('student.network.vnetTag')}: missing; the VNet's VLAN id or VXLAN VNI")
-        else:
-            _positive(net.vnet_tag, "student.network.vnetTag", problems, 1, 16_777_215)
-    else:
-        problems.append(f"{_key('student.network.mode')}: '{net.mode}' (allowed: vlan, sdn)")
     return problems
 
 
@@ -651,7 +739,7 @@ def _find_secret_keys(raw: Any, path: str = "") -> list[str]:
     found = []
     if isinstance(raw, dict):
         for k, v in raw.items():
-            sub = f"{path}.{k}" if path else str(k)
+            sub = f"{path}.{key_name(k)}" if path else key_name(k)
             if SECRET_LOOKING_KEYS.search(str(k)):
                 found.append(sub)
             found += _find_secret_keys(v, sub)
@@ -683,7 +771,12 @@ SECRET_KEYS = {
     "rootPassword": "the nested nodes' root password (generated when absent)",
     "sshPrivateKey": "an OpenSSH private key for root on the nested nodes (generated when absent)",
 }
-API_TOKEN_RE = re.compile(r"^[^@\s]+@[^!\s]+![^=\s]+=[0-9a-fA-F-]{8,}$")
+# user@realm!tokenid=uuid (pve-access-control: token ids are pve-configid-like, the secret a UUID); whole string only.
+API_TOKEN_RE = re.compile(r"[^@\s:/]+@[A-Za-z][A-Za-z0-9._-]+![A-Za-z][A-Za-z0-9._-]*=[0-9a-fA-F-]{8,64}")
+
+
+PRIVATE_KEY_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+ )?PRIVATE KEY-----\n[A-Za-z0-9+/=\n:, -]+\n-----END ([A-Z0-9 ]+ )?PRIVATE KEY-----")
+PUBLIC_KEY_RE = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*( [^\n\r]*)?")
 
 
 def check_secrets(api_token: Optional[str], ssh_private_key: Optional[str], ssh_public_key: Optional[str]) -> list[str]:
@@ -694,13 +787,26 @@ def check_secrets(api_token: Optional[str], ssh_private_key: Optional[str], ssh_
             f"{CONFIG_NAMESPACE}:outerApiToken: missing; set it with "
             f"`pulumi config set --secret {CONFIG_NAMESPACE}:outerApiToken 'root@pam!lab=<uuid>'`"
         )
-    elif not API_TOKEN_RE.match(api_token):
+    elif not API_TOKEN_RE.fullmatch(api_token):
         problems.append(f"{CONFIG_NAMESPACE}:outerApiToken: not of the form 'user@realm!tokenid=uuid' (value hidden)")
     if bool(ssh_private_key) != bool(ssh_public_key):
         problems.append(
             f"{CONFIG_NAMESPACE}:sshPrivateKey / {CONFIG_NAMESPACE}:sshPublicKey: give both or neither "
             f"(a key pair is generated when both are absent)"
         )
-    elif ssh_private_key and "PRIVATE KEY" not in ssh_private_key:
+    elif ssh_private_key and not PRIVATE_KEY_RE.fullmatch(ssh_private_key.strip()):
         problems.append(f"{CONFIG_NAMESPACE}:sshPrivateKey: not an OpenSSH/PEM private key (value hidden)")
+    if ssh_public_key and not PUBLIC_KEY_RE.fullmatch(ssh_public_key.strip()):
+        problems.append(f"{CONFIG_NAMESPACE}:sshPublicKey: not one line 'ssh-ed25519 AAAA... comment' (value hidden)")
     return problems
+
+
+def check_root_password(password: Optional[str]) -> list[str]:
+    """The nested nodes' root password, when given: 12-64 printable characters on one line (it goes to stdin)."""
+    if password is None:
+        return []
+    if not (12 <= len(password) <= 64):
+        return [f"{CONFIG_NAMESPACE}:rootPassword: must be 12 to 64 characters (value hidden)"]
+    if not password.isprintable():
+        return [f"{CONFIG_NAMESPACE}:rootPassword: must be printable characters on one line (value hidden)"]
+    return []
