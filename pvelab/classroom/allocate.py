@@ -25,8 +25,11 @@ from typing import Any, Optional
 
 import yaml
 
+from ..atomicfile import atomic_write
+from ..formats import PVE_NODE_RE, key_name, show
+from ..safeyaml import YamlInputError, read_yaml
 from ..spec import CONFIG_KEY, PVE_VMID_MAX, ImageSpec, LabSpec, SpecError, parse_spec
-from .roster import OuterNode, Roster, RosterError, Student
+from .roster import CLASS_ID_RE, STUDENT_ID_RE, OuterNode, Roster, RosterError, Student
 
 GIB_PER_MIB = 1 / 1024
 SETTINGS_RECORDED = ("vmidBase", "vmidBlock", "supernet", "subnetPrefix", "firstHost", "networkMode", "tagBase")
@@ -78,36 +81,81 @@ class Allocation:
         return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
 
+class EmptyAllocation(RosterError):
+    """The allocation file exists but records nothing (e.g. a render killed by an older version)."""
+
+
+def _alloc_int(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10_000_000 else None
+
+
+def _alloc_name(value: Any, pattern: re.Pattern) -> Optional[str]:
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
+
+
 def load_allocation(path: str | Path) -> Optional[Allocation]:
-    """The allocation file, or None when it does not exist yet (a new class)."""
+    """The allocation file, or None when it does not exist yet (a new class).
+
+    An empty file raises EmptyAllocation; anything malformed raises RosterError naming the file and the entry.
+    """
     path = Path(path)
     if not path.exists():
         return None
     where = path.name
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RosterError([f"{where}: not valid YAML ({exc})"]) from None
-    problems: list[str] = []
+        doc = read_yaml(path, where)
+    except YamlInputError as exc:
+        raise RosterError(exc.problems) from None
+    if doc is None:
+        raise EmptyAllocation([f"{where}: the file is empty; restore it from version control (git checkout {where}), "
+                               f"or delete it only if none of the class's labs exist any more"])
     if not isinstance(doc, dict):
-        raise RosterError([f"{where}: expected a mapping with class, students, retired"])
-    alloc = Allocation(class_id=str(doc.get("class") or ""), settings=dict(doc.get("settings") or {}))
+        raise RosterError([f"{where}: expected a mapping with class, settings, students, retired; got {type(doc).__name__}"])
+    problems: list[str] = []
+    unknown = [key_name(k) for k in doc if k not in ("class", "settings", "students", "retired")]
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: class, settings, students, retired)")
+    class_id = doc.get("class")
+    if not isinstance(class_id, str) or not CLASS_ID_RE.fullmatch(class_id):
+        problems.append(f"{where}: class: {show(class_id)} is not a class id")
+        class_id = ""
+    settings = doc.get("settings") or {}
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        problems.append(f"{where}: settings: expected a mapping, got {show(settings)}")
+        settings = {}
+    students = doc.get("students") or {}
+    if not isinstance(students, dict):
+        problems.append(f"{where}: students: expected a mapping of student id -> {{slot, node}}, got {type(students).__name__}")
+        students = {}
+    retired_list = doc.get("retired") or []
+    if not isinstance(retired_list, list):
+        problems.append(f"{where}: retired: expected a list of {{slot, student, node}}, got {type(retired_list).__name__}")
+        retired_list = []
+    alloc = Allocation(class_id=class_id, settings=dict(settings))
     seen: dict[int, str] = {}
-    for sid, entry in (doc.get("students") or {}).items():
-        slot, node = (entry or {}).get("slot"), (entry or {}).get("node")
-        if not isinstance(slot, int) or slot < 0 or not isinstance(node, str):
-            problems.append(f"{where}: students.{sid}: expected {{slot: <number>, node: <outer node>}}, got {entry!r}")
+    for sid, entry in students.items():
+        sid_ok = _alloc_name(sid, STUDENT_ID_RE)
+        slot = _alloc_int(entry.get("slot")) if isinstance(entry, dict) else None
+        node = _alloc_name(entry.get("node"), PVE_NODE_RE) if isinstance(entry, dict) else None
+        if sid_ok is None or slot is None or node is None or set(entry) - {"slot", "node"}:
+            problems.append(f"{where}: students.{key_name(sid)}: expected {{slot: <number>, node: <outer node>}}, "
+                            f"got {show(entry)}")
             continue
         if slot in seen:
             problems.append(f"{where}: students.{sid}.slot: {slot} is also the slot of '{seen[slot]}'")
-        seen[slot] = str(sid)
-        alloc.students[str(sid)] = Slot(slot, node)
-    for entry in doc.get("retired") or []:
-        slot = (entry or {}).get("slot")
-        if not isinstance(slot, int) or slot < 0:
-            problems.append(f"{where}: retired: expected {{slot: <number>, student: <id>}}, got {entry!r}")
+        seen[slot] = sid
+        alloc.students[sid] = Slot(slot, node)
+    for i, entry in enumerate(retired_list):
+        slot = _alloc_int(entry.get("slot")) if isinstance(entry, dict) else None
+        student = entry.get("student") if isinstance(entry, dict) else None
+        node = entry.get("node") if isinstance(entry, dict) else None
+        if slot is None or not isinstance(student, str) or not isinstance(node, str) or set(entry) - {"slot", "student", "node"}:
+            problems.append(f"{where}: retired[{i}]: expected {{slot: <number>, student: <id>, node: <outer node>}}, "
+                            f"got {show(entry)}")
             continue
-        alloc.retired[slot] = (str((entry or {}).get("student") or ""), str((entry or {}).get("node") or ""))
+        if slot in seen:
+            problems.append(f"{where}: retired[{i}].slot: {slot} is also the slot of '{seen[slot]}'")
+        alloc.retired[slot] = (student, node)
     if problems:
         raise RosterError(problems)
     return alloc
@@ -342,15 +390,28 @@ def roster_key(problem: str, roster: Roster, student: Student, slot: int) -> str
 
 
 def _check_overrides(roster: Roster) -> list[str]:
+    """Keys the allocation or the class owns: setting them in the roster would be ignored, so say so instead."""
     problems = []
     for (section, key), owner in CLASS_FORBIDDEN.items():
         if key in (roster.lab.get(section) or {}):
             problems.append(f"roster.lab.{section}.{key}: set by {owner}; leave it out of the class defaults")
+    outer = roster.lab.get("outer") or {}
+    if roster.outer_nodes and "node" in outer:
+        problems.append("roster.lab.outer.node: ignored when roster.outerNodes is given (each student is placed on "
+                        "one of them); leave it out")
+    bridge = roster.allocation.network.bridge
+    if roster.allocation.network.mode == "vlan" and bridge and outer.get("bridge") not in (None, bridge):
+        problems.append(f"roster.lab.outer.bridge: {show(outer.get('bridge'))} would be replaced by "
+                        f"roster.allocation.network.bridge {show(bridge)}; set only one of them")
     for s in roster.students:
         for key, owner in STUDENT_FORBIDDEN.items():
             if key in s.lab:
                 problems.append(f"roster.students[{s.index}].lab.{key}: set by {owner}; a student may override "
                                 f"nodes, ceph, ha, cluster.domain, timeouts")
+        for path in ALLOCATED_PATHS:
+            if "." in path and path.split(".")[0] not in STUDENT_FORBIDDEN and _has_path(s.lab, path):
+                problems.append(f"roster.students[{s.index}].lab.{path}: set by the allocation for every student, so "
+                                f"this override would be ignored; leave it out")
     return problems
 
 
@@ -540,9 +601,8 @@ def image_downloads(roster: Roster, stacks: list[StudentStack]) -> list[ImageDow
 
 
 def save_allocation(plan: ClassPlan, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(plan.allocation.to_yaml())
-    return path
+    """Write the allocation file atomically (callers hold `atomicfile.locked(path)` for the read-modify-write)."""
+    return atomic_write(path, plan.allocation.to_yaml())
 
 
 def plan_class(roster_path: str | Path, *, strict: bool = True) -> ClassPlan:

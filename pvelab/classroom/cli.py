@@ -15,9 +15,9 @@ import unicodedata
 from pathlib import Path
 
 from ..stackfile import PROJECT_DIR
-from .allocate import ClassPlan, allocation_path, plan_class, save_allocation
-from .guardrails import plan_violations, policy_config_path, write_policy_config
-from .render import orphan_stack_files, render
+from .allocate import ClassPlan, plan_class
+from .guardrails import plan_violations
+from .render import orphan_stack_files, render_class
 
 RUN_CLI_MODULE = "pvelab.classroom.run_cli"
 
@@ -144,16 +144,13 @@ def cmd_plan(args) -> int:
 
 
 def cmd_render(args) -> int:
-    plan = plan_class(args.roster, strict=True)  # a roster problem or a class that does not fit stops here
-    violations = plan_violations(plan)
-    bad = [f"{sid}: {v}" for sid, vs in violations.items() for v in vs]
-    if bad:
+    # Under a lock: roster + allocation -> checks -> allocation file, policy config, stack files (each atomic).
+    result = render_class(args.roster, args.project_dir)
+    if result.violations:
         print("the policy rules refuse this class (nothing written):", file=sys.stderr)
-        print("\n".join(f"- {b}" for b in bad), file=sys.stderr)
+        print("\n".join(f"- {b}" for b in result.violations), file=sys.stderr)
         return 1
-    alloc = save_allocation(plan, allocation_path(args.roster))
-    policy = write_policy_config(plan, policy_config_path(args.roster))
-    paths = render(plan, args.project_dir)
+    plan, alloc, policy, paths = result.plan, result.allocation_file, result.policy_file, result.stack_files
     print(f"wrote {alloc} (commit it: it keeps every student's slot and node)")
     print(f"wrote {policy} (use: pulumi up -s <stack> --policy-pack policy --policy-pack-config {policy})")
     print(f"wrote {len(paths)} stack file(s): {', '.join(p.name for p in paths)}")

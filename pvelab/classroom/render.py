@@ -3,17 +3,31 @@
 A file that already exists keeps everything `render` does not own: its encrypted secrets (`secure:` values
 set with `pulumi config set --secret`), other config keys, and the top-level keys Pulumi writes
 (`encryptionsalt`, `secretsprovider`, `encryptedkey`). Only `pve-lab:lab` and the header are rewritten.
+A stack file that cannot be read as a mapping is never overwritten (its salt and ciphertexts would be lost).
+
+`render_class` is the whole `classroom render`: under a lock on the allocation file it reads the roster and the
+allocation, allocates, checks the result against the stack files already on disk (nobody may move, nobody may
+be forgotten), then writes the allocation file first and the stack files after it, each atomically. A render
+killed at any moment leaves every file whole (old or new), and the next render finishes the job.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import yaml
 
+from ..atomicfile import atomic_write, locked
+from ..safeyaml import YamlInputError, load_yaml, read_text
 from ..spec import CONFIG_KEY, CONFIG_NAMESPACE
 from ..stackfile import PROJECT_DIR
-from .allocate import ClassPlan, StudentStack
+from .allocate import (
+    Allocation, ClassPlan, EmptyAllocation, StudentStack, allocate, allocation_path, load_allocation, save_allocation,
+)
+from .guardrails import plan_violations, policy_config, policy_config_path
+from .roster import RosterError, load_roster
 
 REQUIRED_SECRETS = ("outerApiToken",)
 OPTIONAL_SECRETS = ("rootPassword", "sshPrivateKey")
@@ -38,13 +52,26 @@ def _header(plan: ClassPlan, st: StudentStack, config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _existing_doc(existing: Optional[str], where: str) -> dict:
+    """The mapping an existing stack file holds; RosterError when it is anything else (never overwritten)."""
+    if existing is None or not existing.strip():
+        return {}
+    try:
+        doc = load_yaml(existing, where)
+    except YamlInputError as exc:
+        raise RosterError([f"{exc.problems[0]}; render never overwrites a stack file it cannot read (its "
+                           f"encryption salt and secrets would be lost): fix or move it"]) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("config") or {}, dict):
+        raise RosterError([f"{where}: not a Pulumi stack file (expected a mapping with 'config'); render never "
+                           f"overwrites it: fix or move it"])
+    return doc
+
+
 def render_stack_file(plan: ClassPlan, st: StudentStack, existing: Optional[str] = None) -> str:
     """The text of one student's stack file, merged into the existing file's text if there is one."""
-    doc: dict = {}
-    if existing:
-        loaded = yaml.safe_load(existing)
-        if isinstance(loaded, dict):
-            doc = loaded
+    doc = _existing_doc(existing, f"Pulumi.{st.stack}.yaml")
     config = dict(doc.get("config") or {})
     config[CONFIG_KEY] = st.lab
     out = {k: v for k, v in doc.items() if k != "config"}
@@ -52,20 +79,143 @@ def render_stack_file(plan: ClassPlan, st: StudentStack, existing: Optional[str]
     return _header(plan, st, config) + yaml.safe_dump(out, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
 
 
+def _read_existing(path: Path) -> Optional[str]:
+    if not path.exists():
+        return None
+    try:
+        return read_text(path)
+    except YamlInputError as exc:
+        raise RosterError([f"{exc.problems[0]}; render never overwrites a stack file it cannot read: fix or move it"]) from None
+
+
 def render(plan: ClassPlan, project_dir: str | Path = PROJECT_DIR) -> list[Path]:
-    """Write Pulumi.<stack>.yaml for every placed student; return the paths written."""
+    """Write Pulumi.<stack>.yaml for every placed student (each atomically); return the paths written.
+
+    Every existing file is read and merged first, so a file that cannot be read stops the render before any
+    file is written.
+    """
     project_dir = Path(project_dir)
-    written = []
+    texts: list[tuple[Path, Optional[str], str]] = []
     for st in plan.students:
         if st.outer_node is None:
             continue  # does not fit: allocate(strict=True) refuses such a plan anyway
         path = project_dir / f"Pulumi.{st.stack}.yaml"
-        existing = path.read_text() if path.exists() else None
-        text = render_stack_file(plan, st, existing)
+        existing = _read_existing(path)
+        texts.append((path, existing, render_stack_file(plan, st, existing)))
+    for path, existing, text in texts:
         if text != existing:
-            path.write_text(text)
-        written.append(path)
-    return written
+            atomic_write(path, text)
+    return [path for path, _, _ in texts]
+
+
+# ---------------------------------------------------------------- the whole render, under a lock
+
+
+@dataclass
+class StackFileRecord:
+    """What a class stack file on disk says about its student (for the consistency check)."""
+
+    path: Path
+    student_id: str
+    vmid_base: Any
+    cidr: Any
+
+
+def class_stack_files(class_id: str, project_dir: Path) -> list[StackFileRecord]:
+    """The class's stack files on disk that name a student (unreadable ones are reported by render itself)."""
+    records = []
+    for path in sorted(project_dir.glob(f"Pulumi.{class_id}-*.yaml")):
+        try:
+            doc = load_yaml(read_text(path), path.name)
+        except YamlInputError:
+            continue
+        lab = ((doc or {}).get("config") or {}).get(CONFIG_KEY) if isinstance(doc, dict) and \
+            isinstance(doc.get("config") or {}, dict) else None
+        if not isinstance(lab, dict) or not isinstance(lab.get("student"), dict):
+            continue
+        student_id = lab["student"].get("id")
+        if isinstance(student_id, str) and path.name == f"Pulumi.{class_id}-{student_id}.yaml":
+            records.append(StackFileRecord(path, student_id, lab.get("vmidBase"),
+                                           (lab.get("network") or {}).get("cidr") if isinstance(lab.get("network"), dict) else None))
+    return records
+
+
+def consistency_problems(plan: ClassPlan, records: list[StackFileRecord], alloc_name: str) -> list[str]:
+    """Stack files on disk versus the new allocation: a student may neither move nor be forgotten."""
+    problems = []
+    by_id = plan.by_id()
+    retired_ids = {sid for sid, _ in plan.allocation.retired.values()}
+    taken = {(st.lab["vmidBase"]): st.student_id for st in plan.students}
+    for rec in records:
+        st = by_id.get(rec.student_id)
+        if st is not None:
+            if (rec.vmid_base, rec.cidr) != (st.lab["vmidBase"], st.lab["network"]["cidr"]):
+                problems.append(
+                    f"{alloc_name}: student {rec.student_id} would move from VMIDs {rec.vmid_base} / {rec.cidr} "
+                    f"({rec.path.name}) to {st.lab['vmidBase']} / {st.lab['network']['cidr']}; the allocation file "
+                    f"is missing or out of date: restore it from version control (nothing was written)")
+        elif rec.student_id not in retired_ids:
+            owner = taken.get(rec.vmid_base)
+            clash = f", and its VMIDs {rec.vmid_base} would go to {owner}" if owner else ""
+            problems.append(
+                f"{alloc_name}: {rec.path.name} holds student {rec.student_id}, whom the allocation file does not "
+                f"record{clash}; restore the allocation file from version control (nothing was written)")
+    return problems
+
+
+@dataclass
+class RenderResult:
+    plan: ClassPlan
+    allocation_file: Path
+    policy_file: Optional[Path] = None
+    stack_files: list[Path] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # policy violations: nothing was written
+
+
+def _previous_allocation(path: Path, class_id: str, records: list[StackFileRecord]) -> Optional[Allocation]:
+    try:
+        previous = load_allocation(path)
+    except EmptyAllocation:
+        if records:
+            raise
+        return None  # an empty file and no stack file of the class: nothing to lose, start afresh
+    if previous is None and records:
+        names = ", ".join(r.path.name for r in records[:3]) + (" ..." if len(records) > 3 else "")
+        raise RosterError([f"{path.name}: missing, but the class's stack files exist ({names}); without it students "
+                           f"would be renumbered. Restore it from version control, or remove those stack files "
+                           f"after destroying their labs"])
+    return previous
+
+
+def render_class(roster_path: str | Path, project_dir: str | Path = PROJECT_DIR, violations_of=None) -> RenderResult:
+    """`classroom render`: allocation file, policy config and every stack file, under one lock.
+
+    violations_of(plan) -> {student: [violation, ...]} (the policy rules); any violation writes nothing.
+    """
+    roster_path, project_dir = Path(roster_path), Path(project_dir)
+    alloc_path = allocation_path(roster_path)
+    if not roster_path.is_file():
+        load_roster(roster_path)  # says what is wrong with the path before a lock file is made next to it
+    with locked(alloc_path):
+        roster = load_roster(roster_path)
+        records = class_stack_files(roster.class_id, project_dir)
+        plan = allocate(roster, _previous_allocation(alloc_path, roster.class_id, records), strict=True)
+        problems = consistency_problems(plan, records, alloc_path.name)
+        if problems:
+            raise RosterError(problems)
+        violations = (violations_of or plan_violations)(plan)
+        bad = [f"{sid}: {v}" for sid, vs in violations.items() for v in vs]
+        result = RenderResult(plan=plan, allocation_file=alloc_path, violations=bad)
+        if bad:
+            return result
+        for st in plan.students:  # refuse unreadable stack files before writing anything
+            if st.outer_node is not None:
+                render_stack_file(plan, st, _read_existing(project_dir / f"Pulumi.{st.stack}.yaml"))
+        save_allocation(plan, alloc_path)
+        result.policy_file = atomic_write(policy_config_path(roster_path),
+                                          json.dumps(policy_config(plan), indent=2) + "\n")
+        result.stack_files = render(plan, project_dir)
+        return result
 
 
 def orphan_stack_files(plan: ClassPlan, project_dir: str | Path = PROJECT_DIR) -> list[Path]:
