@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .spec import SpecError
@@ -42,3 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file or folder we could not read or write
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error:{where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: say so in one line; its text may hold a secret, so only on request
+        if os.environ.get("PVE_LAB_DEBUG"):
+            raise
+        print(f"internal error ({type(exc).__name__}) in `{args.command}`; run again with PVE_LAB_DEBUG=1 for the "
+              f"traceback and report it", file=sys.stderr)
+        return 1

@@ -112,6 +112,29 @@ class PasswordAuth:
         return {"user": self.user, "password": self.password}
 
 
+def tls_error_message(what: str, ep: "Endpoint", exc: BaseException) -> str:
+    """Which TLS failure happened: not HTTPS at all, a certificate not trusted, or another handshake failure."""
+    text = str(exc)
+    if re.search(r"WRONG_VERSION_NUMBER|wrong version number|record layer failure|UNKNOWN_PROTOCOL|http request",
+                 text, re.IGNORECASE):
+        return (f"{what}: not HTTPS: {ep.url} answered without TLS (plain HTTP on that port?); use the PVE API "
+                f"port (8006) with https://")
+    if re.search(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|hostname mismatch|doesn't match",
+                 text, re.IGNORECASE):
+        ca = f"the CA file {ep.verify}" if isinstance(ep.verify, str) else "the system CAs"
+        return (f"{what}: certificate not trusted: {ep.url} ({_reason(exc)}) is not signed by {ca}; give the "
+                f"host's CA certificate (e.g. a copy of /etc/pve/pve-root-ca.pem) or allow self-signed "
+                f"certificates (see --help)")
+    return f"{what}: TLS handshake with {ep.url} failed ({_reason(exc)})"
+
+
+def _check_api_answer(result: Any, ep: "Endpoint", what: str) -> None:
+    """proxmoxer returns {'errors': <body>} for a 2xx answer that is not JSON (an HTML page, a proxy)."""
+    if isinstance(result, dict) and set(result) == {"errors"} and isinstance(result["errors"], (bytes, str)):
+        raise ApiError(f"{what}: {ep.url} answered with something that is not the PVE API (HTML or text, not JSON); "
+                       f"is it the right host and port (8006)?")
+
+
 def _reason(exc: BaseException) -> str:
     """The useful tail of a requests/urllib3 error ('Connection refused', 'timed out', ...)."""
     text = str(exc)
@@ -188,6 +211,7 @@ class PveClient:
             for ep in list(self.endpoints):
                 try:
                     result = getattr(self._api(ep)(path), method)(**params)
+                    _check_api_answer(result, ep, self.what)
                     self._promote(ep)
                     return result
                 except ResourceException as exc:
@@ -199,16 +223,21 @@ class PveClient:
                     last = ApiError(f"{self.what}: login as {self.auth.user} at {ep.url} failed "
                                     f"(wrong credentials, or the node is not ready)", auth=True)
                 except requests.exceptions.SSLError as exc:
-                    raise ApiError(
-                        f"{self.what}: the TLS certificate of {ep.url} is not trusted ({_reason(exc)}); give the "
-                        f"host's CA certificate (e.g. a copy of /etc/pve/pve-root-ca.pem) or allow self-signed "
-                        f"certificates (see --help)") from None
+                    raise ApiError(tls_error_message(self.what, ep, exc)) from None
+                except requests.exceptions.JSONDecodeError:  # e.g. a login answered with an HTML page
+                    raise ApiError(f"{self.what}: {ep.url} did not answer like a PVE API (not JSON); is it the "
+                                   f"right host and port (8006)?") from None
                 except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                     last, all_auth = ApiError(f"{self.what}: {ep.name} unreachable ({_reason(exc)})",
                                               transient=True), False
                 except requests.exceptions.RequestException as exc:  # e.g. an answer cut off mid-way
                     last, all_auth = ApiError(f"{self.what}: {ep.name}: {type(exc).__name__} ({_reason(exc)})",
                                               transient=True), False
+                except (KeyError, TypeError, ValueError) as exc:  # e.g. a 200 answer that is not PVE's JSON
+                    raise ApiError(f"{self.what}: {ep.url} did not answer like a PVE API ({type(exc).__name__}); "
+                                   f"is it the right host and port (8006)?") from None
+                except OSError as exc:  # e.g. requests refusing a CA bundle path
+                    raise ApiError(f"{self.what}: {ep.url}: {exc.strerror or type(exc).__name__}") from None
                 self._apis.pop(ep.url, None)  # reconnect (and log in again) next time
             if last is not None and last.auth and all_auth:
                 raise last

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+from ..formats import PVE_NODE_RE, show, url_problem
 from ..stackfile import SECRET_ENV, load_stack
 from .api import ApiError, Retry
-from .connect import nested_client, outer_client
+from .connect import ca_problem, nested_client, outer_client
 from .drill import DrillTiming, render_json as drill_json, render_text as drill_text, run_drill
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
 from .status import gather, render_json as status_json, render_text as status_text
@@ -14,21 +16,54 @@ from .status import gather, render_json as status_json, render_text as status_te
 EXIT_STILL_STOPPED = 3
 
 
+MAX_SECONDS = 86_400.0  # a day: longer is a typo, not a wait
+MAX_COUNT = 100
+
+
 def seconds(text: str) -> float:
-    """argparse type: a positive number of seconds."""
+    """argparse type: a positive, finite number of seconds, at most a day."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds")
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"{show(text)} is not a number of seconds (more than 0, at most {MAX_SECONDS:g})")
     return value
 
 
 def count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number >= 1")
+    if not (text.isascii() and text.isdigit() and len(text) <= 3) or not 1 <= int(text) <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{show(text)} is not a whole number from 1 to {MAX_COUNT}")
     return int(text)
+
+
+def api_url(text: str) -> str:
+    """argparse type: an https:// API URL (an empty value never falls back to the stack's address)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty; give an https:// URL like https://host:8006/, or leave the option out")
+    problem = url_problem(text, base_only=True)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{show(text)} {problem}")
+    return text
+
+
+def node_url(text: str) -> str:
+    """argparse type: [NODE=]URL for a nested node's API."""
+    label, sep, url = text.partition("=")
+    if not sep or "//" in label:
+        return api_url(text)
+    if not PVE_NODE_RE.fullmatch(label) or len(label) > 63:
+        raise argparse.ArgumentTypeError(f"{show(label)} is not a node name (NODE=URL, e.g. pve1=https://10.10.10.11:8006/)")
+    api_url(url)
+    return text
+
+
+def ca_file(text: str) -> str:
+    """argparse type: a readable PEM file with at least one certificate."""
+    problem = ca_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _stack(p: argparse.ArgumentParser) -> None:
@@ -41,17 +76,17 @@ def _stack(p: argparse.ArgumentParser) -> None:
 
 
 def _outer(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--outer-url", metavar="URL", help="outer host API URL instead of outer.endpoint "
+    p.add_argument("--outer-url", metavar="URL", type=api_url, help="outer host API URL instead of outer.endpoint "
                    f"(token from ${SECRET_ENV['outerApiToken']})")
-    p.add_argument("--outer-ca", metavar="FILE", help="CA certificate to verify the outer host with "
+    p.add_argument("--outer-ca", metavar="FILE", type=ca_file, help="CA certificate to verify the outer host with "
                    "(default: system CAs, or none when outer.insecure is true)")
 
 
 def _nested(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nested-url", metavar="[NODE=]URL", action="append",
+    p.add_argument("--nested-url", metavar="[NODE=]URL", action="append", type=node_url,
                    help="a nested node's API URL instead of https://<node ip>:8006 (repeat for each node; "
                         f"root@pam with ${SECRET_ENV['rootPassword']})")
-    p.add_argument("--nested-ca", metavar="FILE", help="the nested cluster's CA (/etc/pve/pve-root-ca.pem of a "
+    p.add_argument("--nested-ca", metavar="FILE", type=ca_file, help="the nested cluster's CA (/etc/pve/pve-root-ca.pem of a "
                    "node) to verify its certificates; without it they are not checked")
 
 

@@ -28,10 +28,34 @@ def secret(key: str) -> str:
     return value
 
 
+def ca_problem(path: str) -> Optional[str]:
+    """Why `path` cannot serve as a CA bundle ("CA file unreadable: ..."), or None when it can."""
+    if not path:
+        return "CA file unreadable: empty path"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1_048_576)
+    except OSError as exc:
+        return f"CA file unreadable: {path} ({exc.strerror or type(exc).__name__})"
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        return f"CA file unreadable: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    return None
+
+
+def _checked_ca(ca: Optional[str], what: str) -> Optional[str]:
+    if ca is not None:
+        problem = ca_problem(ca)
+        if problem:
+            raise ApiError(f"{what}: {problem}")
+    return ca
+
+
 def outer_client(spec: LabSpec, url: Optional[str] = None, ca: Optional[str] = None, retry: Retry = Retry(),
                  clock: Optional[Clock] = None, token: Optional[str] = None) -> PveClient:
     """The outer host's API with the API token: `url` overrides outer.endpoint, `ca` a CA bundle to trust."""
-    verify = ca if ca else (not spec.outer.insecure)
+    verify = _checked_ca(ca, "outer host") if ca else (not spec.outer.insecure)
+    if url is not None and not url:
+        raise ApiError("outer host: the URL override is empty; give an https:// URL or leave it out")
     auth = TokenAuth(token if token is not None else secret("outerApiToken"))
     return PveClient([Endpoint(url or spec.outer.endpoint, verify, spec.outer.node)], auth, retry, clock,
                      what="outer host")
@@ -43,7 +67,7 @@ def nested_endpoints(spec: LabSpec, urls: Optional[Sequence[str]] = None, ca: Op
     A given URL may name its node as NODE=URL; unnamed URLs are matched to the nodes in order.
     Without a CA the certificate is not checked: nested nodes use their cluster's own CA.
     """
-    verify = ca if ca else False
+    verify = _checked_ca(ca, "nested cluster") if ca else False
     plans = spec.node_plans
     if not urls:
         return [Endpoint(f"https://{p.ip}:8006/", verify, p.hostname) for p in plans]

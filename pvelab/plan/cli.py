@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+from pvelab.formats import show
 from pvelab.stackfile import PROJECT_DIR
 
 from .model import HostCapacity
@@ -19,23 +20,26 @@ from .text import render_errors, render_json, render_text
 DEFAULT_OUT = "plan-out"
 
 
+MAX_HOST_VALUE = 1_000_000  # cores, GiB: more is a typo
+
+
 def _positive(kind: type):
     def parse(text: str):
         try:
-            value = kind(text)
+            value = kind(text) if len(text) <= 20 else None
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value <= 0:
+        if value is None or not math.isfinite(value) or not 0 < value <= MAX_HOST_VALUE:
             what = "a positive whole number" if kind is int else "a positive number"
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")  # argparse names the flag
+            raise argparse.ArgumentTypeError(f"expected {what} up to {MAX_HOST_VALUE}, got {show(text)}")  # argparse names the flag
         return value
     return parse
 
 
 def _stack_name(text: str) -> str:
-    if not STACK_NAME_RE.match(text):
+    if not STACK_NAME_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a stack name (letters, digits, '_', '.', '-'; the file is Pulumi.<stack>.yaml)")
+            f"{show(text)} is not a stack name (letters, digits, '_', '.', '-'; the file is Pulumi.<stack>.yaml)")
     return text
 
 
