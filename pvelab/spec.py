@@ -384,8 +384,9 @@ FIELD_RULES: dict[str, Any] = {
     "nodes.bios": Choice(("seabios", "ovmf")),
     "network.link1.bridge": BRIDGE,
     "network.link1.vlanTag": VLAN,
-    "cluster.name": Text(PVE_NODE_RE, "letters, digits and '-', not starting or ending with '-' (pvecm's cluster "
-                                      "name)", MAX_CLUSTER_NAME),
+    # pvecm takes a pve-node name; the node scripts also want it lower case and starting with a letter.
+    "cluster.name": Text(HOSTNAME_RE, "lowercase letters, digits and '-', starting with a letter, not ending with '-'",
+                         MAX_CLUSTER_NAME),
     "cluster.hostnamePrefix": Text(HOSTNAME_RE, "lowercase letters, digits and '-', starting with a letter", 40),
     "cluster.domain": Text(DOMAIN_RE, "a DNS domain like lab.internal (lowercase labels of letters, digits and '-', "
                                       "at least two)", MAX_FQDN),

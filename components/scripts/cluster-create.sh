@@ -16,8 +16,8 @@ LINK1="${LINK1:-}"
 
 require_env() {
     require_vars "Run as: CLUSTER_NAME=pve-lab LINK0=10.10.10.11 bash cluster-create.sh" CLUSTER_NAME LINK0
-    [[ "$CLUSTER_NAME" =~ ^[a-z][a-z0-9-]{0,14}$ ]] ||
-        fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter"
+    [[ "$CLUSTER_NAME" =~ ^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$ ]] ||
+        fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter, not ending with '-'"
     require_ipv4 LINK0 LINK1
     require_seconds DEADLINE_S POLL_S
 }

@@ -33,7 +33,13 @@ DEBIAN_KERNEL_PATTERNS=("linux-image-amd64" "linux-image-cloud-amd64" "linux-ima
 require_env() {
     require_vars "Run as: NODE_HOSTNAME=pve1 NODE_FQDN=pve1.lab.example NODE_IP=10.10.10.11 bash install-pve.sh STEP" \
         NODE_HOSTNAME NODE_FQDN NODE_IP
+    require_single_line NODE_HOSTNAME NODE_FQDN NODE_IP PVE_SUITE PVE_REPO_COMPONENT KEYRING_URL KEYRING_SHA256
     require_ipv4 NODE_IP
+    require_fqdn NODE_FQDN
+    [[ "$PVE_SUITE" =~ ^[a-z]+$ ]] || fail "PVE_SUITE='$PVE_SUITE' is not a Debian suite name like trixie"
+    [[ "$PVE_REPO_COMPONENT" =~ ^(pve-no-subscription|pve-enterprise|pvetest)$ ]] ||
+        fail "PVE_REPO_COMPONENT='$PVE_REPO_COMPONENT' (allowed: pve-no-subscription, pve-enterprise, pvetest)"
+    [[ "$KEYRING_URL" =~ ^https://[^[:space:]]+$ ]] || fail "KEYRING_URL='$KEYRING_URL' must be an https:// URL"
     [[ "$NODE_HOSTNAME" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] ||
         fail "NODE_HOSTNAME='$NODE_HOSTNAME' is not a valid short host name (lower-case letters, digits, '-')"
     [[ "$NODE_FQDN" == "$NODE_HOSTNAME".* ]] ||

@@ -29,13 +29,51 @@ require_vars() {
     fi
 }
 
-# require_ipv4 NAME...: each NAME that is set must hold a dotted IPv4 address.
-require_ipv4() {
+# shown VALUE: VALUE as it may appear in a one-line message (newlines and control characters escaped).
+shown() {
+    if [[ "$1" =~ [[:cntrl:]] ]]; then
+        printf '%q' "$1"
+    else
+        printf '%s' "$1"
+    fi
+}
+
+# require_single_line NAME...: each NAME that is set must be one line without control characters
+# (a newline in a value would write extra lines into /etc/hosts or an apt sources file).
+require_single_line() {
     local name
     for name in "$@"; do
-        if [[ -n "${!name:-}" && ! "${!name}" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]]; then
-            fail "$name='${!name}' is not an IPv4 address"
+        if [[ "${!name:-}" =~ [[:cntrl:]] ]]; then
+            fail "$name=$(shown "${!name}") must be a single line without control characters"
         fi
+    done
+}
+
+# require_ipv4 NAME...: each NAME that is set must hold a dotted IPv4 address (four octets 0-255, no leading zeros).
+require_ipv4() {
+    local name octet
+    for name in "$@"; do
+        [[ -n "${!name:-}" ]] || continue
+        if [[ ! "${!name}" =~ ^(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})$ ]]; then
+            fail "$name='$(shown "${!name}")' is not an IPv4 address"
+        fi
+        for octet in "${BASH_REMATCH[@]:1}"; do
+            ((octet <= 255)) || fail "$name='${!name}' is not an IPv4 address (octet $octet is over 255)"
+        done
+    done
+}
+
+# require_fqdn NAME: NAME must be a fully qualified host name: lower-case DNS labels of 1-63 letters, digits
+# and '-' (not at either end), at least two of them, at most 253 characters in all.
+require_fqdn() {
+    local value="${!1:-}" label labels
+    require_single_line "$1"
+    ((${#value} <= 253)) || fail "$1 is longer than 253 characters"
+    IFS=. read -ra labels <<<"$value"
+    ((${#labels[@]} >= 2)) && [[ "$value" != *. ]] || fail "$1='$value' is not a fully qualified name like pve1.lab.internal"
+    for label in "${labels[@]}"; do
+        [[ "$label" =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
+            fail "$1='$value' has the label '$label': DNS labels are 1-63 lower-case letters, digits and '-' (not at the ends)"
     done
 }
 
