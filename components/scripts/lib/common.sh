@@ -29,12 +29,12 @@ require_vars() {
     fi
 }
 
-# shown VALUE: VALUE as it may appear in a one-line message (newlines and control characters escaped).
+# shown VALUE: VALUE quoted for a one-line message ('x', or $'x\n' with control characters escaped).
 shown() {
     if [[ "$1" =~ [[:cntrl:]] ]]; then
         printf '%q' "$1"
     else
-        printf '%s' "$1"
+        printf "'%s'" "$1"
     fi
 }
 
@@ -55,7 +55,7 @@ require_ipv4() {
     for name in "$@"; do
         [[ -n "${!name:-}" ]] || continue
         if [[ ! "${!name}" =~ ^(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})$ ]]; then
-            fail "$name='$(shown "${!name}")' is not an IPv4 address"
+            fail "$name=$(shown "${!name}") is not an IPv4 address"
         fi
         for octet in "${BASH_REMATCH[@]:1}"; do
             ((octet <= 255)) || fail "$name='${!name}' is not an IPv4 address (octet $octet is over 255)"
