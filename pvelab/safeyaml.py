@@ -116,6 +116,8 @@ def load_yaml(data: str | bytes, where: str) -> Any:
         raise YamlInputError([f"{where}: not valid YAML ({' '.join(str(exc).split())})"]) from None
     except RecursionError:
         raise YamlInputError([f"{where}: nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise YamlInputError([f"{where}: a value cannot be read ({' '.join(str(exc).split())[:80]})"]) from None
     finally:
         loader.dispose()
 

@@ -664,7 +664,8 @@ def _check_ha(spec: LabSpec, problems: list[str]) -> None:
         problems.append(f"{_key('ha.testVmidBase')}: {ha.test_vmid_base} is out of range "
                         f"(allowed: 100..{PVE_VMID_MAX - ha.test_vms})")
     names = [hostname(spec, i) for i in range(n.count)]
-    if ha.preferred_node is not None and ha.preferred_node not in names:
+    if ha.preferred_node is not None and ha.preferred_node not in names and \
+            HOSTNAME_RE.fullmatch(spec.cluster.hostname_prefix) and n.count <= 32:
         problems.append(f"{_key('ha.preferredNode')}: {show(ha.preferred_node)} is not a lab node (nodes: {', '.join(names)})")
 
 

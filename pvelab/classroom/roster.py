@@ -424,8 +424,9 @@ def _parse_students(raw: Any, roster_path: Path, problems: _Problems) -> list[St
             problems.append(f"{where}.id: duplicate '{sid}' (also roster.students[{seen[sid]}])")
             continue
         seen[sid] = i
-        name = item.get("name", "")
-        name = _text(name, f"{where}.name", problems, ONE_LINE_RE, "one line of text", 200, 0) if name else ""
+        name = item.get("name")
+        if name is not None:
+            name = _text(name, f"{where}.name", problems, ONE_LINE_RE, "one line of text", 200, 0)
         node = item.get("node")
         if node is not None:
             node = _text(node, f"{where}.node", problems, *NODE_NAME)

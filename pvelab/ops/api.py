@@ -86,7 +86,7 @@ class TokenAuth:
     token: str = field(repr=False)
 
     def __post_init__(self):
-        if not API_TOKEN_RE.match(self.token or ""):
+        if not API_TOKEN_RE.fullmatch(self.token or ""):
             raise ApiError("the API token is not of the form 'user@realm!tokenid=uuid' (value hidden)")
 
     @property

@@ -110,9 +110,9 @@ class Preflight:
         try:
             v = self.client.get("version")
         except ApiError as exc:
-            fix = ("check outer.endpoint / --outer-url and that this machine reaches port 8006"
-                   if exc.transient else "check PVE_LAB_OUTER_API_TOKEN (user@realm!tokenid=uuid) and that the "
-                                         "token exists: pveum user token list <user>")
+            fix = ("check PVE_LAB_OUTER_API_TOKEN (user@realm!tokenid=uuid) and that the token exists: pveum user "
+                   "token list <user>" if exc.status == 401 or exc.auth else
+                   "check outer.endpoint / --outer-url (and --outer-ca) and that this machine reaches port 8006")
             self.add("outer API", "fail", exc.message, fix)
             return False
         version = str(v.get("version", ""))
