@@ -119,6 +119,7 @@ class StackFileRecord:
     student_id: str
     vmid_base: Any
     cidr: Any
+    node: Any
 
 
 def class_stack_files(class_id: str, project_dir: Path) -> list[StackFileRecord]:
@@ -134,9 +135,11 @@ def class_stack_files(class_id: str, project_dir: Path) -> list[StackFileRecord]
         if not isinstance(lab, dict) or not isinstance(lab.get("student"), dict):
             continue
         student_id = lab["student"].get("id")
+        network, outer = lab.get("network"), lab.get("outer")
         if isinstance(student_id, str) and path.name == f"Pulumi.{class_id}-{student_id}.yaml":
             records.append(StackFileRecord(path, student_id, lab.get("vmidBase"),
-                                           (lab.get("network") or {}).get("cidr") if isinstance(lab.get("network"), dict) else None))
+                                           network.get("cidr") if isinstance(network, dict) else None,
+                                           outer.get("node") if isinstance(outer, dict) else None))
     return records
 
 
@@ -154,6 +157,11 @@ def consistency_problems(plan: ClassPlan, records: list[StackFileRecord], alloc_
                     f"{alloc_name}: student {rec.student_id} would move from VMIDs {rec.vmid_base} / {rec.cidr} "
                     f"({rec.path.name}) to {st.lab['vmidBase']} / {st.lab['network']['cidr']}; the allocation file "
                     f"is missing or out of date: restore it from version control (nothing was written)")
+            elif rec.node != st.outer_node and st.status != "pinned":
+                problems.append(
+                    f"{alloc_name}: student {rec.student_id} would move from outer node {rec.node} ({rec.path.name}) "
+                    f"to {st.outer_node}; the allocation file is missing or out of date: restore it from version "
+                    f"control, or pin the student with `node:` (nothing was written)")
         elif rec.student_id not in retired_ids:
             owner = taken.get(rec.vmid_base)
             clash = f", and its VMIDs {rec.vmid_base} would go to {owner}" if owner else ""
