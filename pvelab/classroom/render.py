@@ -88,24 +88,32 @@ def _read_existing(path: Path) -> Optional[str]:
         raise RosterError([f"{exc.problems[0]}; render never overwrites a stack file it cannot read: fix or move it"]) from None
 
 
-def render(plan: ClassPlan, project_dir: str | Path = PROJECT_DIR) -> list[Path]:
-    """Write Pulumi.<stack>.yaml for every placed student (each atomically); return the paths written.
-
-    Every existing file is read and merged first, so a file that cannot be read stops the render before any
-    file is written.
-    """
-    project_dir = Path(project_dir)
-    texts: list[tuple[Path, Optional[str], str]] = []
+def _stack_texts(plan: ClassPlan, project_dir: Path) -> list[tuple[Path, Optional[str], str]]:
+    """(path, existing text, new text) of every placed student's stack file; RosterError for an unreadable one."""
+    texts = []
     for st in plan.students:
         if st.outer_node is None:
             continue  # does not fit: allocate(strict=True) refuses such a plan anyway
         path = project_dir / f"Pulumi.{st.stack}.yaml"
         existing = _read_existing(path)
         texts.append((path, existing, render_stack_file(plan, st, existing)))
+    return texts
+
+
+def _write_texts(texts: list[tuple[Path, Optional[str], str]]) -> list[Path]:
     for path, existing, text in texts:
         if text != existing:
             atomic_write(path, text)
     return [path for path, _, _ in texts]
+
+
+def render(plan: ClassPlan, project_dir: str | Path = PROJECT_DIR) -> list[Path]:
+    """Write Pulumi.<stack>.yaml for every placed student (each atomically); return the paths written.
+
+    Every existing file is read and merged first, so a file that cannot be read stops the render before any
+    file is written.
+    """
+    return _write_texts(_stack_texts(plan, Path(project_dir)))
 
 
 # ---------------------------------------------------------------- the whole render, under a lock
@@ -216,13 +224,11 @@ def render_class(roster_path: str | Path, project_dir: str | Path = PROJECT_DIR,
         result = RenderResult(plan=plan, allocation_file=alloc_path, violations=bad)
         if bad:
             return result
-        for st in plan.students:  # refuse unreadable stack files before writing anything
-            if st.outer_node is not None:
-                render_stack_file(plan, st, _read_existing(project_dir / f"Pulumi.{st.stack}.yaml"))
-        save_allocation(plan, alloc_path)
+        texts = _stack_texts(plan, project_dir)  # an unreadable stack file stops here, before any write
+        save_allocation(plan, alloc_path)  # the allocation first: it is what the next render trusts
         result.policy_file = atomic_write(policy_config_path(roster_path),
                                           json.dumps(policy_config(plan), indent=2) + "\n")
-        result.stack_files = render(plan, project_dir)
+        result.stack_files = _write_texts(texts)
         return result
 
 
