@@ -774,7 +774,7 @@ SECRET_KEYS = {
     "sshPrivateKey": "an OpenSSH private key for root on the nested nodes (generated when absent)",
 }
 # user@realm!tokenid=uuid (pve-access-control: token ids are pve-configid-like, the secret a UUID); whole string only.
-API_TOKEN_RE = re.compile(r"[^@\s:/]+@[A-Za-z][A-Za-z0-9._-]+![A-Za-z][A-Za-z0-9._-]*=[0-9a-fA-F-]{8,64}")
+API_TOKEN_RE = re.compile(r"[!-~]+@[A-Za-z][A-Za-z0-9._-]+![A-Za-z][A-Za-z0-9._-]*=[0-9a-fA-F-]{8,64}")
 
 
 PRIVATE_KEY_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+ )?PRIVATE KEY-----\n[A-Za-z0-9+/=\n:, -]+\n-----END ([A-Z0-9 ]+ )?PRIVATE KEY-----")

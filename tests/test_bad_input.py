@@ -149,7 +149,7 @@ def test_admin_role_with_a_newline_is_refused_by_the_spec():
 # ---------------------------------------------------------------- kind 3: secrets never in an error
 
 
-@pytest.mark.parametrize("token", [TOKEN + "\n", TOKEN + " ", " " + TOKEN, TOKEN.replace("!", "\n!"),
+@pytest.mark.parametrize("token", [TOKEN + "\n", TOKEN + " ", " " + TOKEN, TOKEN.replace("!", "\n!"), "r\u00f6ot" + TOKEN[4:],
                                    "root@pam!pvelab=" + "a" * 100, TOKEN + "\r\nX-Evil: 1"])
 def test_a_malformed_token_is_refused_with_its_value_hidden(token, tmp_path, monkeypatch, capsys):
     assert check_secrets(token, None, None) == [
@@ -370,7 +370,17 @@ def test_render_into_a_folder_that_cannot_be_written_is_one_line(tmp_path, capsy
     assert main(["classroom", "render", str(tmp_path / "c.yaml"), "--project-dir", str(blocker)]) == 2
     err = capsys.readouterr().err
     assert_one_clean_line(err)
-    assert "cannot write (Not a directory)" in err
+    assert "not-a-folder: not a folder" in err
+    assert not (tmp_path / "c.alloc.yaml").exists()  # nothing half-written
+
+
+def test_an_unwritable_file_is_one_line(tmp_path, capsys):
+    shutil.copy(ROOT / "examples" / "classroom.yaml", tmp_path / "c.yaml")
+    (tmp_path / "Pulumi.ha101-s01.yaml").mkdir()  # a folder where a stack file goes
+    assert main(["classroom", "render", str(tmp_path / "c.yaml"), "--project-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert_one_clean_line(err)
+    assert "Pulumi.ha101-s01.yaml" in err
 
 
 def test_a_roster_path_that_is_a_folder_is_one_line(tmp_path, capsys):

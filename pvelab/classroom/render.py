@@ -212,6 +212,9 @@ def render_class(roster_path: str | Path, project_dir: str | Path = PROJECT_DIR,
     alloc_path = allocation_path(roster_path)
     if not roster_path.is_file():
         load_roster(roster_path)  # says what is wrong with the path before a lock file is made next to it
+    if not project_dir.is_dir():
+        raise RosterError([f"--project-dir {project_dir}: not a folder (where the Pulumi.<stack>.yaml files go); "
+                           f"nothing was written"])
     with locked(alloc_path):
         roster = load_roster(roster_path)
         records = class_stack_files(roster.class_id, project_dir)
