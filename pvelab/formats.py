@@ -1,7 +1,8 @@
 """The shapes PVE itself gives its identifiers, and small rule objects to check a value against them.
 
 Every pattern names where PVE (or Ceph, Linux) defines it, and is applied to the whole string
-(`fullmatch`: a trailing newline never slips through as it does with `re.match(...$)`).
+(`fullmatch`: a trailing newline never slips through as it does with `re.match(...$)`). Patterns use no
+flags and only syntax ECMA-262 shares, so the JSON Schema (pvelab/schema.py) carries them unchanged.
 Shared by the lab spec (pvelab/spec.py), the roster (pvelab/classroom/roster.py) and the JSON schema.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ PVE_NODE_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?")
 # pve-common JSONSchema.pm parse_id (pve-storage-id): at least 2 characters, letter first, no '-'/'.'/'_' last.
 STORAGE_ID_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9._-]*[a-zA-Z0-9]")
 # pve-common JSONSchema.pm parse_bridge_id (pve-bridge-id); Linux interface names are at most 15 (IFNAMSIZ - 1).
-BRIDGE_RE = re.compile(r"[-_.\w]+", re.ASCII)
+BRIDGE_RE = re.compile(r"[-_.A-Za-z0-9]+")
 # pve-access-control src/PVE/AccessControl.pm verify_poolname (pve-poolid): up to 3 levels separated by '/'.
 POOL_ID_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+){0,2}")
 # pve-common JSONSchema.pm $CONFIGID_RE (pve-configid): HA rule ids, role ids.
@@ -27,7 +28,7 @@ CONFIG_ID_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]+")
 SDN_ID_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9]*[a-zA-Z0-9]")
 SDN_ID_MAX = 8
 # pve-common JSONSchema.pm $PVE_TAG_RE (pve-tag).
-PVE_TAG_RE = re.compile(r"[a-z0-9_][a-z0-9_+.-]*", re.IGNORECASE)
+PVE_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+.-]*")
 # pve-storage src/PVE/Storage.pm $SAFE_CHAR_CLASS_RE + $UPLOAD_IMPORT_EXT_RE_1 (import content, no .ova for a disk).
 IMPORT_FILE_RE = re.compile(r"[a-zA-Z0-9.+=_-]+\.(qcow2|raw|vmdk)")
 # pve-access-control src/PVE/Auth/Plugin.pm: $user_regex@$realm_regex, 3..64 characters (verify_username),
