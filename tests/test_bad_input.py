@@ -715,3 +715,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("secrets", [{"pve-lab:outerApiToken": TOKEN + "\n"},
+                                     {"pve-lab:rootPassword": "a-long-password\n"},
+                                     {"pve-lab:sshPublicKey": "ssh-ed25519 AAAA\nssh-ed25519 BBBB"}])
+def test_the_program_refuses_malformed_secrets_without_showing_them(secrets):
+    from harness import evaluate_lab
+
+    if "pve-lab:sshPublicKey" in secrets:
+        secrets = {**secrets, "pve-lab:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbg==\n"
+                                                       "-----END OPENSSH PRIVATE KEY-----"}
+    ev = evaluate_lab(secrets=secrets)
+    assert ev.error is not None and "value hidden" in ev.error and "Traceback" not in ev.error
+    assert not [r for r in ev.records if r.custom]
+    for value in secrets.values():
+        assert value.strip() not in ev.error
