@@ -126,12 +126,31 @@ def images_stack_name(plan: Any, roster_path: Path) -> str:
     return f"{class_name(plan, roster_path)}-images"
 
 
-def make_backends(plan: Any, jobs: Sequence[StackJob], project_dir: Path = PROJECT_DIR
-                  ) -> tuple[StackBackend, Optional[StackBackend]]:
-    """The real backends (Automation API). Raises PulumiCliMissing before anything starts. Tests replace this."""
+POLICY_PACK_DIR = PROJECT_DIR / "policy"
+
+
+def check_guardrails(plan: Any, roster_path: Path) -> tuple[list[str], Optional[Path]]:
+    """The class checks `classroom render` runs (the policy rules over every student's lab), and the policy-pack
+    config file every `up` passes to the engine (written next to the roster, as `render` does).
+    Returns (problems, config path); the config is written only when there is no problem."""
+    from .guardrails import plan_violations, policy_config_path, write_policy_config
+
+    violations = plan_violations(plan)
+    problems = [f"{sid}: {v}" for sid, vs in violations.items() for v in vs]
+    if problems:
+        return problems, None
+    return [], write_policy_config(plan, policy_config_path(roster_path))
+
+
+def make_backends(plan: Any, jobs: Sequence[StackJob], project_dir: Path = PROJECT_DIR,
+                  policy_config: Optional[Path] = None) -> tuple[StackBackend, Optional[StackBackend]]:
+    """The real backends (Automation API). Raises PulumiCliMissing before anything starts. Tests replace this.
+
+    With `policy_config`, every student's `up` runs the class policy pack (`policy/`) with that config."""
     from .automation import CLASS_WORK_DIR_NAME, AutomationBackend, ClassImagesBackend, class_outer_endpoint
 
-    backend = AutomationBackend(work_dir=project_dir)
+    backend = AutomationBackend(work_dir=project_dir, policy_pack=POLICY_PACK_DIR if policy_config else None,
+                                policy_config=policy_config)
     downloads = list(getattr(plan, "image_downloads", []) or [])
     if not downloads:
         return backend, None
@@ -218,8 +237,14 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         problems = check_secrets(api_token, None, None)
         if problems:
             return fail("\n".join(f"{p} (from {env})" for p in problems))
+    policy_config = None
+    if action == "up":
+        refused, policy_config = check_guardrails(plan, roster_path)
+        if refused:
+            return fail("classroom up: the policy rules refuse this class (nothing started):\n"
+                        + "\n".join(f"- {p}" for p in refused))
     try:
-        backend, images_backend = make_backends(plan, jobs, project_dir=args.project_dir)
+        backend, images_backend = make_backends(plan, jobs, project_dir=args.project_dir, policy_config=policy_config)
     except Exception as exc:  # PulumiCliMissing, an ambiguous endpoint or image list: one clear line
         return fail(f"classroom {action}: {exc}")
     images = None
