@@ -502,9 +502,12 @@ def resources_from_spec(spec: Any) -> list[Res]:
         else:
             tag = st.network.vlan_tag
             net_path = f"/sdn/zones/localnetwork/{bridge}/{tag}"
-        res += [Res(POOL, "lab-student-pool", {"poolId": st.pool}, "outer"),
-                Res(USER, "lab-student-user", {"userId": st.user}, "outer"),
-                Res(ACL, "lab-student-acl-pool", {"path": f"/pool/{st.pool}", "roleId": st.role, "userId": st.user,
+        from .classroom.realms import stack_owns_user
+
+        res.append(Res(POOL, "lab-student-pool", {"poolId": st.pool}, "outer"))
+        if stack_owns_user(st.user, st.pool):  # any other account exists already: the stack only grants ACLs
+            res.append(Res(USER, "lab-student-user", {"userId": st.user}, "outer"))
+        res += [Res(ACL, "lab-student-acl-pool", {"path": f"/pool/{st.pool}", "roleId": st.role, "userId": st.user,
                                                   "propagate": True}, "outer"),
                 Res(ACL, "lab-student-acl-network", {"path": net_path, "roleId": "PVESDNUser", "userId": st.user,
                                                      "propagate": False}, "outer")]
