@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+from ..classroom.realms import PASSWORD_REALM, realm_of, stack_owns_user
 from ..spec import LabSpec
 from .api import ApiError, PveClient
 
@@ -258,8 +259,15 @@ class Preflight:
             image_store = file_id.split(":", 1)[0]
             vols = self.client.get(f"nodes/{self.node}/storage/{image_store}/content", content="import")
             if not any(v.get("volid") == file_id for v in vols):
-                problems.append(f"image.fileId {file_id} is not on the host")
-                fixes.append("download it once (classroom up does) or remove image.fileId so the lab downloads it")
+                if self.spec.student is not None or self.classroom:
+                    # the class-images stack downloads it as the first step of `classroom up`
+                    self.add(f"class image {file_id}", "warn",
+                             f"{file_id} is not on '{self.node}' yet: `classroom up` downloads it first (the "
+                             f"class-images stack)", "nothing to do before the first `classroom up`; after it, "
+                             "this means the class-images stack failed (see classroom-logs/)")
+                else:
+                    problems.append(f"image.fileId {file_id} is not on the host")
+                    fixes.append("download it once (classroom up does) or remove image.fileId so the lab downloads it")
         else:
             avail = int(st.get("avail") or 0)
             if avail < IMAGE_DOWNLOAD_GIB * GiB:
@@ -300,15 +308,20 @@ class Preflight:
                          f"set pve-lab:lab.{key} to an existing bridge, or create it (System > Network)")
 
     def check_vmids(self) -> None:
+        """Each VMID asked of /cluster/nextid?vmid=N (pve-manager PVE/API2/Cluster.pm nextid: 400 "VM N already
+        exists" when the cluster's VM list has it; any user may ask). /cluster/resources only lists the guests the
+        token may audit, so it alone would call a VMID free that a guest of someone else holds."""
         vmids = self.requirement.vmids or tuple(self.spec.vmid_range)
-        used = {int(r["vmid"]): r for r in self.client.get("cluster/resources", type="vm") if "vmid" in r}
+        visible = {int(r["vmid"]): r for r in self.client.get("cluster/resources", type="vm") if "vmid" in r}
         ours = {p.vmid: p.hostname for p in self.spec.node_plans}
         clashes, own = [], []
         for vmid in vmids:
-            r = used.get(vmid)
-            if r is None:
+            if self.vmid_free(vmid):
                 continue
-            if ours.get(vmid) == r.get("name") and "pve-lab-node" in str(r.get("tags", "")).split(";"):
+            r = visible.get(vmid)
+            if r is None:
+                clashes.append(f"{vmid} (a guest this token may not audit)")
+            elif ours.get(vmid) == r.get("name") and "pve-lab-node" in str(r.get("tags", "")).split(";"):
                 own.append(vmid)
             else:
                 clashes.append(f"{vmid} ({r.get('type')} '{r.get('name', '')}' on {r.get('node')})")
@@ -320,6 +333,15 @@ class Preflight:
             self.add("VMIDs", "pass", f"VMIDs {span}: {len(own)} already this lab's nodes (built before)")
         else:
             self.add("VMIDs", "pass", f"VMIDs {span} are free")
+
+    def vmid_free(self, vmid: int) -> bool:
+        try:
+            self.client.get("cluster/nextid", vmid=vmid)
+        except ApiError as exc:
+            if exc.status == 400 and "already exists" in exc.message:
+                return False
+            raise
+        return True
 
     def needed_privileges(self) -> list[tuple[list[list[tuple[str, tuple[str, ...]]]], str]]:
         """(alternatives, why): it is enough that one alternative holds; an alternative is [(path, privs), ...]."""
@@ -341,6 +363,8 @@ class Preflight:
                          "download the cloud image (download-url)"))
         if spec.student is not None and spec.student.network.mode == "sdn":
             need.append((one(f"/sdn/zones/{spec.student.network.zone}", "SDN.Use", "SDN.Allocate"), "student VNet"))
+            # pve-network API2/Network/SDN.pm reload: check => ['perm', '/sdn', ['SDN.Allocate']]
+            need.append((one("/sdn", "SDN.Allocate"), "apply the SDN configuration"))
         else:
             bridges = {o.bridge} | ({spec.network.link1.bridge} if spec.network.link1 else set())
             for b in sorted(bridges):
@@ -348,7 +372,13 @@ class Preflight:
         if spec.student is not None or self.classroom:
             if pool:
                 need.append((one(f"/pool/{pool}", "Pool.Allocate"), "create the student's pool"))
-            need.append((one("/access", "User.Modify"), "create student users"))
+            student = spec.student
+            if student is None or stack_owns_user(student.user, student.pool):
+                # pve-access-control API2/User.pm create_user: Realm.AllocateUser on the user's realm and
+                # User.Modify on /access/groups (no groups given)
+                realm = PASSWORD_REALM if student is None else realm_of(student.user)
+                need.append((one(f"/access/realm/{realm}", "Realm.AllocateUser"), f"create users in realm {realm}"))
+                need.append((one("/access/groups", "User.Modify"), "create student users"))
             need.append((one("/", "Permissions.Modify"), "grant students their consoles"))
         return need
 
