@@ -29,8 +29,6 @@ SCRIPT = r'''#!{python}
 import json, os, sys, time
 from pathlib import Path
 
-import yaml
-
 STATE = Path(os.environ["FAKE_PULUMI_DIR"])
 args = sys.argv[1:]
 words = [a for a in args if a != "--non-interactive"]
@@ -75,6 +73,8 @@ def stack_file(stack):
 
 
 def set_config(stack, key, entry):
+    import yaml
+
     path = stack_file(stack)
     doc = (yaml.safe_load(path.read_text()) if path.exists() else None) or {{}}
     doc.setdefault("config", {{}})[key] = entry

@@ -178,6 +178,13 @@ class AutomationBackend:
             for name, version in install_plugins(workspace):
                 on_output(f"provider plugin {name} {version} installed")
 
+    def existing_stacks(self) -> dict[str, Optional[int]]:
+        """This project's stacks in the logged-in backend: name -> resource count (`pulumi stack ls --json`)."""
+        auto = _auto()
+        with _WORKSPACE_LOCK:
+            workspace = auto.LocalWorkspace(work_dir=str(self.work_dir))
+            return {s.name: s.resource_count for s in workspace.list_stacks()}
+
     def _policy_options(self) -> dict[str, Any]:
         if self.policy_pack is None:
             return {}

@@ -109,6 +109,37 @@ def student_jobs(plan: Any, api_token: Optional[str]) -> list[StackJob]:
             for s in plan.students]
 
 
+def retired_jobs(plan: Any) -> list[StackJob]:
+    """Destroy jobs for the students the allocation file lists as retired (their labs outlive the roster line)."""
+    if getattr(plan, "allocation", None) is None or getattr(plan, "roster", None) is None:
+        return []
+    from .lifecycle import retired_stacks
+
+    return [StackJob(stack=r.stack, student_id=r.student_id) for r in retired_stacks(plan)]
+
+
+def previous_nodes(roster_path: Path) -> dict[str, str]:
+    """Each allocated student's outer node as the allocation file records it (before this run writes it)."""
+    from .allocate import allocation_path, load_allocation
+
+    try:
+        allocation = load_allocation(allocation_path(roster_path))
+    except Exception:  # an unreadable file was already reported by load_plan
+        return {}
+    return {sid: slot.node for sid, slot in (allocation.students if allocation else {}).items()}
+
+
+def refused_moves_for(plan: Any, roster_path: Path, backend: Any) -> list[str]:
+    """Students a pin would move off their recorded node while their lab exists (see lifecycle.py)."""
+    from .lifecycle import moves, refused_moves
+
+    found = moves(plan, previous_nodes(roster_path))
+    existing_stacks = getattr(backend, "existing_stacks", None)
+    if not found or existing_stacks is None:
+        return []
+    return refused_moves(found, existing_stacks())
+
+
 def class_name(plan: Any, roster_path: Path) -> str:
     for attr in ("class_id", "class_name", "name", "id"):
         value = getattr(plan, attr, None)
@@ -225,7 +256,8 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
     api_token = secret_from_env("outerApiToken") if action == "up" else None
     try:
         only = [s for value in args.only or [] for s in value.split(",") if s] or None
-        jobs = select_jobs(student_jobs(plan, api_token), only)
+        everyone = student_jobs(plan, api_token) + (retired_jobs(plan) if action == "down" else [])
+        jobs = select_jobs(everyone, only)
     except ValueError as exc:
         return fail(str(exc))
     with_images = bool(getattr(plan, "image_downloads", None))
@@ -244,7 +276,8 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
             return fail("classroom up: the policy rules refuse this class (nothing started):\n"
                         + "\n".join(f"- {p}" for p in refused))
     try:
-        backend, images_backend = make_backends(plan, jobs, project_dir=args.project_dir, policy_config=policy_config)
+        backend, images_backend = make_backends(plan, everyone, project_dir=args.project_dir,
+                                                policy_config=policy_config)
     except Exception as exc:  # PulumiCliMissing, an ambiguous endpoint or image list: one clear line
         return fail(f"classroom {action}: {exc}")
     images = None
@@ -252,7 +285,19 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         from .automation import images_job
 
         images = images_job(images_stack_name(plan, roster_path), api_token)
+    if action == "up":
+        try:
+            moved = refused_moves_for(plan, roster_path, backend)
+        except Exception as exc:  # listing the stacks failed: do not guess
+            return fail(f"classroom up: could not list the existing stacks to check moved students: {exc}")
+        if moved:
+            return fail("classroom up: refusing to move a student whose lab exists (nothing started):\n"
+                        + "\n".join(f"- {m}" for m in moved))
     if action == "down":
+        retired = [j.student_id for j in jobs if j.student_id not in {s.student_id for s in plan.students}]
+        if retired:
+            print(f"also destroying the labs of {len(retired)} retired student(s) (in the allocation file, no longer "
+                  f"in the roster): {', '.join(retired)}", file=stderr)
         refusal = confirm_down(jobs, with_images and not args.only, getattr(args, "yes", False), stderr=stderr)
         if refusal:
             return fail(refusal)
