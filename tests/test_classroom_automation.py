@@ -303,6 +303,7 @@ def commands(monkeypatch, tmp_path):
     backend, images = RecordingBackend(fail={"c1-s02"}), RecordingBackend()
     monkeypatch.setattr(run_cli, "load_plan", lambda path: FakePlan())
     monkeypatch.setattr(run_cli, "check_guardrails", lambda plan, path: ([], None))
+    monkeypatch.setattr(run_cli, "class_preflight_failures", lambda plan, args: [])
     monkeypatch.setattr(run_cli, "make_backends", lambda plan, jobs, **kw: (backend, images))
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
 
@@ -383,6 +384,7 @@ def test_classroom_down_asks_on_a_terminal():
 def test_classroom_commands_without_the_cli_stop_before_any_stack(monkeypatch):
     monkeypatch.setattr(run_cli, "load_plan", lambda path: FakePlan())
     monkeypatch.setattr(run_cli, "check_guardrails", lambda plan, path: ([], None))
+    monkeypatch.setattr(run_cli, "class_preflight_failures", lambda plan, args: [])
     monkeypatch.setattr(automation.shutil, "which", NO_CLI)
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
     out, err = io.StringIO(), io.StringIO()
@@ -434,7 +436,7 @@ def test_up_from_the_example_roster_records_the_allocation_and_uses_the_class_im
 
     monkeypatch.setattr(run_cli, "make_backends", make)
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
-    args = parse(["up", str(roster), "--log-dir", str(tmp_path / "logs"), "--parallel", "3"])
+    args = parse(["up", str(roster), "--log-dir", str(tmp_path / "logs"), "--parallel", "3", "--no-preflight"])
     out, err = io.StringIO(), io.StringIO()
     assert run_cli.run_command("up", args, out, err) == 0, err.getvalue()
     alloc = roster.with_name("classroom.alloc.yaml")
@@ -468,7 +470,7 @@ def test_the_real_backends_for_the_example_roster(monkeypatch, roster):
 
 def run_up(roster, tmp_path, *extra):
     args = parse(["up", str(roster), "--log-dir", str(tmp_path / "logs"), "--project-dir", str(tmp_path),
-                  "--backoff", "0", *extra])
+                  "--backoff", "0", "--no-preflight", *extra])
     out, err = io.StringIO(), io.StringIO()
     code = run_cli.run_command("up", args, out, err)
     return code, out.getvalue(), err.getvalue()

@@ -42,8 +42,9 @@ def run(action, roster, tmp_path, *extra):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     run_cli.add_run_commands(sub)
+    flags = ["--no-preflight"] if action == "up" else []
     args = parser.parse_args([action, str(roster), "--log-dir", str(tmp_path / "logs"), "--project-dir", str(tmp_path),
-                              "--backoff", "0", *extra])
+                              "--backoff", "0", *flags, *extra])
     out, err = io.StringIO(), io.StringIO()
     return run_cli.run_command(action, args, out, err), out.getvalue(), err.getvalue()
 

@@ -4,6 +4,7 @@ plan    every student's slot, outer node, VMIDs, subnet, network, user and fit, 
         (table, or --format json); writes nothing. Exit 1 when the class does not fit or breaks a rule.
 render  writes the allocation file (<roster>.alloc.yaml), the policy-pack config (<roster>.policy.json)
         and Pulumi.<class>-<id>.yaml for every student.
+preflight  the whole class against the real outer host, per outer node (pvelab/classroom/preflight.py).
 up/down run every student's stack (see pvelab/classroom/run_cli.py).
 """
 from __future__ import annotations
@@ -38,6 +39,14 @@ def register(subparsers) -> None:
     rend.add_argument("roster", type=Path)
     rend.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="where Pulumi.<stack>.yaml files go")
     rend.set_defaults(func=cmd_render)
+
+    pre = sub.add_parser("preflight", help="check the whole class against the real outer host (memory, storage, "
+                                           "VMIDs, privileges per outer node) before the first `classroom up`")
+    pre.add_argument("roster", type=Path)
+    pre.add_argument("--format", choices=("text", "json"), default="text")
+    pre.add_argument("--outer-url", metavar="URL", help="outer host API URL instead of the roster's outer.endpoint")
+    pre.add_argument("--outer-ca", metavar="FILE", help="CA certificate to verify the outer host with")
+    pre.set_defaults(func=cmd_preflight)
 
     try:
         from . import run_cli
@@ -161,3 +170,34 @@ def cmd_render(args) -> int:
         print(f"note: {orphan.name} belongs to a student no longer in the roster; its lab may still exist "
               f"(remove it with `classroom down` / `pulumi destroy -s {orphan.name[7:-5]}`)")
     return 0
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def class_preflight(plan: ClassPlan, outer_url: str | None = None, outer_ca: str | None = None):
+    """(reports, url) of the class preflight; the API token comes from PVE_LAB_OUTER_API_TOKEN."""
+    from ..ops.connect import outer_client
+    from .preflight import by_node, run_class_preflight
+
+    nodes = by_node(plan)
+    if not nodes:
+        raise ValueError("no student is placed on an outer node (see `classroom plan`)")
+    spec = next(iter(nodes.values()))[0].spec
+    client = outer_client(spec, outer_url, outer_ca)
+    return run_class_preflight(plan, client), outer_url or spec.outer.endpoint
+
+
+def cmd_preflight(args) -> int:
+    from ..ops.api import ApiError
+    from ..ops.connect import MissingSecret
+    from .preflight import class_failed, render_class_json, render_class_text
+
+    plan = plan_class(args.roster, strict=True)
+    try:
+        reports, url = class_preflight(plan, args.outer_url, args.outer_ca)
+    except (ApiError, MissingSecret, ValueError) as exc:
+        print(getattr(exc, "message", None) or str(exc), file=sys.stderr)
+        return 2
+    print(render_class_json(plan, reports) if args.format == "json" else render_class_text(plan, reports, url))
+    return 1 if class_failed(reports) else 0

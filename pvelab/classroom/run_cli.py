@@ -44,6 +44,12 @@ def add_run_commands(classroom_subparsers: Any) -> None:
         p.add_argument("--log-dir", type=Path, default=Path("classroom-logs"),
                        help="where each stack's Pulumi output is written (default ./classroom-logs)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+        if action == "up":
+            p.add_argument("--no-preflight", action="store_true",
+                           help="skip the class preflight against the outer host (run `classroom preflight` "
+                                "yourself); by default a failed check stops `up` before any stack starts")
+            p.add_argument("--outer-url", metavar="URL", help="outer host API URL for the class preflight")
+            p.add_argument("--outer-ca", metavar="FILE", help="CA certificate for the class preflight")
         if action == "down":
             p.add_argument("--yes", action="store_true",
                            help="destroy without asking (required when there is no terminal to ask on)")
@@ -173,6 +179,15 @@ def check_guardrails(plan: Any, roster_path: Path) -> tuple[list[str], Optional[
     return [], write_policy_config(plan, policy_config_path(roster_path))
 
 
+def class_preflight_failures(plan: Any, args: argparse.Namespace) -> list[str]:
+    """The class preflight's failed checks, one line each ("node: check: detail (fix)"); [] when all pass."""
+    from .cli import class_preflight
+
+    reports, _url = class_preflight(plan, getattr(args, "outer_url", None), getattr(args, "outer_ca", None))
+    return [f"{r.node}: {c.name}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "")
+            for r in reports for c in r.checks if c.status == "fail"]
+
+
 def make_backends(plan: Any, jobs: Sequence[StackJob], project_dir: Path = PROJECT_DIR,
                   policy_config: Optional[Path] = None) -> tuple[StackBackend, Optional[StackBackend]]:
     """The real backends (Automation API). Raises PulumiCliMissing before anything starts. Tests replace this.
@@ -275,6 +290,15 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         if refused:
             return fail("classroom up: the policy rules refuse this class (nothing started):\n"
                         + "\n".join(f"- {p}" for p in refused))
+        if not getattr(args, "no_preflight", False):
+            try:
+                failures = class_preflight_failures(plan, args)
+            except Exception as exc:  # unreachable host, missing token...: one line, nothing started
+                return fail(f"classroom up: the class preflight could not run: {getattr(exc, 'message', None) or exc}"
+                            " (`--no-preflight` skips it)")
+            if failures:
+                return fail("classroom up: the class preflight failed (nothing started; details: `classroom "
+                            "preflight ROSTER`):\n" + "\n".join(f"- {f}" for f in failures))
     try:
         backend, images_backend = make_backends(plan, everyone, project_dir=args.project_dir,
                                                 policy_config=policy_config)

@@ -21,6 +21,8 @@ from .api import ApiError, PveClient
 MiB, GiB = 1024 ** 2, 1024 ** 3
 IMAGE_DOWNLOAD_GIB = 1  # a Debian 13 genericcloud qcow2 is ~0.4 GiB; leave room
 EFI_DISK_GIB = 1  # efidisk + cloud-init drive, rounded up
+# Storage types whose disks are thin (allocated as written): a class may overcommit them, with a warning.
+THIN_STORAGE_TYPES = ("lvmthin", "zfspool", "rbd")
 
 VM_PRIVS = ("VM.Allocate", "VM.Audit", "VM.PowerMgmt", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit",
             "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options")
@@ -37,6 +39,7 @@ class Requirement:
     max_vm_cores: int
     vmids: Optional[tuple[int, ...]] = None  # None: the stack's own VMID block
     label: str = "the lab"
+    own_vms: tuple[tuple[int, str], ...] = ()  # (VMID, hostname) of every lab VM this check may find built
 
 
 def requirement_for(spec: LabSpec) -> Requirement:
@@ -235,6 +238,12 @@ class Preflight:
             problems.append("not active")
             fixes.append(f"check `pvesm status --storage {storage}` on the host")
         need, avail = self.requirement.disk_gib * GiB, int(st.get("avail") or 0)
+        thin = self.classroom and st.get("type") in THIN_STORAGE_TYPES
+        if need > avail and thin and not problems:
+            self.add(name, "warn", f"{_gib(avail)} free on thin storage ({st.get('type')}), {_gib(need)} if every "
+                                   f"disk of {self.requirement.label} filled up: overcommitted",
+                     "fine while the nested nodes write less than that; watch the pool's usage, or free space")
+            return
         if need > avail:
             problems.append(f"{_gib(avail)} free, {_gib(need)} needed for {self.requirement.label}")
             fixes.append("free space, choose another outer.storage, or smaller nodes.systemDiskGiB/cephDiskGiB")
@@ -313,7 +322,7 @@ class Preflight:
         token may audit, so it alone would call a VMID free that a guest of someone else holds."""
         vmids = self.requirement.vmids or tuple(self.spec.vmid_range)
         visible = {int(r["vmid"]): r for r in self.client.get("cluster/resources", type="vm") if "vmid" in r}
-        ours = {p.vmid: p.hostname for p in self.spec.node_plans}
+        ours = dict(self.requirement.own_vms) or {p.vmid: p.hostname for p in self.spec.node_plans}
         clashes, own = [], []
         for vmid in vmids:
             if self.vmid_free(vmid):
