@@ -122,7 +122,11 @@ elif cmd[:2] == ["stack", "ls"]:
     print(json.dumps([{{"name": n, "current": False, "updateInProgress": False,
                        "resourceCount": s.get("resources", 0)}} for n, s in sorted(stacks.items())]))
 elif cmd[:2] == ["stack", "output"]:
-    print(json.dumps(stacks.get(stack, {{}}).get("outputs", {{}})))
+    entry = stacks.get(stack, {{}})
+    shown = dict(entry.get("outputs", {{}}))
+    if "--show-secrets" not in words:  # the CLI masks secret outputs unless asked
+        shown.update({{k: "[secret]" for k in entry.get("secrets", []) if k in shown}})
+    print(json.dumps(shown))
 elif cmd[:2] == ["stack", "history"]:
     print(json.dumps([{{"kind": "update", "startTime": "2026-01-01T00:00:00.000000Z", "message": "",
                        "environment": {{}}, "config": {{}}, "result": "succeeded",
@@ -182,10 +186,10 @@ class FakePulumi:
         faults[key] = spec
         path.write_text(json.dumps(faults))
 
-    def add_stack(self, name: str, resources: int = 5, outputs: dict | None = None) -> None:
+    def add_stack(self, name: str, resources: int = 5, outputs: dict | None = None, secrets=()) -> None:
         path = self.state / "stacks.json"
         stacks = json.loads(path.read_text()) if path.exists() else {}
-        stacks[name] = {"resources": resources, "outputs": outputs or {}}
+        stacks[name] = {"resources": resources, "outputs": outputs or {}, "secrets": sorted(secrets)}
         path.write_text(json.dumps(stacks))
 
     @property

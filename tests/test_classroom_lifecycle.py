@@ -129,3 +129,63 @@ def test_the_class_image_is_the_classs_own_file(tmp_path):
     assert ids[0] == {f"local:import/ha101-{ImageSpec.file_name}"}
     assert ids[1] == {f"local:import/net202-{ImageSpec.file_name}"}
     assert f"local:import/{ImageSpec.file_name}" not in ids[0] | ids[1]  # the lone lab's own download
+
+
+# ---------------------------------------------------------------- what the plan cannot check, the credentials sheet
+
+
+def test_classroom_plan_says_what_it_cannot_check(roster, capsys):
+    from pvelab.classroom import cli as classroom_cli
+    from pvelab.classroom.preflight import CANNOT_CHECK
+
+    parser = argparse.ArgumentParser()
+    classroom_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["classroom", "plan", str(roster)])
+    args.func(args)
+    text = capsys.readouterr().out
+    assert "not checked here" in text and "drop traffic between student subnets" in text
+    args = parser.parse_args(["classroom", "plan", str(roster), "--format", "json"])
+    args.func(args)
+    assert json.loads(capsys.readouterr().out)["notChecked"] == list(CANNOT_CHECK)
+
+
+def credentials(roster, tmp_path, *extra):
+    from pvelab.classroom import cli as classroom_cli
+
+    parser = argparse.ArgumentParser()
+    classroom_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["classroom", "credentials", str(roster), "--project-dir", str(tmp_path), *extra])
+    return args.func(args)
+
+
+def test_credentials_sheet_without_secrets_needs_no_cli_and_shows_none(roster, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no `pulumi` anywhere: not needed without --show-secrets
+    assert credentials(roster, tmp_path, "--only", "s01") == 0
+    text = capsys.readouterr().out
+    assert "== s01: Aiko Tanaka (stack ha101-s01) ==" in text and "user: ha101-s01@pve" in text
+    assert "https://pve.example.internal:8006/" in text and "https://10.100.0.11:8006/" in text
+    assert text.count("(hidden: run with --show-secrets)") == 2  # student and nested root password
+    assert "back up their VMs or insert an ISO" in text and "guest agent" in text
+    assert "== s02" not in text
+
+
+def test_credentials_with_secrets_reads_the_stack_outputs_through_the_cli(cli, roster, tmp_path, capsys):
+    cli.add_stack("ha101-s01", outputs={"studentPassword": "Stud3ntPw", "rootPassword": "N3stedRoot"},
+                  secrets={"studentPassword", "rootPassword"})
+    assert credentials(roster, tmp_path, "--only", "s01", "--show-secrets", "--format", "json") == 0
+    out = capsys.readouterr()
+    (sheet,) = json.loads(out.out)
+    assert sheet["password"] == "Stud3ntPw" and sheet["nested_root_password"] == "N3stedRoot"
+    assert "hand each one to its student only" in out.err
+    assert all("Stud3ntPw" not in json.dumps(c["argv"]) for c in cli.calls)
+    assert [a for a in cli.argvs() if "--show-secrets" in a and a[:2] == ["stack", "output"]]
+
+
+def test_credentials_for_a_directory_account_never_show_a_password(cli, roster, tmp_path, capsys):
+    edit_roster(roster, lambda lines: [ln.replace("{id: s01, name: Aiko Tanaka}",
+                                                  "{id: s01, name: Aiko Tanaka, user: aiko@ldap}") for ln in lines])
+    cli.add_stack("ha101-s01", outputs={"rootPassword": "N3stedRoot"}, secrets={"rootPassword"})
+    assert credentials(roster, tmp_path, "--only", "s01", "--show-secrets") == 0
+    text = capsys.readouterr().out
+    assert "user: aiko@ldap   realm: ldap" in text and "their own ldap password" in text
+    assert "N3stedRoot" in text

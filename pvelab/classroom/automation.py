@@ -185,6 +185,17 @@ class AutomationBackend:
             workspace = auto.LocalWorkspace(work_dir=str(self.work_dir))
             return {s.name: s.resource_count for s in workspace.list_stacks()}
 
+    def outputs(self, stack_name: str) -> dict[str, Any]:
+        """The stack's outputs with secrets in plain text (`pulumi stack output --json --show-secrets`: the values
+        come back on the CLI's stdout, never through argv). StackNotFound when the stack does not exist."""
+        auto = _auto()
+        with _WORKSPACE_LOCK:
+            try:
+                stack = auto.select_stack(stack_name=stack_name, work_dir=str(self.work_dir))
+            except auto.StackNotFoundError:
+                raise StackNotFound(f"no stack '{stack_name}': run `classroom up` first") from None
+        return {key: out.value for key, out in stack.outputs().items()}
+
     def _policy_options(self) -> dict[str, Any]:
         if self.policy_pack is None:
             return {}

@@ -5,6 +5,7 @@ plan    every student's slot, outer node, VMIDs, subnet, network, user and fit, 
 render  writes the allocation file (<roster>.alloc.yaml), the policy-pack config (<roster>.policy.json)
         and Pulumi.<class>-<id>.yaml for every student.
 preflight  the whole class against the real outer host, per outer node (pvelab/classroom/preflight.py).
+credentials  one sheet per student (web UI, user, VMs, nested nodes, what they can do); secrets on request.
 up/down run every student's stack (see pvelab/classroom/run_cli.py).
 """
 from __future__ import annotations
@@ -48,6 +49,16 @@ def register(subparsers) -> None:
     pre.add_argument("--outer-ca", metavar="FILE", help="CA certificate to verify the outer host with")
     pre.set_defaults(func=cmd_preflight)
 
+    cred = sub.add_parser("credentials", help="one sheet per student: web UI, user, their VMs and nested nodes, what "
+                                              "they can do; passwords only with --show-secrets")
+    cred.add_argument("roster", type=Path)
+    cred.add_argument("--only", nargs="+", metavar="STUDENT_ID", help="only these students (put ROSTER first)")
+    cred.add_argument("--show-secrets", action="store_true",
+                      help="read each stack's studentPassword and rootPassword (needs the `pulumi` CLI) and print them")
+    cred.add_argument("--format", choices=("text", "json"), default="text")
+    cred.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="where the students' stacks are")
+    cred.set_defaults(func=cmd_credentials)
+
     try:
         from . import run_cli
     except ModuleNotFoundError as exc:
@@ -85,8 +96,14 @@ def plan_json(plan: ClassPlan, violations: dict) -> dict:
                    "capacity": {"cores": u.node.cores, "memoryGiB": u.node.memory_gib, "diskGiB": u.node.disk_gib}}
                   for u in plan.nodes],
         "imageDownloads": [vars(d) for d in plan.image_downloads],
-        "maxSlots": plan.max_slots, "problems": plan.problems,
+        "maxSlots": plan.max_slots, "problems": plan.problems, "notChecked": list(_cannot_check()),
     }
+
+
+def _cannot_check() -> tuple[str, ...]:
+    from .preflight import CANNOT_CHECK  # imported when used: `classroom plan` stays quick
+
+    return CANNOT_CHECK
 
 
 def _width(text: str) -> int:
@@ -136,6 +153,8 @@ def plan_text(plan: ClassPlan, violations: dict) -> str:
         out += ["", f"{len(problems)} problem(s):"] + [f"- {p}" for p in problems]
     else:
         out += ["", "the class fits and every stack passes the policy rules"]
+    out += ["", "not checked here (`classroom preflight` checks the host; these need a look by hand):"]
+    out += [f"- {line}" for line in _cannot_check()]
     return "\n".join(out)
 
 
@@ -201,3 +220,36 @@ def cmd_preflight(args) -> int:
         return 2
     print(render_class_json(plan, reports) if args.format == "json" else render_class_text(plan, reports, url))
     return 1 if class_failed(reports) else 0
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def cmd_credentials(args) -> int:
+    from .credentials import render_sheets, sheets_json, student_sheets
+
+    plan = plan_class(args.roster, strict=True)
+    only = [s for value in args.only or [] for s in value.split(",") if s] or None
+    unknown = sorted(set(only or []) - {s.student_id for s in plan.students})
+    if unknown:
+        print(f"--only: unknown student id(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    secrets_for = None
+    if args.show_secrets:
+        from .automation import AutomationBackend, PulumiCliMissing
+        from .runner import StackNotFound
+
+        try:
+            backend = AutomationBackend(work_dir=args.project_dir)
+        except PulumiCliMissing as exc:
+            print(f"classroom credentials --show-secrets: {exc}", file=sys.stderr)
+            return 2
+        secrets_for = backend.outputs
+        print("the sheets below hold secrets: hand each one to its student only", file=sys.stderr)
+    try:
+        sheets = student_sheets(plan, only, secrets_for)
+    except Exception as exc:  # StackNotFound, a CLI error: one line
+        print(f"classroom credentials: {exc}", file=sys.stderr)
+        return 2
+    print(sheets_json(sheets) if args.format == "json" else render_sheets(sheets))
+    return 0
