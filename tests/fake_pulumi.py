@@ -63,9 +63,20 @@ def load(name, default):
 
 
 def save(name, value):
-    tmp = STATE / (name + ".tmp")
+    tmp = STATE / f"{{name}}.{{os.getpid()}}.tmp"
     tmp.write_text(json.dumps(value, indent=1))
     tmp.replace(STATE / name)
+
+
+def update_stacks(change):
+    """Read-modify-write stacks.json under a lock: several fake CLIs run at once (`--parallel`)."""
+    import fcntl
+
+    with open(STATE / "stacks.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = load("stacks.json", {{}})
+        change(current)
+        save("stacks.json", current)
 
 
 def stack_file(stack):
@@ -113,11 +124,9 @@ elif cmd[:2] == ["stack", "select"]:
         sys.stderr.write(f"error: no stack named '{{stack}}' found\n")
         sys.exit(255)
 elif cmd[:2] == ["stack", "init"]:
-    stacks[cmd[2]] = {{"resources": 0}}
-    save("stacks.json", stacks)
+    update_stacks(lambda current: current.setdefault(cmd[2], {{"resources": 0}}))
 elif cmd[:2] == ["stack", "rm"]:
-    stacks.pop(cmd[2], None)
-    save("stacks.json", stacks)
+    update_stacks(lambda current: current.pop(cmd[2], None))
 elif cmd[:2] == ["stack", "ls"]:
     print(json.dumps([{{"name": n, "current": False, "updateInProgress": False,
                        "resourceCount": s.get("resources", 0)}} for n, s in sorted(stacks.items())]))
@@ -143,16 +152,9 @@ elif op == "config":
     print(json.dumps({{}}))
 elif op in ("up", "destroy", "preview"):
     fault(op)
-    if op == "destroy":
-        print(f"Destroying ({{stack}})")
-        stacks.setdefault(stack, {{}})["resources"] = 0
-    else:
-        print(f"Updating ({{stack}})")
-        if op == "up":
-            stacks.setdefault(stack, {{}})["resources"] = 5
-    current = load("stacks.json", {{}})
-    current[stack] = stacks[stack]
-    save("stacks.json", current)
+    print(f"{{'Destroying' if op == 'destroy' else 'Updating'}} ({{stack}})")
+    if op in ("up", "destroy"):
+        update_stacks(lambda current: current.setdefault(stack, {{}}).update(resources=5 if op == "up" else 0))
     fault(op + "-after")
 elif op == "plugin":
     fault("plugin")
