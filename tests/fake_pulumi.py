@@ -12,6 +12,7 @@ the commands the Automation API runs the way the CLI does (pulumi/pulumi pkg/cmd
 - `config set KEY --secret` with no value reads the value from stdin when stdin is not a terminal
   (config.go `configSetCmd.Run`) and, like the real CLI, writes `secure:` into `Pulumi.<stack>.yaml` in its
   working directory; `config set-all` writes its plaintext keys there too;
+- `stack export` prints the deployment's resources given with `add_stack(state=...)`;
 - `up`, `destroy`, `preview`, `plugin install`, `install` succeed unless `faults.json` says otherwise:
   {"up:<stack>": {"stderr": "...", "stdout": "...", "code": 255, "sleep": 0.2}} (also "up:*", "plugin:*").
 """
@@ -136,6 +137,8 @@ elif cmd[:2] == ["stack", "output"]:
     if "--show-secrets" not in words:  # the CLI masks secret outputs unless asked
         shown.update({{k: "[secret]" for k in entry.get("secrets", []) if k in shown}})
     print(json.dumps(shown))
+elif cmd[:2] == ["stack", "export"]:
+    print(json.dumps({{"version": 3, "deployment": {{"resources": stacks.get(stack, {{}}).get("state", [])}}}}))
 elif cmd[:2] == ["stack", "history"]:
     print(json.dumps([{{"kind": "update", "startTime": "2026-01-01T00:00:00.000000Z", "message": "",
                        "environment": {{}}, "config": {{}}, "result": "succeeded",
@@ -188,10 +191,12 @@ class FakePulumi:
         faults[key] = spec
         path.write_text(json.dumps(faults))
 
-    def add_stack(self, name: str, resources: int = 5, outputs: dict | None = None, secrets=()) -> None:
+    def add_stack(self, name: str, resources: int = 5, outputs: dict | None = None, secrets=(),
+                  state: list | None = None) -> None:
         path = self.state / "stacks.json"
         stacks = json.loads(path.read_text()) if path.exists() else {}
-        stacks[name] = {"resources": resources, "outputs": outputs or {}, "secrets": sorted(secrets)}
+        stacks[name] = {"resources": resources, "outputs": outputs or {}, "secrets": sorted(secrets),
+                        "state": state or []}
         path.write_text(json.dumps(stacks))
 
     @property

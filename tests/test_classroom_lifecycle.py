@@ -88,7 +88,7 @@ def test_up_refuses_to_move_a_pinned_student_whose_lab_exists(cli, monkeypatch, 
     edit_roster(roster, pin_s02_to_pve2)
     code, out, err = run("up", roster, tmp_path)
     assert code == 2
-    assert "refusing to move a student whose lab exists" in err
+    assert "refusing to start (nothing started)" in err
     assert "s02: allocated on 'pve1' and now pinned to 'pve2'" in err and "--only s02" in err
     assert not [a for a in cli.argvs() if a[:1] == ["up"]]
     assert allocation_path(roster).read_text() == before  # nothing recorded either
@@ -189,3 +189,19 @@ def test_credentials_for_a_directory_account_never_show_a_password(cli, roster, 
     text = capsys.readouterr().out
     assert "user: aiko@ldap   realm: ldap" in text and "their own ldap password" in text
     assert "N3stedRoot" in text
+
+
+def test_up_refuses_while_an_old_stack_still_manages_a_directory_account(cli, monkeypatch, tmp_path, roster):
+    """Stacks made before accounts were owned by realm hold a UserLegacy for aiko@ldap: the program no longer declares
+    it, so an `up` would delete the person's account. Refuse, and say how to forget it without touching it."""
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    edit_roster(roster, lambda lines: [ln.replace("{id: s01, name: Aiko Tanaka}",
+                                                  "{id: s01, name: Aiko Tanaka, user: aiko@ldap}") for ln in lines])
+    urn = ("urn:pulumi:ha101-s01::pve-lab::pve-lab:index:PveLab$pve-lab:index:StudentAccess$"
+           "proxmoxve:index/userLegacy:UserLegacy::lab-student-user")
+    cli.add_stack("ha101-s01", resources=9, state=[{"urn": urn, "type": "proxmoxve:index/userLegacy:UserLegacy"}])
+    code, out, err = run("up", roster, tmp_path)
+    assert code == 2
+    assert "s01: stack ha101-s01 still manages the user account aiko@ldap" in err
+    assert f"pulumi state delete -s ha101-s01 --target-dependents '{urn}'" in err
+    assert not [a for a in cli.argvs() if a[:1] == ["up"]]

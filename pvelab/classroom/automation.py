@@ -185,6 +185,16 @@ class AutomationBackend:
             workspace = auto.LocalWorkspace(work_dir=str(self.work_dir))
             return {s.name: s.resource_count for s in workspace.list_stacks()}
 
+    def state_resources(self, stack_name: str) -> list[dict]:
+        """The stack's resources in its state (`pulumi stack export`, secrets left encrypted): [{urn, type}, ...]."""
+        env = {**os.environ, "PULUMI_AUTOMATION_API": "true"}
+        done = subprocess.run([require_pulumi_cli(), "--non-interactive", "stack", "export", "--stack", stack_name],
+                              text=True, capture_output=True, cwd=self.work_dir, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"pulumi stack export --stack {stack_name}: {' '.join(done.stderr.split())}")
+        deployment = (json.loads(done.stdout or "{}").get("deployment") or {})
+        return [{"urn": r.get("urn", ""), "type": r.get("type", "")} for r in deployment.get("resources") or []]
+
     def outputs(self, stack_name: str) -> dict[str, Any]:
         """The stack's outputs with secrets in plain text (`pulumi stack output --json --show-secrets`: the values
         come back on the CLI's stdout, never through argv). StackNotFound when the stack does not exist."""

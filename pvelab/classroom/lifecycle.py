@@ -3,6 +3,9 @@
 Pure: reads a ClassPlan (pvelab/classroom/allocate.py) and, for moves, the stacks that exist (from the backend).
 - A student removed from the roster keeps their slot as *retired* in the allocation file, and their lab (VMs,
   pool, user) stays until someone destroys it: `classroom down` destroys retired students' stacks too.
+- A stack made before accounts were owned by realm (pvelab/classroom/realms.py) may still hold a UserLegacy for an
+  account that is not the class's own: the program no longer declares it, so the next `up` would delete the
+  person's account. `classroom up` refuses and prints the `pulumi state delete` that forgets it instead.
 - A student already allocated on one outer node and now pinned to another (`node:`) would get their lab
   rebuilt, not moved: bpg's VmLegacy replaces a VM whose node_name changes unless `migrate` is set
   (proxmoxtf/resource/vm/vm.go: ForceNewIf node_name when !migrate), and the replacement's fixed VMID clashes
@@ -69,3 +72,17 @@ def refused_moves(found: list[Move], existing: Mapping[str, Optional[int]]) -> l
                      f"its VMIDs would clash. Destroy it first (`classroom down ROSTER --only {m.student_id} --yes`), "
                      f"or pin it back to '{m.before}'")
     return lines
+
+
+USER_TYPE = "proxmoxve:index/userLegacy:UserLegacy"
+
+
+def foreign_user_in_state(student_id: str, stack: str, user: str, resources: list[dict]) -> Optional[str]:
+    """A refusal line when the stack's state manages a user the stack must not own (see the module docstring)."""
+    urns = [r["urn"] for r in resources if r.get("type") == USER_TYPE]
+    if not urns:
+        return None
+    return (f"{student_id}: stack {stack} still manages the user account {user} (made by an earlier version); an "
+            f"`up` would delete that person's account. Forget it without touching the account: "
+            f"`pulumi state delete -s {stack} --target-dependents '{urns[0]}'`, then run `classroom up` again "
+            f"(it grants the ACLs anew)")

@@ -135,15 +135,37 @@ def previous_nodes(roster_path: Path) -> dict[str, str]:
     return {sid: slot.node for sid, slot in (allocation.students if allocation else {}).items()}
 
 
+def foreign_users_for(plan: Any, backend: Any, existing: dict) -> list[str]:
+    """Students whose stack still manages an account the class does not own (see lifecycle.py)."""
+    from .lifecycle import foreign_user_in_state, stack_short_name
+    from .realms import stack_owns_user
+
+    state_resources = getattr(backend, "state_resources", None)
+    if state_resources is None:
+        return []
+    counts = {stack_short_name(k): v for k, v in existing.items()}
+    lines = []
+    for st in plan.students:
+        student = st.lab.get("student") or {}
+        user, pool = student.get("user", ""), student.get("pool", "")
+        if stack_owns_user(user, pool) or not counts.get(st.stack):
+            continue
+        line = foreign_user_in_state(st.student_id, st.stack, user, state_resources(st.stack))
+        if line:
+            lines.append(line)
+    return lines
+
+
 def refused_moves_for(plan: Any, roster_path: Path, backend: Any) -> list[str]:
     """Students a pin would move off their recorded node while their lab exists (see lifecycle.py)."""
     from .lifecycle import moves, refused_moves
 
     found = moves(plan, previous_nodes(roster_path))
     existing_stacks = getattr(backend, "existing_stacks", None)
-    if not found or existing_stacks is None:
+    if existing_stacks is None:
         return []
-    return refused_moves(found, existing_stacks())
+    existing = existing_stacks()
+    return refused_moves(found, existing) + foreign_users_for(plan, backend, existing)
 
 
 def class_name(plan: Any, roster_path: Path) -> str:
@@ -315,8 +337,7 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         except Exception as exc:  # listing the stacks failed: do not guess
             return fail(f"classroom up: could not list the existing stacks to check moved students: {exc}")
         if moved:
-            return fail("classroom up: refusing to move a student whose lab exists (nothing started):\n"
-                        + "\n".join(f"- {m}" for m in moved))
+            return fail("classroom up: refusing to start (nothing started):\n" + "\n".join(f"- {m}" for m in moved))
     if action == "down":
         retired = [j.student_id for j in jobs if j.student_id not in {s.student_id for s in plan.students}]
         if retired:
