@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi

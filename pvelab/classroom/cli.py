@@ -237,7 +237,6 @@ def cmd_credentials(args) -> int:
     secrets_for = None
     if args.show_secrets:
         from .automation import AutomationBackend, PulumiCliMissing
-        from .runner import StackNotFound
 
         try:
             backend = AutomationBackend(work_dir=args.project_dir)
