@@ -4,7 +4,10 @@ What a student can do (STUDENT_CAN) follows the roles the stack grants, read in 
 src/PVE/AccessControl.pm ($privgroups, create_roles): PVEVMUser on their pool (propagated to their VMs) holds
 VM.Audit, VM.Console, VM.PowerMgmt, VM.Config.CDROM, VM.Config.Cloudinit, VM.Backup, VM.GuestAgent.Audit,
 VM.GuestAgent.FileRead/FileWrite/FileSystemMgmt; PVESDNUser on their network holds SDN.Audit and SDN.Use.
-No Datastore privilege anywhere, no Pool.Audit, nothing on /nodes.
+No Datastore privilege anywhere, no Pool.Audit, nothing on /nodes. Without a Datastore privilege, inserting an
+ISO fails (pve-storage src/PVE/Storage.pm check_volume_access: Datastore.AllocateSpace or .Audit on the ISO's
+storage) and so does a backup (pve-manager PVE/API2/VZDump.pm: Datastore.AllocateSpace on the backup storage).
+Cloud-init settings are qemu-server src/PVE/API2/Qemu.pm $cloudinitoptions (user, password, SSH keys, DNS).
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from .realms import PASSWORD_REALM, realm_of, stack_owns_user
 STUDENT_CAN = (
     "see their own nested-node VMs (only those: no other pool, node, storage or student) and their status",
     "open their consoles (noVNC / serial) and start, stop, shut down and reset them (VM.Console, VM.PowerMgmt)",
-    "change their cloud-init settings (VM.Config.Cloudinit) and read or write files inside them through the QEMU "
-    "guest agent, which the nested nodes run (VM.GuestAgent.FileRead/FileWrite/FileSystemMgmt)",
+    "change their cloud-init user, password, SSH keys and DNS (VM.Config.Cloudinit) and read or write files inside "
+    "them through the QEMU guest agent, which the nested nodes run (VM.GuestAgent.FileRead/FileWrite/FileSystemMgmt)",
     "attach their VMs to their own VLAN/VNet only (PVESDNUser: SDN.Use + SDN.Audit on that network)",
 )
 STUDENT_CANNOT = (
