@@ -383,3 +383,11 @@ def test_the_backends_prepare_runs_once_before_the_wave_and_its_failure_starts_n
     assert run.results[0].stack == "(provider plugins)" and run.results[0].state == "failed"
     assert "could not install plugin" in run.results[0].error
     assert [r.state for r in run.results[1:]] == ["skipped"] * 3 and run.exit_code == 1
+
+
+def test_down_installs_the_plugins_once_before_destroying():
+    backend = FakeBackend()
+    prepared = []
+    backend.prepare = lambda on_output: prepared.append(len(backend.started()))
+    run = run_classroom("down", jobs(3), backend, parallel=3, backoff_s=0)
+    assert prepared == [0] and len(backend.started("down")) == 3 and run.exit_code == 0

@@ -12,7 +12,8 @@ Rules:
 - Ctrl-C stops scheduling: stacks not started yet are `skipped`, running ones finish and are reported;
 - on `up` the class-images stack goes first (students use its files), then the backend's `prepare` (the
   provider plugins, installed once: parallel installs interfere, pulumi/pulumi#22784), then the students;
-  on `down` the images go last, and only when every student's stack is gone.
+  on `down` the plugins are installed the same way first, and the images go last, only when every student's
+  stack is gone.
 """
 from __future__ import annotations
 
@@ -397,6 +398,12 @@ def run_classroom(action: str, jobs: Sequence[StackJob], backend: StackBackend, 
                                     progress, False)
         students = run_class("up", jobs, backend, **options)
         return ClassRun("up", [*before, *students.results], interrupted=students.interrupted)
+    if jobs:  # destroying needs the providers too: install them once here as well, not in every stack at once
+        prepared = prepare_backend(backend, options.get("output_for"))
+        if prepared is not None:
+            skipped = [_skipped(j, "not started: the provider plugins could not be installed") for j in jobs]
+            kept = [] if images_job is None else [_skipped(images_job, "kept: no student stack was destroyed")]
+            return ClassRun("down", [prepared, *skipped, *kept])
     if images_job is None:
         return run_class(action, jobs, backend, **options)
     images_backend = images_backend or backend
