@@ -277,6 +277,33 @@ def confirm_down(jobs: Sequence[StackJob], with_images: bool, assume_yes: bool,
     return None if answer == "yes" else "classroom down: not confirmed; nothing destroyed"
 
 
+def checks_before_up(plan: Any, roster_path: Path, args: argparse.Namespace, api_token: Optional[str]
+                     ) -> tuple[Optional[str], Optional[Path]]:
+    """What `up` checks before it touches any stack: the token, the policy rules over the whole class, the class
+    preflight against the host. Returns (refusal message or None, the policy-pack config file)."""
+    env = SECRET_ENV["outerApiToken"]
+    if not api_token:
+        return (f"{TOKEN_KEY}: missing; export {env}='user@realm!tokenid=<uuid>' "
+                "(read from the environment, never from the command line)"), None
+    problems = check_secrets(api_token, None, None)
+    if problems:
+        return "\n".join(f"{p} (from {env})" for p in problems), None
+    refused, policy_config = check_guardrails(plan, roster_path)
+    if refused:
+        return ("classroom up: the policy rules refuse this class (nothing started):\n"
+                + "\n".join(f"- {p}" for p in refused)), None
+    if not getattr(args, "no_preflight", False):
+        try:
+            failures = class_preflight_failures(plan, args)
+        except Exception as exc:  # unreachable host, missing token...: one line, nothing started
+            return (f"classroom up: the class preflight could not run: {getattr(exc, 'message', None) or exc} "
+                    "(`--no-preflight` skips it)"), None
+        if failures:
+            return ("classroom up: the class preflight failed (nothing started; details: `classroom preflight "
+                    "ROSTER`):\n" + "\n".join(f"- {f}" for f in failures)), None
+    return None, policy_config
+
+
 def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] = None,
                 stderr: Optional[TextIO] = None) -> int:
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
@@ -298,29 +325,11 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
     except ValueError as exc:
         return fail(str(exc))
     with_images = bool(getattr(plan, "image_downloads", None))
-    if action == "up":
-        env = SECRET_ENV["outerApiToken"]
-        if not api_token:
-            return fail(f"{TOKEN_KEY}: missing; export {env}='user@realm!tokenid=<uuid>' "
-                        "(read from the environment, never from the command line)")
-        problems = check_secrets(api_token, None, None)
-        if problems:
-            return fail("\n".join(f"{p} (from {env})" for p in problems))
     policy_config = None
     if action == "up":
-        refused, policy_config = check_guardrails(plan, roster_path)
-        if refused:
-            return fail("classroom up: the policy rules refuse this class (nothing started):\n"
-                        + "\n".join(f"- {p}" for p in refused))
-        if not getattr(args, "no_preflight", False):
-            try:
-                failures = class_preflight_failures(plan, args)
-            except Exception as exc:  # unreachable host, missing token...: one line, nothing started
-                return fail(f"classroom up: the class preflight could not run: {getattr(exc, 'message', None) or exc}"
-                            " (`--no-preflight` skips it)")
-            if failures:
-                return fail("classroom up: the class preflight failed (nothing started; details: `classroom "
-                            "preflight ROSTER`):\n" + "\n".join(f"- {f}" for f in failures))
+        refusal, policy_config = checks_before_up(plan, roster_path, args, api_token)
+        if refusal:
+            return fail(refusal)
     try:
         backend, images_backend = make_backends(plan, everyone, project_dir=args.project_dir,
                                                 policy_config=policy_config)
@@ -335,7 +344,7 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         try:
             moved = refused_moves_for(plan, roster_path, backend)
         except Exception as exc:  # listing the stacks failed: do not guess
-            return fail(f"classroom up: could not list the existing stacks to check moved students: {exc}")
+            return fail(f"classroom up: could not read the existing stacks (moved students, accounts): {exc}")
         if moved:
             return fail("classroom up: refusing to start (nothing started):\n" + "\n".join(f"- {m}" for m in moved))
     if action == "down":
