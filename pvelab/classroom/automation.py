@@ -70,7 +70,7 @@ def stack_config_keys(workspace: Any, stack_name: str) -> set[str]:
     """The config keys the stack's settings file (`Pulumi.<stack>.yaml` in the workspace) already holds."""
     try:
         settings = workspace.stack_settings(stack_name)
-    except (FileNotFoundError, OSError):
+    except Exception:  # no file yet, or one the SDK cannot read: then the secret is set (again), never skipped
         return set()
     return set((getattr(settings, "config", None) or {}).keys())
 
