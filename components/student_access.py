@@ -1,11 +1,12 @@
 """StudentAccess: one student's corner of the outer host in a classroom stack.
 
 - a resource pool holding the student's nested-node VMs (the VMs join it through their `pool_id`);
-- the student's PVE user. Realm `pve`: a generated password (pulumi-random), a Pulumi secret the
-  instructor hands out (`pulumi stack output --show-secrets studentPassword`). Other realms (pam, ldap,
-  ad, openid) authenticate elsewhere, so no password is set;
-- ACLs with least privilege: the student's role (default PVEVMUser: view, console, power, CD-ROM, backup of
-  their own VMs) on `/pool/<pool>`, and PVESDNUser (SDN.Audit + SDN.Use) on their own network only:
+- the student's PVE user: created only when it is the class's own account `<class>-<id>@pve`, with a generated
+  password (pulumi-random), a Pulumi secret the instructor hands out (`classroom credentials --show-secrets`).
+  Any other user (another realm, or a named `user:`) is a real person's account: it is looked up (it must
+  exist) and never created or deleted; only the ACLs below are managed (pvelab/classroom/realms.py);
+- ACLs with least privilege: the student's role (default PVEVMUser: see README "What a student can do") on
+  `/pool/<pool>`, and PVESDNUser (SDN.Audit + SDN.Use) on their own network only:
   `/sdn/zones/<zone>/<vnet>` (sdn mode) or `/sdn/zones/localnetwork/<bridge>/<tag>` (vlan mode, the VLAN
   of the outer bridge). Nothing on `/`, `/nodes`, `/storage` or other pools: the student sees and opens
   their own nested nodes and nothing else;
@@ -22,10 +23,10 @@ import pulumi
 import pulumi_proxmoxve as proxmoxve
 import pulumi_random as random
 
+from pvelab.classroom.realms import stack_owns_user
 from pvelab.spec import LabSpec
 
 NETWORK_ROLE = "PVESDNUser"  # SDN.Audit + SDN.Use on one VNet/VLAN: attach to it, see it, nothing more
-PASSWORD_REALM = "pve"  # the only realm whose passwords PVE itself stores
 
 
 def network_acl_path(spec: LabSpec) -> str:
@@ -62,15 +63,18 @@ class StudentAccess(pulumi.ComponentResource):
         self.pool_id = pool.pool_id
 
         self.password = None
-        realm = student.user.rsplit("@", 1)[-1]
-        if realm == PASSWORD_REALM:
+        if stack_owns_user(student.user, student.pool):
             generated = random.RandomPassword(
                 f"{name}-password", random.RandomPasswordArgs(length=16, special=False, min_lower=2, min_upper=2,
                                                               min_numeric=2), opts=child)
             self.password = pulumi.Output.secret(generated.result)
-        user = proxmoxve.UserLegacy(f"{name}-user", proxmoxve.UserLegacyArgs(
-            user_id=student.user, comment=label, enabled=True, password=self.password), opts=child)
-        self.user_id = user.user_id
+            user = proxmoxve.UserLegacy(f"{name}-user", proxmoxve.UserLegacyArgs(
+                user_id=student.user, comment=label, enabled=True, password=self.password), opts=child)
+            self.user_id = user.user_id
+        else:
+            # A person's existing account: looked up (a missing user stops the preview), never owned.
+            existing = proxmoxve.get_user_legacy_output(user_id=student.user, opts=pulumi.InvokeOutputOptions(parent=self))
+            self.user_id = existing.user_id
 
         net = student.network
         if net.mode == "sdn":
@@ -97,10 +101,10 @@ class StudentAccess(pulumi.ComponentResource):
             network_path = pulumi.Output.from_input(network_acl_path(spec))
 
         self.pool_acl = proxmoxve.Acl(f"{name}-acl-pool", proxmoxve.AclArgs(
-            path=pool.pool_id.apply(lambda p: f"/pool/{p}"), role_id=student.role, user_id=user.user_id,
+            path=pool.pool_id.apply(lambda p: f"/pool/{p}"), role_id=student.role, user_id=self.user_id,
             propagate=True), opts=child)
         self.network_acl = proxmoxve.Acl(f"{name}-acl-network", proxmoxve.AclArgs(
-            path=network_path, role_id=NETWORK_ROLE, user_id=user.user_id, propagate=False), opts=child)
+            path=network_path, role_id=NETWORK_ROLE, user_id=self.user_id, propagate=False), opts=child)
 
         self.register_outputs({"pool_id": self.pool_id, "user_id": self.user_id, "bridge": self.bridge,
                                "vlan_tag": self.vlan_tag})

@@ -112,6 +112,8 @@ class LabMocks(pulumi_mocks.Mocks):
         return rid, state
 
     def call(self, args: pulumi_mocks.MockCallArgs):
+        if args.token == "proxmoxve:index/getUserLegacy:getUserLegacy":  # an existing user: found as asked
+            return {"id": args.args.get("userId"), "userId": args.args.get("userId"), "enabled": True}
         return {}, None
 
 

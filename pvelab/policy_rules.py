@@ -29,8 +29,9 @@ VNET = "proxmoxve:sdn/vnet:Vnet"
 IMAGE = "proxmoxve:download/fileLegacy:FileLegacy"
 
 
-LIMIT_POLICY = "pve-lab-class-limits"
-SANITY_POLICY = "pve-lab-sanity"
+LIMIT_POLICY = "pve-lab-class-limits"  # resource policy: checked on each resource's inputs, before it is created
+SANITY_POLICY = "pve-lab-sanity"  # resource policy: each VM and ACL on its own
+STACK_POLICY = "pve-lab-stack"  # stack policy: node count, unique VMIDs, isolation (needs the whole stack)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class ClassLimits:
                    "maxDiskGiB": "max_disk_gib", "allowedNodes": "allowed_nodes", "allowedStorages": "allowed_storages",
                    "vmidMin": "vmid_min", "vmidMax": "vmid_max", "requireStudent": "require_student"}
 
+    INTEGER_ATTRS = ("max_nodes", "max_cores", "vmid_min", "vmid_max")
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ClassLimits":
         """Policy config (camelCase keys, as in the policy-pack config file) -> limits; unknown keys are refused."""
@@ -90,6 +93,10 @@ class ClassLimits:
                     raise ValueError(f"policy config {LIMIT_POLICY}.{key}: expected true or false, got {value!r}")
             elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"policy config {LIMIT_POLICY}.{key}: expected a number, got {value!r}")
+            elif attr in cls.INTEGER_ATTRS and isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(f"policy config {LIMIT_POLICY}.{key}: expected a whole number, got {value!r}")
+                value = int(value)  # the engine hands JSON numbers to the pack as floats (protobuf Struct)
             kwargs[attr] = value
         return cls(**kwargs)
 
@@ -113,7 +120,58 @@ LIMITS_SCHEMA = {
 }
 
 
-# ---------------------------------------------------------------- reading props
+# ---------------------------------------------------------------- reading props (preview-safe)
+
+
+class _Unknown:
+    """A value the engine does not know yet (a preview, or an input computed from a resource not yet created)."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+UNKNOWN = _Unknown()
+
+
+def _open(value: Any) -> Any:
+    """A pulumi-policy Secret wrapper opened (the rules never read secret values themselves)."""
+    while type(value).__name__ == "Secret" and hasattr(value, "value"):
+        value = value.value
+    return value
+
+
+def _get(mapping: Any, key: str, default: Any = None) -> Any:
+    """mapping[key], touching nothing else: pulumi-policy raises UnknownValueError for an unknown value as soon as
+    it is read, and a rule that read every prop (RandomPassword results, SDN bridges) would become advisory."""
+    mapping = _open(mapping)
+    if isinstance(mapping, _Unknown) or not hasattr(mapping, "get"):
+        return default
+    try:
+        return _open(mapping.get(key, default))
+    except Exception as exc:  # pulumi_policy.proxy.UnknownValueError, matched by name: no import here
+        if type(exc).__name__ == "UnknownValueError":
+            return UNKNOWN
+        raise
+
+
+def _items(seq: Any) -> list[Any]:
+    """A list's items (each may be UNKNOWN); [] for a missing or unknown list."""
+    seq = _open(seq)
+    if seq is None or isinstance(seq, (_Unknown, str)):
+        return []
+    out = []
+    for i in range(len(seq)):
+        try:
+            out.append(_open(seq[i]))
+        except Exception as exc:
+            if type(exc).__name__ != "UnknownValueError":
+                raise
+            out.append(UNKNOWN)
+    return out
+
+
+def known(value: Any) -> bool:
+    return not isinstance(value, _Unknown)
 
 
 def as_res(item: Any) -> Res:
@@ -140,103 +198,216 @@ def _vms(resources: Sequence[Res]) -> list[Res]:
 
 
 def _cores(vm: Res) -> int:
-    cpu = vm.props.get("cpu") or {}
-    return int(_num(cpu.get("cores"), 1) * _num(cpu.get("sockets"), 1))
+    cpu = _get(vm.props, "cpu") or {}
+    return int(_num(_get(cpu, "cores"), 1) * _num(_get(cpu, "sockets"), 1))
 
 
 def _memory_mib(vm: Res) -> float:
-    return _num((vm.props.get("memory") or {}).get("dedicated"), 512)
+    return _num(_get(_get(vm.props, "memory") or {}, "dedicated"), 512)
 
 
 def _disk_gib(vm: Res) -> float:
-    return sum(_num(d.get("size"), 8) for d in vm.props.get("disks") or [])
+    return sum(_num(_get(d, "size"), 8) for d in _items(_get(vm.props, "disks")))
 
 
 def _storages(r: Res) -> list[tuple[str, str]]:
-    """(what, storage id) pairs a resource puts data on."""
+    """(what, storage id) pairs a resource puts data on (unknown ones left out)."""
     p, found = r.props, []
     if r.type == VM:
-        for d in p.get("disks") or []:
-            found.append((f"disk {d.get('interface', '?')}", d.get("datastoreId")))
-            if isinstance(d.get("importFrom"), str) and ":" in d["importFrom"]:
-                found.append((f"disk {d.get('interface', '?')} image", d["importFrom"].split(":", 1)[0]))
-        if p.get("efiDisk"):
-            found.append(("EFI disk", p["efiDisk"].get("datastoreId")))
-        if p.get("initialization"):
-            found.append(("cloud-init disk", p["initialization"].get("datastoreId")))
+        for d in _items(_get(p, "disks")):
+            interface = _get(d, "interface", "?")
+            found.append((f"disk {interface}", _get(d, "datastoreId")))
+            image = _get(d, "importFrom")
+            if isinstance(image, str) and ":" in image:
+                found.append((f"disk {interface} image", image.split(":", 1)[0]))
+        efi = _get(p, "efiDisk")
+        if efi and known(efi):
+            found.append(("EFI disk", _get(efi, "datastoreId")))
+        init = _get(p, "initialization")
+        if init and known(init):
+            found.append(("cloud-init disk", _get(init, "datastoreId")))
     elif r.type == IMAGE:
-        found.append(("image", p.get("datastoreId")))
-    return [(what, s) for what, s in found if s]
+        found.append(("image", _get(p, "datastoreId")))
+    return [(what, s) for what, s in found if s and known(s)]
 
 
-# ---------------------------------------------------------------- class limits
+def _vmid_text(vmid: Any) -> str:
+    """A VMID as PVE writes it (the engine sends numbers as floats: 20000.0)."""
+    return str(int(vmid)) if isinstance(vmid, (int, float)) and float(vmid).is_integer() else str(vmid)
 
 
-def check_class_limits(resources: Iterable[Any], limits: ClassLimits) -> list[Violation]:
-    res = [as_res(r) for r in resources]
-    vms, out = _vms(res), []
-    rule = "class-limits"
+def nic_tag(nic: Any) -> Any:
+    """A NIC's VLAN tag; bpg's default vlanId 0 means "no tag" (proxmox/resource/vm: 0 is not sent as `tag=`)."""
+    tag = _get(nic, "vlanId")
+    return None if tag in (None, 0) else tag
+
+
+# ---------------------------------------------------------------- class limits, one resource at a time
+
+
+def resource_limit_violations(r: Res, limits: ClassLimits) -> list[Violation]:
+    """The limits a single outer VM or image download can break on its own: outer node, storages, VMID range."""
+    if not r.outer or r.type not in (VM, IMAGE):
+        return []
+    rule, out = "class-limits", []
+    node = _get(r.props, "nodeName")
+    if limits.allowed_nodes and known(node) and node not in limits.allowed_nodes:
+        out.append(Violation(rule, f"outer node '{node}' is not allowed (allowed: {', '.join(limits.allowed_nodes)})", r.name))
+    if limits.allowed_storages:
+        for what, storage in _storages(r):
+            if storage not in limits.allowed_storages:
+                out.append(Violation(rule, f"{what} on storage '{storage}', which is not allowed "
+                                           f"(allowed: {', '.join(limits.allowed_storages)})", r.name))
+    vmid = _get(r.props, "vmId")
+    if r.type == VM and known(vmid) and (limits.vmid_min is not None or limits.vmid_max is not None):
+        vmid = int(_num(vmid, -1))
+        lo, hi = limits.vmid_min or 100, limits.vmid_max or 999_999_999
+        if not lo <= vmid <= hi:
+            out.append(Violation(rule, f"VMID {vmid} is outside the class's range {lo}..{hi}", r.name))
+    return out
+
+
+def total_violations(vms: Sequence[Res], limits: ClassLimits, resource: str = "") -> list[Violation]:
+    """A student's nested nodes together against the per-student limits."""
+    rule, out = "class-limits", []
     if limits.max_nodes is not None and len(vms) > limits.max_nodes:
-        out.append(Violation(rule, f"{len(vms)} nested nodes; the class allows {limits.max_nodes} per student"))
+        out.append(Violation(rule, f"{len(vms)} nested nodes; the class allows {limits.max_nodes} per student", resource))
     totals = (("vCPUs", sum(_cores(v) for v in vms), limits.max_cores, ""),
               ("RAM", sum(_memory_mib(v) for v in vms) / 1024, limits.max_memory_gib, " GiB"),
               ("disk", sum(_disk_gib(v) for v in vms), limits.max_disk_gib, " GiB"))
     for what, used, limit, unit in totals:
         if limit is not None and used > limit + 1e-9:
-            out.append(Violation(rule, f"{used:g}{unit} {what} over all nested nodes; the class allows {limit:g}{unit} per student"))
+            out.append(Violation(rule, f"{used:g}{unit} {what} over all nested nodes; the class allows {limit:g}{unit} "
+                                       f"per student", resource))
+    return out
+
+
+class StackTally:
+    """The outer VMs of one stack seen so far by a resource policy, keyed by URN (a resource analyzed twice counts
+    once). A resource policy runs before its resource is created, so the VM that takes a student over a limit is
+    refused before it exists, in `preview` and in `up`."""
+
+    def __init__(self) -> None:
+        self.vms: dict[str, Res] = {}
+
+    def add(self, key: str, vm: Res, limits: ClassLimits) -> list[Violation]:
+        if vm.type != VM or not vm.outer:
+            return []
+        self.vms[key] = vm
+        out = total_violations(list(self.vms.values()), limits, vm.name)
+        vmid = _get(vm.props, "vmId")
+        if known(vmid) and vmid is not None:
+            for other_key, other in self.vms.items():
+                if other_key != key and _get(other.props, "vmId") == vmid:
+                    out.append(Violation("unique-vmids", f"VMID {_vmid_text(vmid)} is also used by {other.name}",
+                                         vm.name))
+        return out
+
+
+def student_section_violation(r: Res, limits: ClassLimits) -> list[Violation]:
+    """In a class stack every outer VM is in the student's pool (the stack has a student section)."""
+    if not limits.require_student or r.type != VM or not r.outer:
+        return []
+    pool = _get(r.props, "poolId")
+    if known(pool) and not pool:
+        return [Violation("class-limits", "a class stack must have a student section (its own pool, user and ACLs); "
+                                          "render it with `python -m pvelab classroom render`", r.name)]
+    return []
+
+
+def check_class_limits(resources: Iterable[Any], limits: ClassLimits) -> list[Violation]:
+    res = [as_res(r) for r in resources]
+    out = total_violations(_vms(res), limits)
     for r in res:
-        if not r.outer or r.type not in (VM, IMAGE):
-            continue
-        node = r.props.get("nodeName")
-        if limits.allowed_nodes and node not in limits.allowed_nodes:
-            out.append(Violation(rule, f"outer node '{node}' is not allowed (allowed: {', '.join(limits.allowed_nodes)})", r.name))
-        if limits.allowed_storages:
-            for what, storage in _storages(r):
-                if storage not in limits.allowed_storages:
-                    out.append(Violation(rule, f"{what} on storage '{storage}', which is not allowed "
-                                               f"(allowed: {', '.join(limits.allowed_storages)})", r.name))
-        if r.type == VM and (limits.vmid_min is not None or limits.vmid_max is not None):
-            vmid = int(_num(r.props.get("vmId"), -1))
-            lo, hi = limits.vmid_min or 100, limits.vmid_max or 999_999_999
-            if not lo <= vmid <= hi:
-                out.append(Violation(rule, f"VMID {vmid} is outside the class's range {lo}..{hi}", r.name))
+        out += resource_limit_violations(r, limits)
     if limits.require_student and not any(r.type == POOL for r in res):
-        out.append(Violation(rule, "a class stack must have a student section (its own pool, user and ACLs); "
-                                   "render it with `python -m pvelab classroom render`"))
+        out.append(Violation("class-limits", "a class stack must have a student section (its own pool, user and ACLs); "
+                                             "render it with `python -m pvelab classroom render`"))
     return out
 
 
 # ---------------------------------------------------------------- lab sanity
 
 
+def vm_sanity_violations(vm: Res) -> list[Violation]:
+    """What one outer VM gets wrong on its own: CPU type, NIC firewall, stop on destroy."""
+    if vm.type != VM or not vm.outer:
+        return []
+    out, p = [], vm.props
+    cpu_type = _get(_get(p, "cpu") or {}, "type")
+    if known(cpu_type) and cpu_type != "host":
+        out.append(Violation("nested-virtualization", f"CPU type '{cpu_type}'; nested PVE nodes need 'host' to run "
+                                                      f"their own VMs", vm.name))
+    for i, nic in enumerate(_items(_get(p, "networkDevices"))):
+        firewall = _get(nic, "firewall", False)
+        if known(firewall) and firewall is not False:
+            out.append(Violation("nic-firewall-off", f"networkDevices[{i}] has the firewall on; its MAC filter "
+                                                     f"drops the nested guests' traffic", vm.name))
+    stop = _get(p, "stopOnDestroy")
+    if known(stop) and stop is not True:
+        out.append(Violation("destroy-safe", "stopOnDestroy is not set; destroy would wait on a hung nested node", vm.name))
+    return out
+
+
+def acl_violations(acl: Res) -> list[Violation]:
+    """What one ACL of a student's stack gets wrong on its own: a group or token, an admin role, a path outside
+    pools and SDN zones."""
+    if acl.type != ACL:
+        return []
+    rule, out, p = "student-isolation", [], acl.props
+    group, token = _get(p, "groupId"), _get(p, "tokenId")
+    if (group and known(group)) or (token and known(token)):
+        out.append(Violation(rule, f"ACL for '{group or token}'; a student's stack grants only its own user", acl.name))
+    role = _get(p, "roleId")
+    if known(role) and role in ADMIN_ROLES:
+        out.append(Violation(rule, f"role '{role}' is an admin role; students get PVEVMUser (or a console-only role) "
+                                   f"on their pool and PVESDNUser on their network", acl.name))
+    path = _get(p, "path")
+    if known(path) and isinstance(path, str) and not (path.startswith("/pool/") or path.startswith("/sdn/zones/")):
+        out.append(Violation(rule, f"ACL on '{path}', outside the student's own pool and network", acl.name))
+    return out
+
+
+def quorum_violations(vms: Sequence[Res]) -> list[Violation]:
+    if vms and (len(vms) < 3 or len(vms) % 2 == 0):
+        return [Violation("quorum", f"{len(vms)} nested nodes; a class lab needs an odd count of at least 3 so that "
+                                    f"losing one node keeps quorum")]
+    return []
+
+
+def unique_vmid_violations(vms: Sequence[Res]) -> list[Violation]:
+    out, seen = [], {}
+    for vm in vms:
+        vmid = _get(vm.props, "vmId")
+        if not known(vmid):
+            continue
+        if vmid in seen:
+            out.append(Violation("unique-vmids", f"VMID {_vmid_text(vmid)} is also used by {seen[vmid]}", vm.name))
+        seen[vmid] = vm.name
+    return out
+
+
 def check_lab_sanity(resources: Iterable[Any]) -> list[Violation]:
     res = [as_res(r) for r in resources]
-    vms, out = _vms(res), []
-    if vms and (len(vms) < 3 or len(vms) % 2 == 0):
-        out.append(Violation("quorum", f"{len(vms)} nested nodes; a class lab needs an odd count of at least 3 so "
-                                       f"that losing one node keeps quorum"))
-    seen: dict[Any, str] = {}
+    vms = _vms(res)
+    out = quorum_violations(vms)
     for vm in vms:
-        p = vm.props
-        if (p.get("cpu") or {}).get("type") != "host":
-            out.append(Violation("nested-virtualization", f"CPU type '{(p.get('cpu') or {}).get('type')}'; nested PVE "
-                                                          f"nodes need 'host' to run their own VMs", vm.name))
-        for i, nic in enumerate(p.get("networkDevices") or []):
-            if nic.get("firewall", False) is not False:
-                out.append(Violation("nic-firewall-off", f"networkDevices[{i}] has the firewall on; its MAC filter "
-                                                         f"drops the nested guests' traffic", vm.name))
-        if p.get("stopOnDestroy") is not True:
-            out.append(Violation("destroy-safe", "stopOnDestroy is not set; destroy would wait on a hung nested node", vm.name))
-        vmid = p.get("vmId")
-        if vmid in seen:
-            out.append(Violation("unique-vmids", f"VMID {vmid} is also used by {seen[vmid]}", vm.name))
-        seen[vmid] = vm.name
+        out += vm_sanity_violations(vm)
+    out += unique_vmid_violations(vms)
     out += check_isolation(res)
     return out
 
 
+def check_stack(resources: Iterable[Any]) -> list[Violation]:
+    """The rules that need the whole stack (node count, unique VMIDs, isolation), reading only known values."""
+    res = [as_res(r) for r in resources]
+    vms = _vms(res)
+    return quorum_violations(vms) + unique_vmid_violations(vms) + check_isolation(res)
+
+
 def check_isolation(res: Sequence[Res]) -> list[Violation]:
-    """A student's stack: only their own pool, network, VMs and ACLs."""
+    """A student's stack: only their own pool, network, VMs and ACLs. A user of another realm is not created by the
+    stack (it must exist): then the ACLs name it and there is no user resource."""
     pools = [r for r in res if r.type == POOL]
     users = [r for r in res if r.type == USER]
     acls = [r for r in res if r.type == ACL]
@@ -244,19 +415,24 @@ def check_isolation(res: Sequence[Res]) -> list[Violation]:
     if not (pools or users or acls or vnets):
         return []  # a lone lab: no student
     rule, out = "student-isolation", []
-    if len(pools) != 1 or len(users) != 1:
+    acl_users = {_get(a.props, "userId") for a in acls if _get(a.props, "userId") and known(_get(a.props, "userId"))}
+    if len(pools) != 1 or len(users) > 1 or (not users and len(acl_users) != 1):
         return [Violation(rule, f"a student's stack has exactly one pool and one user (found {len(pools)} pool(s), "
-                                f"{len(users)} user(s))")]
-    pool, user = pools[0].props.get("poolId"), users[0].props.get("userId")
-    vnet_ids = {v.props.get("resourceId") for v in vnets}
+                                f"{len(users) or len(acl_users)} user(s))")]
+    pool = _get(pools[0].props, "poolId")
+    user = _get(users[0].props, "userId") if users else next(iter(acl_users))
+    vnet_ids = {_get(v.props, "resourceId") for v in vnets}
     allowed_paths = {f"/pool/{pool}"}
-    allowed_paths |= {f"/sdn/zones/{v.props.get('zone')}/{v.props.get('resourceId')}" for v in vnets}
+    allowed_paths |= {f"/sdn/zones/{_get(v.props, 'zone')}/{_get(v.props, 'resourceId')}" for v in vnets}
     vlan_paths = set()
     for vm in _vms(res):
-        if vm.props.get("poolId") != pool:
-            out.append(Violation(rule, f"VM is in pool '{vm.props.get('poolId')}', not the student's pool '{pool}'", vm.name))
-        for i, nic in enumerate(vm.props.get("networkDevices") or []):
-            bridge, tag = nic.get("bridge"), nic.get("vlanId")
+        vm_pool = _get(vm.props, "poolId")
+        if known(vm_pool) and known(pool) and vm_pool != pool:
+            out.append(Violation(rule, f"VM is in pool '{vm_pool}', not the student's pool '{pool}'", vm.name))
+        for i, nic in enumerate(_items(_get(vm.props, "networkDevices"))):
+            bridge, tag = _get(nic, "bridge"), nic_tag(nic)
+            if not known(bridge) or not known(tag):
+                continue
             if vnets:
                 if bridge not in vnet_ids or tag is not None:
                     out.append(Violation(rule, f"networkDevices[{i}] is on '{bridge}'"
@@ -268,19 +444,28 @@ def check_isolation(res: Sequence[Res]) -> list[Violation]:
             else:
                 vlan_paths.add(f"/sdn/zones/localnetwork/{bridge}/{int(_num(tag))}")
     allowed_paths |= vlan_paths
-    granted = set()
+    granted, unknown_path = set(), False
     for acl in acls:
         p = acl.props
-        if p.get("groupId") or p.get("tokenId") or p.get("userId") != user:
-            who = p.get("userId") or p.get("groupId") or p.get("tokenId")
+        acl_user, group, token = _get(p, "userId"), _get(p, "groupId"), _get(p, "tokenId")
+        if (group and known(group)) or (token and known(token)) or (known(acl_user) and known(user)
+                                                                      and acl_user != user):
+            who = acl_user or group or token
             out.append(Violation(rule, f"ACL for '{who}'; a student's stack grants only its own user '{user}'", acl.name))
-        if p.get("roleId") in ADMIN_ROLES:
-            out.append(Violation(rule, f"role '{p.get('roleId')}' is an admin role; students get PVEVMUser (or a "
+        role = _get(p, "roleId")
+        if known(role) and role in ADMIN_ROLES:
+            out.append(Violation(rule, f"role '{role}' is an admin role; students get PVEVMUser (or a "
                                        f"console-only role) on their pool and PVESDNUser on their network", acl.name))
-        if p.get("path") not in allowed_paths:
-            out.append(Violation(rule, f"ACL on '{p.get('path')}', outside the student's own pool and network "
-                                       f"({', '.join(sorted(allowed_paths))})", acl.name))
-        granted.add(p.get("path"))
+        path = _get(p, "path")
+        if not known(path):
+            unknown_path = True
+            continue
+        if path not in allowed_paths:
+            out.append(Violation(rule, f"ACL on '{path}', outside the student's own pool and network "
+                                       f"({', '.join(sorted(map(str, allowed_paths)))})", acl.name))
+        granted.add(path)
+    if unknown_path:
+        return out  # preview: an ACL's path is computed from a resource not created yet
     if f"/pool/{pool}" not in granted:
         out.append(Violation(rule, f"no ACL gives '{user}' access to their pool /pool/{pool} (they could not open "
                                    f"their consoles)"))
@@ -317,9 +502,12 @@ def resources_from_spec(spec: Any) -> list[Res]:
         else:
             tag = st.network.vlan_tag
             net_path = f"/sdn/zones/localnetwork/{bridge}/{tag}"
-        res += [Res(POOL, "lab-student-pool", {"poolId": st.pool}, "outer"),
-                Res(USER, "lab-student-user", {"userId": st.user}, "outer"),
-                Res(ACL, "lab-student-acl-pool", {"path": f"/pool/{st.pool}", "roleId": st.role, "userId": st.user,
+        from .classroom.realms import stack_owns_user
+
+        res.append(Res(POOL, "lab-student-pool", {"poolId": st.pool}, "outer"))
+        if stack_owns_user(st.user, st.pool):  # any other account exists already: the stack only grants ACLs
+            res.append(Res(USER, "lab-student-user", {"userId": st.user}, "outer"))
+        res += [Res(ACL, "lab-student-acl-pool", {"path": f"/pool/{st.pool}", "roleId": st.role, "userId": st.user,
                                                   "propagate": True}, "outer"),
                 Res(ACL, "lab-student-acl-network", {"path": net_path, "roleId": "PVESDNUser", "userId": st.user,
                                                      "propagate": False}, "outer")]

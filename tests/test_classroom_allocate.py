@@ -52,7 +52,7 @@ def test_example_roster_plans_six_students_on_two_nodes():
     for s in plan.students:
         spec = parse_spec(json.loads(s.config()["pve-lab:lab"]))
         assert spec.student.id == s.student_id and spec.outer.node == s.outer_node
-        assert spec.image.file_id == f"local:import/{ImageSpec.file_name}"
+        assert spec.image.file_id == f"local:import/ha101-{ImageSpec.file_name}"  # the class's own copy
 
 
 # ------------------------------------------------------------------ no collisions
@@ -258,7 +258,8 @@ def test_the_class_image_is_downloaded_once_per_outer_node():
     plan = allocate(roster(doc))
     downloads = {d.node: d for d in plan.image_downloads}
     assert set(downloads) == {"pve1", "pve2"} and len(plan.image_downloads) == 2
-    assert downloads["pve2"].file_id == f"cephfs:import/{ImageSpec.file_name}" and downloads["pve2"].storage == "cephfs"
+    assert downloads["pve2"].file_id == f"cephfs:import/{plan.roster.class_id}-{ImageSpec.file_name}"
+    assert downloads["pve2"].storage == "cephfs"
     assert downloads["pve1"].checksum == "ab" * 64 and downloads["pve1"].checksum_algorithm == "sha512"
     for s in plan.students:
         assert s.lab["image"]["fileId"] == downloads[s.outer_node].file_id

@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
@@ -18,6 +17,7 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from pvelab.classroom import automation, run_cli
+import fake_pulumi
 from pvelab.classroom.allocate import ImageDownload
 from pvelab.classroom.automation import (
     CLASS_PROJECT, IMAGES_TOKEN_KEY, AutomationBackend, ClassImagesBackend, PulumiCliMissing, check_downloads,
@@ -73,103 +73,113 @@ def test_this_machine_has_no_pulumi_cli_and_the_default_gate_sees_it():
         AutomationBackend()
 
 
-# ---------------------------------------------------------------- the Automation API calls (stand-in module)
+# ---------------------------------------------------------------- the real Automation API against a fake `pulumi`
 
 
-class FakeStack:
-    def __init__(self, auto, name, kind):
-        self.auto, self.name, self.kind = auto, name, kind
-        self.workspace = types.SimpleNamespace(
-            remove_stack=lambda stack_name: auto.calls.append(("remove_stack", stack_name)),
-            install_plugin_from_server=lambda n, v, s: auto.calls.append(("install_plugin", n, v, s)),
-            install_plugin=lambda n, v: auto.calls.append(("install_plugin", n, v, None)))
-
-    def set_all_config(self, values):
-        self.auto.calls.append(("set_all_config", self.name, values))
-
-    def up(self, on_output, **options):
-        on_output(f"Updating ({self.name})")
-        self.auto.calls.append(("up", self.name, options))
-
-    def destroy(self, on_output, **options):
-        on_output(f"Destroying ({self.name})")
-        self.auto.calls.append(("destroy", self.name, options))
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """The real LocalWorkspace driving tests/fake_pulumi.py's `pulumi` script (records argv, env, stdin)."""
+    return fake_pulumi.install(tmp_path, monkeypatch)
 
 
-def fake_auto(existing=()):
-    """A stand-in of `pulumi.automation` that records the calls the backends make."""
-    auto = types.SimpleNamespace(calls=[])
-
-    class StackNotFoundError(Exception):
-        pass
-
-    @dataclass
-    class ConfigValue:
-        value: str
-        secret: bool = False
-
-    def create_or_select_stack(stack_name, project_name=None, program=None, work_dir=None, opts=None):
-        auto.calls.append(("create_or_select_stack", stack_name, project_name, work_dir or opts.work_dir,
-                           program is not None))
-        return FakeStack(auto, stack_name, "inline" if program else "local")
-
-    def select_stack(stack_name, project_name=None, program=None, work_dir=None, opts=None):
-        if stack_name not in existing:
-            raise StackNotFoundError(stack_name)
-        auto.calls.append(("select_stack", stack_name, project_name, work_dir or opts.work_dir))
-        return FakeStack(auto, stack_name, "inline" if program else "local")
-
-    auto.StackNotFoundError = StackNotFoundError
-    auto.ConfigValue = ConfigValue
-    auto.create_or_select_stack = create_or_select_stack
-    auto.select_stack = select_stack
-    auto.LocalWorkspaceOptions = lambda work_dir: types.SimpleNamespace(work_dir=work_dir)
-    return auto
+def ops(cli, *names):
+    """The fake CLI's calls whose first words are one of `names` ("up", "config set", ...)."""
+    out = []
+    for argv in cli.argvs():
+        words = [a for a in argv if not a.startswith("-")]
+        if any(words[: len(n.split())] == n.split() for n in names):
+            out.append(argv)
+    return out
 
 
-def test_student_up_selects_the_project_stack_sets_config_with_secrets_and_hides_secrets(monkeypatch, tmp_path):
-    auto = fake_auto()
-    monkeypatch.setattr(automation, "_auto", lambda: auto)
+def test_student_up_sets_plain_config_in_argv_and_the_token_only_through_stdin(cli, tmp_path):
     lines = []
     AutomationBackend(work_dir=tmp_path, which=FAKE_CLI).up(student(1), lines.append)
-    (kind, name, project, work_dir, inline), (_, _, values), up = auto.calls
-    assert (kind, name, project, work_dir, inline) == ("create_or_select_stack", "c1-s01", None, str(tmp_path), False)
-    assert values["pve-lab:lab"].secret is False
-    assert values["pve-lab:outerApiToken"] == auto.ConfigValue(TOKEN, secret=True)
-    assert up == ("up", "c1-s01", {"color": "never", "show_secrets": False})
-    assert lines == ["Updating (c1-s01)"]
+    assert ops(cli, "stack select")[0][-1] == "c1-s01" and ops(cli, "stack init")  # created: it did not exist
+    (set_all,) = ops(cli, "config set-all")
+    assert any(a.startswith("pve-lab:lab=") for a in set_all) and "--secret" not in set_all
+    (secret_call,) = [c for c in cli.calls if "config" in c["argv"] and "set" in c["argv"]]
+    assert secret_call["argv"][-4:] == ["pve-lab:outerApiToken", "--secret", "--stack", "c1-s01"]
+    assert secret_call["stdin"] == TOKEN
+    for call in cli.calls:  # never on a command line (`ps` shows argv to every local user), never in env
+        assert TOKEN not in json.dumps(call["argv"]) and TOKEN not in json.dumps(call["env"])
+    (up,) = ops(cli, "up")
+    assert "--color" in up and "never" in up and "--show-secrets" not in up
+    assert "Updating (c1-s01)" in lines
 
 
-def test_student_destroy_then_removes_the_stack_and_a_missing_stack_is_not_an_error(monkeypatch, tmp_path):
-    auto = fake_auto(existing={"c1-s01"})
-    monkeypatch.setattr(automation, "_auto", lambda: auto)
+def test_a_second_up_sets_no_secret_at_all(cli, tmp_path):
+    backend = AutomationBackend(work_dir=tmp_path, which=FAKE_CLI)
+    backend.up(student(1), lambda line: None)
+    assert "secure" in (tmp_path / "Pulumi.c1-s01.yaml").read_text()
+    before = len(cli.calls)
+    backend.up(student(1), lambda line: None)
+    again = cli.argvs()[before:]
+    assert not [a for a in again if a[:2] == ["config", "set"]]
+    assert [a for a in again if a[:1] == ["up"]]
+
+
+def test_the_clis_stderr_reaches_the_log(cli, tmp_path):
+    cli.fault("up:c1-s01", code=255, stdout="Updating (c1-s01)\n",
+              stderr="error: could not load plugin proxmoxve: no such file\n")
+    lines = []
+    with pytest.raises(Exception, match="could not load plugin"):
+        AutomationBackend(work_dir=tmp_path, which=FAKE_CLI).up(student(1), lines.append)
+    assert "[stderr] error: could not load plugin proxmoxve: no such file" in lines
+    assert "Updating (c1-s01)" in lines
+
+
+def test_every_up_runs_the_policy_pack_with_the_class_config(cli, tmp_path):
+    pack, config = tmp_path / "policy", tmp_path / "c1.policy.json"
+    AutomationBackend(work_dir=tmp_path, which=FAKE_CLI, policy_pack=pack, policy_config=config).up(
+        student(1), lambda line: None)
+    (up,) = ops(cli, "up")
+    assert up[up.index("--policy-pack") + 1] == str(pack)
+    assert up[up.index("--policy-pack-config") + 1] == str(config)
+
+
+def test_prepare_installs_every_provider_plugin_of_the_program_once(cli, tmp_path):
+    lines = []
+    AutomationBackend(work_dir=tmp_path, which=FAKE_CLI).prepare(lines.append)
+    installs = ops(cli, "plugin install")
+    names = [a[3] for a in installs]
+    assert names == ["proxmoxve", "command", "random", "tls"]
+    for argv, sdk in zip(installs, automation.PROGRAM_PROVIDER_SDKS):
+        assert argv[4] == automation.provider_plugin(sdk)[1]  # the version the installed SDK asks for
+    assert len(lines) == 4
+
+
+def test_student_destroy_then_removes_the_stack_and_a_missing_stack_is_not_an_error(cli, tmp_path):
+    cli.add_stack("c1-s01")
     backend = AutomationBackend(work_dir=tmp_path, which=FAKE_CLI)
     backend.destroy(student(1), lambda line: None)
-    assert [c[0] for c in auto.calls] == ["select_stack", "destroy", "remove_stack"]
-    assert auto.calls[2] == ("remove_stack", "c1-s01")
+    assert [a[0] + " " + a[1] for a in ops(cli, "stack select", "destroy", "stack rm")] == [
+        "stack select", "destroy --skip-preview", "stack rm"]
+    assert "c1-s01" not in cli.stacks
     with pytest.raises(StackNotFound, match="nothing to destroy"):
         backend.destroy(student(2), lambda line: None)
-    auto.calls.clear()
+    cli.add_stack("c1-s01")
+    before = len(cli.calls)
     backend.destroy(student(1), lambda line: None, remove_stack=False)
-    assert [c[0] for c in auto.calls] == ["select_stack", "destroy"]
+    assert not [a for a in cli.argvs()[before:] if a[:2] == ["stack", "rm"]]
 
 
-def test_images_stack_is_inline_installs_its_provider_and_keeps_its_settings(monkeypatch, tmp_path):
-    auto = fake_auto(existing={"c1-images"})
-    monkeypatch.setattr(automation, "_auto", lambda: auto)
+def test_images_stack_is_inline_installs_its_provider_and_sets_its_token_through_stdin(cli, tmp_path):
     backend = ClassImagesBackend(DOWNLOADS, ENDPOINT, work_dir=tmp_path / "class", which=FAKE_CLI)
     backend.up(images_job("c1-images", TOKEN), lambda line: None)
-    create, plugin, config, up = auto.calls
-    assert create == ("create_or_select_stack", "c1-images", CLASS_PROJECT, str(tmp_path / "class"), True)
     name, version, server = proxmoxve_plugin()
-    assert plugin == ("install_plugin", "proxmoxve", version, server)
+    (install,) = ops(cli, "plugin install")
+    assert install[:5] == ["plugin", "install", "resource", name, version]
     assert version == json.loads((Path(__import__("pulumi_proxmoxve").__file__).parent
                                   / "pulumi-plugin.json").read_text())["version"]
-    assert config[2] == {IMAGES_TOKEN_KEY: auto.ConfigValue(TOKEN, secret=True)}
-    assert up[2]["show_secrets"] is False
-    auto.calls.clear()
+    (secret_call,) = [c for c in cli.calls if c["argv"][1:3] == ["config", "set"]]
+    assert secret_call["stdin"] == TOKEN and IMAGES_TOKEN_KEY in secret_call["argv"]
+    assert secret_call["cwd"] == str(tmp_path / "class")
+    assert all(TOKEN not in json.dumps(c["argv"]) for c in cli.calls)
+    (up,) = ops(cli, "up")
+    assert up[up.index("--exec-kind") + 1] == "auto.inline" and any(a.startswith("--client=127.0.0.1:") for a in up)
     backend.destroy(images_job("c1-images", None), lambda line: None)
-    assert [c[0] for c in auto.calls] == ["select_stack", "destroy", "remove_stack"]
+    assert "c1-images" not in cli.stacks
 
 
 def test_image_downloads_and_endpoints_are_checked():
@@ -291,6 +301,8 @@ def parse(argv):
 def commands(monkeypatch, tmp_path):
     backend, images = RecordingBackend(fail={"c1-s02"}), RecordingBackend()
     monkeypatch.setattr(run_cli, "load_plan", lambda path: FakePlan())
+    monkeypatch.setattr(run_cli, "check_guardrails", lambda plan, path: ([], None))
+    monkeypatch.setattr(run_cli, "class_preflight_failures", lambda plan, args: [])
     monkeypatch.setattr(run_cli, "make_backends", lambda plan, jobs, **kw: (backend, images))
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
 
@@ -370,6 +382,8 @@ def test_classroom_down_asks_on_a_terminal():
 
 def test_classroom_commands_without_the_cli_stop_before_any_stack(monkeypatch):
     monkeypatch.setattr(run_cli, "load_plan", lambda path: FakePlan())
+    monkeypatch.setattr(run_cli, "check_guardrails", lambda plan, path: ([], None))
+    monkeypatch.setattr(run_cli, "class_preflight_failures", lambda plan, args: [])
     monkeypatch.setattr(automation.shutil, "which", NO_CLI)
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
     out, err = io.StringIO(), io.StringIO()
@@ -391,21 +405,17 @@ def test_bad_flags_are_named():
 # ---------------------------------------------------------------- with the real roster and allocation
 
 
-def test_up_keeps_a_rendered_stack_file_and_sets_only_what_differs(monkeypatch, tmp_path):
-    auto = fake_auto()
-    monkeypatch.setattr(automation, "_auto", lambda: auto)
+def test_up_keeps_a_rendered_stack_file_and_sets_only_what_differs(cli, tmp_path):
     lab = json.loads(lab_config()["pve-lab:lab"])
     import yaml
 
     (tmp_path / "Pulumi.c1-s01.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab}}))
     backend = AutomationBackend(work_dir=tmp_path, which=FAKE_CLI)
     backend.up(student(1), lambda line: None)
-    (_, _, values), = [c for c in auto.calls if c[0] == "set_all_config"]
-    assert set(values) == {"pve-lab:outerApiToken"}  # the structured lab in the file is already right
-    auto.calls.clear()
+    assert not ops(cli, "config set-all")  # the structured lab in the file is already right
     backend.up(student(1, endpoint="https://elsewhere:8006/"), lambda line: None)
-    (_, _, values), = [c for c in auto.calls if c[0] == "set_all_config"]
-    assert set(values) == {"pve-lab:lab", "pve-lab:outerApiToken"}
+    (set_all,) = ops(cli, "config set-all")
+    assert any(a.startswith("pve-lab:lab=") and "elsewhere" in a for a in set_all)
 
 
 @pytest.fixture
@@ -425,7 +435,7 @@ def test_up_from_the_example_roster_records_the_allocation_and_uses_the_class_im
 
     monkeypatch.setattr(run_cli, "make_backends", make)
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
-    args = parse(["up", str(roster), "--log-dir", str(tmp_path / "logs"), "--parallel", "3"])
+    args = parse(["up", str(roster), "--log-dir", str(tmp_path / "logs"), "--parallel", "3", "--no-preflight"])
     out, err = io.StringIO(), io.StringIO()
     assert run_cli.run_command("up", args, out, err) == 0, err.getvalue()
     alloc = roster.with_name("classroom.alloc.yaml")
@@ -452,3 +462,50 @@ def test_the_real_backends_for_the_example_roster(monkeypatch, roster):
     assert (images.endpoint, images.insecure) == ("https://pve.example.internal:8006/", True)
     assert sorted(d.node for d in images.downloads) == ["pve1", "pve2"]  # once per outer node, not per student
     assert len(jobs) == 6 and run_cli.images_stack_name(plan, roster) == "ha101-images"
+
+
+# ---------------------------------------------------------------- `classroom up` end to end: real backends, fake CLI
+
+
+def run_up(roster, tmp_path, *extra):
+    args = parse(["up", str(roster), "--log-dir", str(tmp_path / "logs"), "--project-dir", str(tmp_path),
+                  "--backoff", "0", "--no-preflight", *extra])
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cli.run_command("up", args, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_classroom_up_refuses_a_class_the_policy_rules_refuse_before_any_pulumi_command(cli, monkeypatch, tmp_path,
+                                                                                         roster):
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    roster.write_text(roster.read_text().replace("maxCores: 12", "maxCores: 4"))
+    code, out, err = run_up(roster, tmp_path)
+    assert code == 2
+    assert "the policy rules refuse this class (nothing started)" in err and "class-limits" in err
+    assert "6 vCPUs" in err
+    assert not [a for a in cli.argvs() if a[:1] in (["up"], ["plugin"], ["stack"])]
+
+
+def test_classroom_up_installs_plugins_once_then_runs_every_student_with_the_policy_pack(cli, monkeypatch, tmp_path,
+                                                                                        roster):
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    code, out, err = run_up(roster, tmp_path, "--parallel", "3", "--only", "s01", "s02", "s03")
+    assert code == 0, err + out
+    argvs = cli.argvs()
+    ups = [i for i, a in enumerate(argvs) if a[:1] == ["up"]]
+    student_ups = [i for i in ups if "--policy-pack" in argvs[i]]
+    assert len(student_ups) == 3 and len(ups) == 4  # the images stack (no policy: it has no student) + 3
+    installs = [i for i, a in enumerate(argvs) if a[:2] == ["plugin", "install"]]
+    names = [argvs[i][3] for i in installs]
+    # proxmoxve for the images stack, then every plugin of the program once, all before the first student starts
+    assert sorted(names) == sorted(["proxmoxve", "proxmoxve", "command", "random", "tls"])
+    assert max(installs) < min(student_ups)
+    policy_json = roster.with_name("classroom.policy.json")
+    for i in student_ups:
+        up = argvs[i]
+        assert up[up.index("--policy-pack") + 1] == str(run_cli.POLICY_PACK_DIR)
+        assert up[up.index("--policy-pack-config") + 1] == str(policy_json)
+    assert json.loads(policy_json.read_text())["pve-lab-class-limits"]["maxCores"] == 12
+    assert all(TOKEN not in json.dumps(c["argv"]) for c in cli.calls)
+    log = (tmp_path / "logs" / "class-plugins-up.log").read_text()
+    assert "provider plugin tls" in log

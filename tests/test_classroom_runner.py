@@ -363,3 +363,31 @@ def _ctrl_c_case():
     assert [r.state for r in run.results] == ["up", "up", "skipped", "skipped", "skipped"]
     assert sorted(backend.started()) == ["c1-s01", "c1-s02"]
     assert run.exit_code == 130
+
+
+def test_the_backends_prepare_runs_once_before_the_wave_and_its_failure_starts_nobody():
+    backend = FakeBackend()
+    prepared = []
+    backend.prepare = lambda on_output: prepared.append(len(backend.started()))
+    run = run_classroom("up", jobs(4), backend, parallel=4, backoff_s=0)
+    assert prepared == [0] and len(backend.started()) == 4 and run.exit_code == 0
+
+    failing = FakeBackend()
+
+    def broken(on_output):
+        raise RuntimeError("error: could not install plugin proxmoxve: 404")
+
+    failing.prepare = broken
+    run = run_classroom("up", jobs(3), failing, parallel=2, backoff_s=0)
+    assert failing.started() == []
+    assert run.results[0].stack == "(provider plugins)" and run.results[0].state == "failed"
+    assert "could not install plugin" in run.results[0].error
+    assert [r.state for r in run.results[1:]] == ["skipped"] * 3 and run.exit_code == 1
+
+
+def test_down_installs_the_plugins_once_before_destroying():
+    backend = FakeBackend()
+    prepared = []
+    backend.prepare = lambda on_output: prepared.append(len(backend.started()))
+    run = run_classroom("down", jobs(3), backend, parallel=3, backoff_s=0)
+    assert prepared == [0] and len(backend.started("down")) == 3 and run.exit_code == 0

@@ -15,6 +15,7 @@ from pvelab.classroom.roster import load_roster
 from pvelab.evaluate import PLACEHOLDER_SECRETS, evaluate_config, plaintext_strings
 from pvelab.policy_rules import ACL, POOL, USER, VNET, as_res, check_all, resources_from_spec
 from pvelab.provider_types import check_all as check_provider_types
+from pvelab.spec import parse_spec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "classroom.yaml"
 APPLIER = "proxmoxve:sdn/applier:Applier"
@@ -107,15 +108,51 @@ def test_student_password_is_generated_and_stays_secret(vlan_class):
     assert leaked_secrets(ev) == []
 
 
-def test_a_realm_user_gets_no_password(vlan_class):
-    plan, _ = vlan_class
-    st = plan.students[0]
+def evaluate_with_user(st, user: str):
     lab = copy.deepcopy(st.lab)
-    lab["student"]["user"] = "aiko@ldap"
+    lab["student"]["user"] = user
     ev = evaluate_config({"pve-lab:lab": json.dumps(lab), **PLACEHOLDER_SECRETS}, list(PLACEHOLDER_SECRETS))
     assert ev.ok, ev.error
-    (user,) = ev.of_type(USER)
-    assert user.plain("password") is None and "studentPassword" not in ev.stack_outputs
+    return ev
+
+
+@pytest.mark.parametrize("user", ["aiko@ldap", "aiko@pam", "aiko@pve"])
+def test_an_account_the_class_did_not_make_is_never_created_or_deleted_only_granted(vlan_class, user):
+    """A directory user (or any named user) is a real person's account: a stack that created it would fail when it is
+    synced already, and its destroy would delete the account with its ACLs and TFA (pve-access-control
+    API2/User.pm delete_user). Only the ACLs are the stack's."""
+    plan, _ = vlan_class
+    st = plan.students[0]
+    ev = evaluate_with_user(st, user)
+    assert ev.of_type(USER) == []
+    assert [r.name for r in ev.of_type("random:index/randomPassword:RandomPassword") if "student" in r.name] == []
+    assert "studentPassword" not in ev.stack_outputs
+    assert {a.plain("userId") for a in ev.of_type(ACL)} == {user}
+    assert check_all(ev.records, class_limits(plan)) == []
+    built = resources_from_spec(parse_spec(json.loads(json.dumps({**st.lab, "student": {**st.lab["student"],
+                                                                                          "user": user}}))))
+    assert not [r for r in built if r.type == USER]
+
+
+def test_the_same_person_in_two_classes_gets_two_sets_of_acls_and_no_account_twice(vlan_class):
+    plan, _ = vlan_class
+    st = plan.students[0]
+    other = copy.deepcopy(st.lab)
+    other["student"]["pool"] = "net202-s09"
+    first = evaluate_with_user(st, "aiko@ldap")
+    second = evaluate_config({"pve-lab:lab": json.dumps({**other, "student": {**other["student"], "user": "aiko@ldap"}}),
+                              **PLACEHOLDER_SECRETS}, list(PLACEHOLDER_SECRETS))
+    assert second.ok, second.error
+    for ev in (first, second):
+        assert ev.of_type(USER) == []
+    paths = [{a.plain("path") for a in ev.of_type(ACL)} for ev in (first, second)]
+    assert "/pool/ha101-s01" in paths[0] and "/pool/net202-s09" in paths[1] and "/pool/ha101-s01" not in paths[1]
+
+
+def test_the_class_account_is_created_in_the_pve_realm_with_a_password(vlan_class):
+    plan, evs = vlan_class
+    (user,) = evs["s01"].of_type(USER)
+    assert user.plain("userId") == "ha101-s01@pve" and is_secret_input(user, "password")
 
 
 def test_student_stacks_pass_the_policy_and_the_provider_types(vlan_class, sdn_class):

@@ -155,7 +155,8 @@ def test_classroom_requirement_replaces_the_single_lab(serve, ca):
                                label="10 students")
     results = by_name(preflight(fake, ca, requirement=class_of_ten, classroom=True))
     assert results["memory"].status == "fail" and "10 students" in results["memory"].detail
-    assert results["storage local-lvm"].status == "fail"
+    # local-lvm is an lvmthin pool: a class may overcommit it, with a warning (thick storage fails)
+    assert results["storage local-lvm"].status == "warn" and "overcommitted" in results["storage local-lvm"].detail
     assert results["vCPUs"].status == "warn"
     assert "9100..9129" in results["VMIDs"].detail
 
@@ -229,3 +230,60 @@ def test_cli_without_token_names_the_variable(stack, monkeypatch, capsys):
     monkeypatch.delenv("PVE_LAB_OUTER_API_TOKEN", raising=False)
     assert main(["preflight", "-s", stack, "--outer-url", closed_port_url()]) == 2
     assert "PVE_LAB_OUTER_API_TOKEN is not set" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- classroom stacks and tokens that see little
+
+
+def _grant_except_vm_audit(fake, audit_paths=("/vms/9100",)):
+    from fakepve.shapes import PRIVILEGES
+
+    user = token_parts()[0].split("!")[0]
+    fake.grant(user, "/", *[p for p in PRIVILEGES if p != "VM.Audit"])
+    for path in audit_paths:
+        fake.grant(user, path, "VM.Audit")
+
+
+def test_a_vmid_held_by_a_guest_the_token_may_not_audit_is_not_free(serve, ca):
+    """/cluster/resources lists only what the token may audit; /cluster/nextid?vmid=N answers for every guest."""
+    fake = serve(outer_fake())
+    _grant_except_vm_audit(fake)
+    fake.add_vm(9101, "someone-elses", node="pve")
+    r = by_name(preflight(fake, ca))["VMIDs"]
+    assert r.status == "fail" and "9101 (a guest this token may not audit)" in r.detail
+
+
+STUDENT = {"id": "s01", "name": "Student 1", "user": "c1-s01@pve", "pool": "c1-s01",
+           "network": {"mode": "vlan", "vlanTag": 1100}}
+
+
+def test_creating_the_class_account_needs_realm_allocate_user_on_its_realm(serve, ca):
+    fake = serve(outer_fake())
+    _grant_all_but("Realm.AllocateUser")(fake)
+    r = by_name(preflight(fake, ca, _raw(student=dict(STUDENT))))["API token privileges"]
+    assert r.status == "fail" and "Realm.AllocateUser on /access/realm/pve" in r.detail
+    # an existing directory account is only granted ACLs: no user is created, so no Realm.AllocateUser
+    ldap = dict(STUDENT, user="aiko@ldap")
+    assert by_name(preflight(fake, ca, _raw(student=ldap)))["API token privileges"].status == "pass"
+
+
+def test_an_sdn_class_needs_sdn_allocate_on_sdn_to_apply(serve, ca):
+    fake = serve(outer_fake())
+    fake.sdn_zones["labs"] = "vlan"
+    user = token_parts()[0].split("!")[0]
+    from fakepve.shapes import PRIVILEGES
+
+    fake.grant(user, "/", *[p for p in PRIVILEGES if p != "SDN.Allocate"])
+    fake.grant(user, "/sdn/zones/labs", "SDN.Allocate")
+    sdn = dict(STUDENT, network={"mode": "sdn", "zone": "labs", "vnet": "s01", "vnetTag": 101})
+    r = by_name(preflight(fake, ca, _raw(student=sdn)))["API token privileges"]
+    assert r.status == "fail" and "SDN.Allocate on /sdn (apply the SDN configuration)" in r.detail
+
+
+def test_the_class_image_missing_before_the_first_classroom_up_is_a_warning(serve, ca):
+    fake = serve(outer_fake())
+    raw = _raw(student=dict(STUDENT), **{"image.fileId": "local:import/ha101-debian-13.qcow2"})
+    results = preflight(fake, ca, raw)
+    assert not failed(results), render_text(results)
+    (warn,) = [r for r in results if r.name.startswith("class image")]
+    assert warn.status == "warn" and "`classroom up` downloads it first" in warn.detail

@@ -284,12 +284,12 @@ def test_host_capacity_in_the_model(default_lab):
 
 
 def test_a_classroom_student_stack_plans_with_known_steps():
-    ev = evaluate_lab({"student": {"id": "s01", "user": "s01@pve", "pool": "s01pool",
+    ev = evaluate_lab({"student": {"id": "s01", "user": "s01pool@pve", "pool": "s01pool",
                                    "network": {"mode": "sdn", "zone": "lab", "vnet": "s01net", "vnetTag": 101}}})
     assert ev.error is None, ev.error
     plan = build_plan(ev, stack="s01")
     outer = {s.title for s in plan.steps if s.lane == "outer"}
-    assert {"resource pool s01pool", "user s01@pve", "ACL PVEVMUser on /pool/s01pool", "SDN apply"} <= outer
+    assert {"resource pool s01pool", "user s01pool@pve", "ACL PVEVMUser on /pool/s01pool", "SDN apply"} <= outer
     assert [s.id for s in plan.steps if s.estimate_is_default] == []
     ET.fromstring(render_svg(plan))
 

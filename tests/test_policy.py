@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pvelab.policy_rules import (ACL, IMAGE, LIMIT_POLICY, POOL, SANITY_POLICY, USER, VM, VNET, ClassLimits, Res,
+from pvelab.policy_rules import (ACL, IMAGE, LIMIT_POLICY, POOL, SANITY_POLICY, STACK_POLICY, USER, VM, VNET,
+                                 ClassLimits, Res,
                                  check_all, check_class_limits, check_lab_sanity)
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policy"
@@ -204,19 +205,136 @@ def run_policy(policy, res: list[Res], config: dict) -> list[tuple[str, str]]:
     return reported
 
 
-def test_the_pack_reports_through_pulumi_policy(policies):
-    assert [p.name for p in policies.POLICIES] == [LIMIT_POLICY, SANITY_POLICY]
-    config = LIMITS.to_config()
-    assert run_policy(policies.class_limits, student_stack(), config) == []
-    assert run_policy(policies.lab_sanity, student_stack(), {}) == []
-    bad = replace(student_stack(), "lab-s01-pve2-vm", nodeName="pve7", stopOnDestroy=False)
-    (limit,) = run_policy(policies.class_limits, bad, config)
-    assert limit[0].startswith("[class-limits] outer node 'pve7' is not allowed") and limit[1].endswith("lab-s01-pve2-vm")
-    (sanity,) = run_policy(policies.lab_sanity, bad, {})
-    assert sanity[0].startswith("[destroy-safe]")
-    (config_error,) = run_policy(policies.class_limits, student_stack(), {"maxRam": 1})
-    assert config_error == (f"policy config {LIMIT_POLICY}.maxRam: unknown key (allowed: allowedNodes, allowedStorages, "
-                            f"maxCores, maxDiskGiB, maxMemoryGiB, maxNodes, requireStudent, vmidMax, vmidMin)", None)
+# ---------------------------------------------------------------- the pack as the engine runs it (analyzer gRPC)
+
+UNKNOWN_STRING = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi_policy/proxy.py UNKNOWN_STRING_VALUE (preview)
+
+
+class Analyzer:
+    """pulumi-policy's own analyzer servicer serving the pack's policies, fed the requests the engine sends."""
+
+    def __init__(self, policies, config: dict | None = None):
+        from pulumi.runtime import proto
+        from pulumi_policy import EnforcementLevel
+        from pulumi_policy.policy import _PolicyAnalyzerServicer
+
+        self.proto = proto
+        policies.__dict__["_TALLIES"].clear()
+        self.servicer = _PolicyAnalyzerServicer("pve-lab-classroom", "0.1.0", policies.POLICIES,
+                                                EnforcementLevel.MANDATORY)
+        request = proto.ConfigureAnalyzerRequest()
+        for name, props in (config or {}).items():
+            request.policyConfig[name].enforcementLevel = proto.MANDATORY
+            request.policyConfig[name].properties.update(props)
+        self.servicer.Configure(request, None)
+
+    def _fields(self, r: Res) -> dict:
+        from google.protobuf import struct_pb2
+
+        props = struct_pb2.Struct()
+        props.update(copy.deepcopy(dict(r.props)))
+        return dict(type=r.type, properties=props, urn=f"urn:pulumi:ha101-s01::pve-lab::{r.type}::{r.name}",
+                    name=r.name, provider=self.proto.AnalyzerProviderResource(
+                        type="pulumi:providers:proxmoxve", urn=f"urn:pulumi:ha101-s01::pve-lab::pulumi:providers:"
+                                                              f"proxmoxve::{r.provider}", name=r.provider))
+
+    def resource(self, r: Res) -> list:
+        return list(self.servicer.Analyze(self.proto.AnalyzeRequest(**self._fields(r)), None).diagnostics)
+
+    def stack(self, res: list[Res]) -> list:
+        request = self.proto.AnalyzeStackRequest(resources=[self.proto.AnalyzerResource(**self._fields(r)) for r in res])
+        return list(self.servicer.AnalyzeStack(request, None).diagnostics)
+
+
+def mandatory(diagnostics) -> list[str]:
+    from pulumi.runtime import proto
+
+    # pulumi-policy puts the policy's description first, then the reported message
+    return [d.message.split("\n", 1)[-1] for d in diagnostics if d.enforcementLevel == proto.MANDATORY]
+
+
+def advisory(diagnostics) -> list[str]:
+    from pulumi.runtime import proto
+
+    return [d.message.split("\n", 1)[-1] for d in diagnostics if d.enforcementLevel == proto.ADVISORY]
+
+
+def preview_shaped(res: list[Res], mode: str = "vlan") -> list[Res]:
+    """The student stack as a preview sees it: the user's generated password, the VMs' cloud-init password and, in
+    SDN mode, the VNet bridge (set after the SDN apply) are unknown."""
+    out = []
+    for r in res:
+        props = copy.deepcopy(dict(r.props))
+        if r.type == USER:
+            props["password"] = UNKNOWN_STRING
+        if r.type == VM and r.outer:
+            props["initialization"] = {**props.get("initialization", {}),
+                                       "userAccount": {"username": "root", "password": UNKNOWN_STRING}}
+            if mode == "sdn":
+                props["networkDevices"] = [{"bridge": UNKNOWN_STRING, "firewall": False}]
+        out.append(Res(r.type, r.name, props, r.provider))
+    return out
+
+
+def test_the_pack_has_resource_policies_for_limits_and_sanity_and_a_stack_policy(policies):
+    from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
+
+    assert [p.name for p in policies.POLICIES] == [LIMIT_POLICY, SANITY_POLICY, STACK_POLICY]
+    assert isinstance(policies.class_limits, ResourceValidationPolicy)
+    assert isinstance(policies.lab_sanity, ResourceValidationPolicy)
+    assert isinstance(policies.lab_stack, StackValidationPolicy)
+
+
+@pytest.mark.parametrize("mode", ["vlan", "sdn"])
+def test_a_clean_preview_with_unknowns_passes_and_nothing_becomes_advisory(policies, mode):
+    analyzer = Analyzer(policies, {LIMIT_POLICY: LIMITS.to_config()})
+    res = preview_shaped(student_stack(mode), mode)
+    diagnostics = [d for r in res for d in analyzer.resource(r)] + analyzer.stack(res)
+    assert mandatory(diagnostics) == [] and advisory(diagnostics) == []
+
+
+def test_a_vm_breaking_a_limit_is_refused_on_its_inputs_in_a_preview(policies):
+    analyzer = Analyzer(policies, {LIMIT_POLICY: LIMITS.to_config()})
+    res = preview_shaped(replace(student_stack(), "lab-s01-pve2-vm", nodeName="pve7", stopOnDestroy=False))
+    bad = next(r for r in res if r.name == "lab-s01-pve2-vm")
+    messages = mandatory(analyzer.resource(bad))
+    assert any(m.startswith("[class-limits] outer node 'pve7' is not allowed") for m in messages)
+    assert any(m.startswith("[destroy-safe]") for m in messages)
+    config_error, *_ = mandatory(Analyzer(policies, {LIMIT_POLICY: {"maxRam": 1}}).resource(bad))
+    assert config_error.startswith(f"policy config {LIMIT_POLICY}.maxRam: unknown key (allowed: allowedNodes")
+
+
+def test_the_vm_that_takes_a_student_over_a_total_is_refused_before_it_is_created(policies):
+    analyzer = Analyzer(policies, {LIMIT_POLICY: LIMITS.to_config()})
+    vms = preview_shaped([vm(i) for i in range(4)])
+    # vms[1] analyzed twice (a preview then the update, in one analyzer) counts once
+    results = [mandatory(analyzer.resource(v)) for v in (vms[0], vms[1], vms[1], vms[2], vms[3])]
+    assert results[:4] == [[], [], [], []]
+    assert "[class-limits] 4 nested nodes; the class allows 3 per student" in results[4]
+    assert "[class-limits] 8 vCPUs over all nested nodes; the class allows 6 per student" in results[4]
+
+
+def test_an_admin_acl_is_refused_on_its_own(policies):
+    analyzer = Analyzer(policies)
+    acl = Res(ACL, "lab-student-acl-pool", {"path": "/", "roleId": "Administrator", "userId": "ha101-s01@pve"}, "outer")
+    messages = mandatory(analyzer.resource(acl))
+    assert any("admin role" in m for m in messages) and any("ACL on '/'" in m for m in messages)
+
+
+def test_the_stack_policy_reports_isolation_problems_with_urns(policies):
+    analyzer = Analyzer(policies)
+    res = replace(student_stack(), "lab-s01-pve2-vm", vmId=20000)
+    (dup,) = analyzer.stack(preview_shaped(res))
+    assert dup.message.split("\n", 1)[-1] == "[unique-vmids] VMID 20000 is also used by lab-s01-pve1-vm" and dup.urn.endswith("lab-s01-pve2-vm")
+
+
+def test_bpg_default_vlan_id_0_is_no_tag_on_an_sdn_vnet():
+    res = [vm(i, networkDevices=[{"bridge": "ha0", "firewall": False, "vlanId": 0}]) for i in range(3)]
+    res = student_stack("sdn")[3:] + res
+    assert check_lab_sanity(res) == []
+    tagged = replace(res, "lab-s01-pve1-vm", networkDevices=[{"bridge": "ha0", "firewall": False, "vlanId": 7}])
+    (v,) = check_lab_sanity(tagged)
+    assert "tag 7, not the student's VNet" in v.message
 
 
 def test_the_pack_directory_is_complete():

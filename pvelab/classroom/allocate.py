@@ -345,7 +345,8 @@ def student_lab(roster: Roster, student: Student, slot: int, node: str) -> dict:
     lab["cluster"] = cluster
 
     image = dict(lab.get("image") or {})
-    image["fileId"] = image_file_id(outer.get("imageStorage", "local"), image.get("fileName", ImageSpec.file_name))
+    image["fileId"] = image_file_id(outer.get("imageStorage", "local"),
+                                    class_image_file_name(roster.class_id, image.get("fileName", ImageSpec.file_name)))
     lab["image"] = image
     tags = list(lab.get("tags") or ["pve-lab"])
     lab["tags"] = tags + [t for t in (roster.class_id,) if t not in tags]
@@ -363,6 +364,12 @@ def student_lab(roster: Roster, student: Student, slot: int, node: str) -> dict:
 
 def image_file_id(storage: str, file_name: str) -> str:
     return f"{storage}:import/{file_name}"
+
+
+def class_image_file_name(class_id: str, file_name: str) -> str:
+    """The class's own copy of the image, `<class>-<file>`: a lone lab or another class downloading the same file
+    to the same storage never collides with it, and destroying the class's images deletes only its own file."""
+    return f"{class_id}-{file_name}"
 
 
 _SPEC_LINE = re.compile(r"^" + re.escape(CONFIG_KEY) + r"(?:\.(?P<path>[^:]+))?: (?P<msg>.*)$", re.S)
@@ -591,7 +598,7 @@ def image_downloads(roster: Roster, stacks: list[StudentStack]) -> list[ImageDow
         key = (st.outer_node, storage)
         if key in seen:
             continue
-        file_name = image.get("fileName", ImageSpec.file_name)
+        file_name = class_image_file_name(roster.class_id, image.get("fileName", ImageSpec.file_name))
         checksum = image.get("checksum")
         seen[key] = ImageDownload(node=st.outer_node, storage=storage, url=image.get("url", ImageSpec.url),
                                   file_name=file_name, checksum=checksum,

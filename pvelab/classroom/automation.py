@@ -10,8 +10,10 @@ Pulumi is imported inside the functions so that `classroom plan/render` stay qui
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -58,11 +60,50 @@ def _auto():
 
 
 def config_values(job: StackJob) -> dict[str, Any]:
-    """The job's config as Automation API values; secrets stay secrets (encrypted in the stack)."""
+    """The job's plain config as Automation API values. Secrets never go through here: `set_all_config` puts
+    every value on the `pulumi` command line, which `ps` shows to every local user (see `set_missing_secrets`)."""
     auto = _auto()
-    values = {key: auto.ConfigValue(value=value) for key, value in job.config.items()}
-    values.update({key: auto.ConfigValue(value=value, secret=True) for key, value in job.secrets.items()})
-    return values
+    return {key: auto.ConfigValue(value=value) for key, value in job.config.items()}
+
+
+def stack_config_keys(workspace: Any, stack_name: str) -> set[str]:
+    """The config keys the stack's settings file (`Pulumi.<stack>.yaml` in the workspace) already holds."""
+    try:
+        settings = workspace.stack_settings(stack_name)
+    except Exception:  # no file yet, or one the SDK cannot read: then the secret is set (again), never skipped
+        return set()
+    return set((getattr(settings, "config", None) or {}).keys())
+
+
+def set_secret_from_stdin(workspace: Any, stack_name: str, key: str, value: str) -> None:
+    """`pulumi config set KEY --secret` with the value on stdin (the CLI reads stdin when no value is given and
+    stdin is not a terminal: pkg/cmd/pulumi/config/config.go configSetCmd.Run), so it is never in argv."""
+    command = getattr(getattr(workspace, "pulumi_command", None), "command", None) or "pulumi"
+    env = {**os.environ, **(getattr(workspace, "env_vars", None) or {}), "PULUMI_AUTOMATION_API": "true"}
+    done = subprocess.run([command, "--non-interactive", "config", "set", key, "--secret", "--stack", stack_name],
+                          input=value, text=True, capture_output=True, cwd=workspace.work_dir, env=env, check=False)
+    if done.returncode != 0:
+        detail = " ".join((done.stderr or done.stdout or "").split()).replace(value, "[secret]")
+        raise RuntimeError(f"error: setting the secret {key} of stack {stack_name} failed: {detail}")
+
+
+def set_missing_secrets(stack: Any, job: StackJob) -> list[str]:
+    """Set each of the job's secrets the stack does not have yet, through stdin; returns the keys set.
+
+    A secret already in the stack is kept (rotate it by hand: `pulumi config set --secret KEY -s STACK`, value
+    on stdin), so `classroom up` run again touches no secret at all."""
+    present = stack_config_keys(stack.workspace, stack.name)
+    missing = [key for key in job.secrets if key not in present]
+    for key in missing:
+        set_secret_from_stdin(stack.workspace, stack.name, key, job.secrets[key])
+    return missing
+
+
+def stderr_to(on_output: Callable[[str], None]) -> Callable[[str], None]:
+    """The CLI's stderr lines, into the same log as its stdout (its own errors are written there)."""
+    def write(line: str) -> None:
+        on_output(f"[stderr] {line}")
+    return write
 
 
 def unchanged_config(job: StackJob, work_dir: Path) -> set[str]:
@@ -85,17 +126,93 @@ def unchanged_config(job: StackJob, work_dir: Path) -> set[str]:
     return same
 
 
-def _run_options() -> dict[str, Any]:
-    # No colour codes in log files; never print secret config in the result summary.
-    return {"color": "never", "show_secrets": False}
+def _run_options(on_output: Callable[[str], None]) -> dict[str, Any]:
+    # No colour codes in log files; never print secret config in the result summary; stderr logged too.
+    return {"color": "never", "show_secrets": False, "on_output": on_output, "on_error": stderr_to(on_output)}
+
+
+# The provider SDKs the lab program (`__main__.py`) uses: their plugins are installed once before a wave.
+PROGRAM_PROVIDER_SDKS = ("pulumi_proxmoxve", "pulumi_command", "pulumi_random", "pulumi_tls")
+
+
+def provider_plugin(sdk: str) -> tuple[str, str, Optional[str]]:
+    """(name, version, server) of the provider plugin matching an installed provider SDK package."""
+    from importlib import resources
+
+    meta = json.loads(resources.files(sdk).joinpath("pulumi-plugin.json").read_text())
+    return meta.get("name", sdk.removeprefix("pulumi_")), meta["version"], meta.get("server")
+
+
+def install_plugins(workspace: Any, sdks: Sequence[str] = PROGRAM_PROVIDER_SDKS) -> list[tuple[str, str]]:
+    """`pulumi plugin install resource NAME VERSION [--server URL]` for each SDK's plugin, one after another."""
+    done = []
+    for sdk in sdks:
+        name, version, server = provider_plugin(sdk)
+        if server:
+            workspace.install_plugin_from_server(name, version, server)
+        else:
+            workspace.install_plugin(name, version)
+        done.append((name, version))
+    return done
 
 
 class AutomationBackend:
-    """Each student's stack of this project, driven through the `pulumi` CLI in `work_dir`."""
+    """Each student's stack of this project, driven through the `pulumi` CLI in `work_dir`.
 
-    def __init__(self, work_dir: Path = PROJECT_DIR, which: Optional[Callable[[str], Optional[str]]] = None):
+    `policy_pack` + `policy_config`: passed to every `up` (`--policy-pack`, `--policy-pack-config`), so the
+    class's guardrails are enforced by the engine itself before a resource is created."""
+
+    def __init__(self, work_dir: Path = PROJECT_DIR, which: Optional[Callable[[str], Optional[str]]] = None,
+                 policy_pack: Optional[Path] = None, policy_config: Optional[Path] = None):
         require_pulumi_cli(which)
         self.work_dir = Path(work_dir)
+        self.policy_pack = Path(policy_pack) if policy_pack else None
+        self.policy_config = Path(policy_config) if policy_config else None
+
+    def prepare(self, on_output: Callable[[str], None]) -> None:
+        """Install the program's provider plugins once, before stacks run in parallel: concurrent installs of
+        the same plugin by several `pulumi up` interfere (pulumi/pulumi#22784)."""
+        auto = _auto()
+        with _WORKSPACE_LOCK:
+            workspace = auto.LocalWorkspace(work_dir=str(self.work_dir))
+            for name, version in install_plugins(workspace):
+                on_output(f"provider plugin {name} {version} installed")
+
+    def existing_stacks(self) -> dict[str, Optional[int]]:
+        """This project's stacks in the logged-in backend: name -> resource count (`pulumi stack ls --json`)."""
+        auto = _auto()
+        with _WORKSPACE_LOCK:
+            workspace = auto.LocalWorkspace(work_dir=str(self.work_dir))
+            return {s.name: s.resource_count for s in workspace.list_stacks()}
+
+    def state_resources(self, stack_name: str) -> list[dict]:
+        """The stack's resources in its state (`pulumi stack export`, secrets left encrypted): [{urn, type}, ...]."""
+        env = {**os.environ, "PULUMI_AUTOMATION_API": "true"}
+        done = subprocess.run([require_pulumi_cli(), "--non-interactive", "stack", "export", "--stack", stack_name],
+                              text=True, capture_output=True, cwd=self.work_dir, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"pulumi stack export --stack {stack_name}: {' '.join(done.stderr.split())}")
+        deployment = (json.loads(done.stdout or "{}").get("deployment") or {})
+        return [{"urn": r.get("urn", ""), "type": r.get("type", "")} for r in deployment.get("resources") or []]
+
+    def outputs(self, stack_name: str) -> dict[str, Any]:
+        """The stack's outputs with secrets in plain text (`pulumi stack output --json --show-secrets`: the values
+        come back on the CLI's stdout, never through argv). StackNotFound when the stack does not exist."""
+        auto = _auto()
+        with _WORKSPACE_LOCK:
+            try:
+                stack = auto.select_stack(stack_name=stack_name, work_dir=str(self.work_dir))
+            except auto.StackNotFoundError:
+                raise StackNotFound(f"no stack '{stack_name}': run `classroom up` first") from None
+        return {key: out.value for key, out in stack.outputs().items()}
+
+    def _policy_options(self) -> dict[str, Any]:
+        if self.policy_pack is None:
+            return {}
+        options: dict[str, Any] = {"policy_packs": [str(self.policy_pack)]}
+        if self.policy_config is not None:
+            options["policy_pack_configs"] = [str(self.policy_config)]
+        return options
 
     def up(self, job: StackJob, on_output: Callable[[str], None]) -> None:
         auto = _auto()
@@ -106,7 +223,8 @@ class AutomationBackend:
             stack = auto.create_or_select_stack(stack_name=job.stack, work_dir=str(self.work_dir))
             if values:
                 stack.set_all_config(values)
-        stack.up(on_output=on_output, **_run_options())
+            set_missing_secrets(stack, job)
+        stack.up(**self._policy_options(), **_run_options(on_output))
 
     def destroy(self, job: StackJob, on_output: Callable[[str], None], remove_stack: bool = True) -> None:
         # Destroy needs neither the program nor a healthy lab (README "Destroy"): state has all it needs.
@@ -122,7 +240,7 @@ def _destroy(job: StackJob, select: Callable[[Any], Any], on_output: Callable[[s
             stack = select(auto)
         except auto.StackNotFoundError:
             raise StackNotFound("no such stack; nothing to destroy") from None
-    stack.destroy(on_output=on_output, **_run_options())
+    stack.destroy(**_run_options(on_output))
     if remove_stack:
         with _WORKSPACE_LOCK:
             stack.workspace.remove_stack(job.stack)
@@ -216,10 +334,7 @@ def class_outer_endpoint(jobs: Sequence[StackJob]) -> tuple[str, bool]:
 
 def proxmoxve_plugin() -> tuple[str, str, Optional[str]]:
     """(name, version, server) of the provider plugin matching the installed pulumi_proxmoxve SDK."""
-    from importlib import resources
-
-    meta = json.loads(resources.files("pulumi_proxmoxve").joinpath("pulumi-plugin.json").read_text())
-    return meta.get("name", "proxmoxve"), meta["version"], meta.get("server")
+    return provider_plugin("pulumi_proxmoxve")
 
 
 class ClassImagesBackend:
@@ -246,14 +361,13 @@ class ClassImagesBackend:
     def up(self, job: StackJob, on_output: Callable[[str], None]) -> None:
         with _WORKSPACE_LOCK:
             stack = self._stack(job, create=True)
-            name, version, server = proxmoxve_plugin()
             # An inline program has no requirements file for the CLI to read: install the provider it uses.
-            if server:
-                stack.workspace.install_plugin_from_server(name, version, server)
-            else:
-                stack.workspace.install_plugin(name, version)
-            stack.set_all_config(config_values(job))
-        stack.up(on_output=on_output, **_run_options())
+            install_plugins(stack.workspace, ("pulumi_proxmoxve",))
+            values = config_values(job)
+            if values:
+                stack.set_all_config(values)
+            set_missing_secrets(stack, job)
+        stack.up(**_run_options(on_output))
 
     def destroy(self, job: StackJob, on_output: Callable[[str], None], remove_stack: bool = True) -> None:
         _destroy(job, lambda auto: self._stack(job, create=False), on_output, remove_stack)

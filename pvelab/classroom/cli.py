@@ -4,6 +4,8 @@ plan    every student's slot, outer node, VMIDs, subnet, network, user and fit, 
         (table, or --format json); writes nothing. Exit 1 when the class does not fit or breaks a rule.
 render  writes the allocation file (<roster>.alloc.yaml), the policy-pack config (<roster>.policy.json)
         and Pulumi.<class>-<id>.yaml for every student.
+preflight  the whole class against the real outer host, per outer node (pvelab/classroom/preflight.py).
+credentials  one sheet per student (web UI, user, VMs, nested nodes, what they can do); secrets on request.
 up/down run every student's stack (see pvelab/classroom/run_cli.py).
 """
 from __future__ import annotations
@@ -38,6 +40,24 @@ def register(subparsers) -> None:
     rend.add_argument("roster", type=Path)
     rend.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="where Pulumi.<stack>.yaml files go")
     rend.set_defaults(func=cmd_render)
+
+    pre = sub.add_parser("preflight", help="check the whole class against the real outer host (memory, storage, "
+                                           "VMIDs, privileges per outer node) before the first `classroom up`")
+    pre.add_argument("roster", type=Path)
+    pre.add_argument("--format", choices=("text", "json"), default="text")
+    pre.add_argument("--outer-url", metavar="URL", help="outer host API URL instead of the roster's outer.endpoint")
+    pre.add_argument("--outer-ca", metavar="FILE", help="CA certificate to verify the outer host with")
+    pre.set_defaults(func=cmd_preflight)
+
+    cred = sub.add_parser("credentials", help="one sheet per student: web UI, user, their VMs and nested nodes, what "
+                                              "they can do; passwords only with --show-secrets")
+    cred.add_argument("roster", type=Path)
+    cred.add_argument("--only", nargs="+", metavar="STUDENT_ID", help="only these students (put ROSTER first)")
+    cred.add_argument("--show-secrets", action="store_true",
+                      help="read each stack's studentPassword and rootPassword (needs the `pulumi` CLI) and print them")
+    cred.add_argument("--format", choices=("text", "json"), default="text")
+    cred.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="where the students' stacks are")
+    cred.set_defaults(func=cmd_credentials)
 
     try:
         from . import run_cli
@@ -76,8 +96,14 @@ def plan_json(plan: ClassPlan, violations: dict) -> dict:
                    "capacity": {"cores": u.node.cores, "memoryGiB": u.node.memory_gib, "diskGiB": u.node.disk_gib}}
                   for u in plan.nodes],
         "imageDownloads": [vars(d) for d in plan.image_downloads],
-        "maxSlots": plan.max_slots, "problems": plan.problems,
+        "maxSlots": plan.max_slots, "problems": plan.problems, "notChecked": list(_cannot_check()),
     }
+
+
+def _cannot_check() -> tuple[str, ...]:
+    from .preflight import CANNOT_CHECK  # imported when used: `classroom plan` stays quick
+
+    return CANNOT_CHECK
 
 
 def _width(text: str) -> int:
@@ -127,6 +153,8 @@ def plan_text(plan: ClassPlan, violations: dict) -> str:
         out += ["", f"{len(problems)} problem(s):"] + [f"- {p}" for p in problems]
     else:
         out += ["", "the class fits and every stack passes the policy rules"]
+    out += ["", "not checked here (`classroom preflight` checks the host; these need a look by hand):"]
+    out += [f"- {line}" for line in _cannot_check()]
     return "\n".join(out)
 
 
@@ -157,4 +185,67 @@ def cmd_render(args) -> int:
     for orphan in orphan_stack_files(plan, args.project_dir):
         print(f"note: {orphan.name} belongs to a student no longer in the roster; its lab may still exist "
               f"(remove it with `classroom down` / `pulumi destroy -s {orphan.name[7:-5]}`)")
+    return 0
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def class_preflight(plan: ClassPlan, outer_url: str | None = None, outer_ca: str | None = None):
+    """(reports, url) of the class preflight; the API token comes from PVE_LAB_OUTER_API_TOKEN."""
+    from ..ops.connect import outer_client
+    from .preflight import by_node, run_class_preflight
+
+    nodes = by_node(plan)
+    if not nodes:
+        raise ValueError("no student is placed on an outer node (see `classroom plan`)")
+    spec = next(iter(nodes.values()))[0].spec
+    client = outer_client(spec, outer_url, outer_ca)
+    return run_class_preflight(plan, client), outer_url or spec.outer.endpoint
+
+
+def cmd_preflight(args) -> int:
+    from ..ops.api import ApiError
+    from ..ops.connect import MissingSecret
+    from .preflight import class_failed, render_class_json, render_class_text
+
+    plan = plan_class(args.roster, strict=True)
+    try:
+        reports, url = class_preflight(plan, args.outer_url, args.outer_ca)
+    except (ApiError, MissingSecret, ValueError) as exc:
+        print(getattr(exc, "message", None) or str(exc), file=sys.stderr)
+        return 2
+    print(render_class_json(plan, reports) if args.format == "json" else render_class_text(plan, reports, url))
+    return 1 if class_failed(reports) else 0
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def cmd_credentials(args) -> int:
+    from .credentials import render_sheets, sheets_json, student_sheets
+
+    plan = plan_class(args.roster, strict=True)
+    only = [s for value in args.only or [] for s in value.split(",") if s] or None
+    unknown = sorted(set(only or []) - {s.student_id for s in plan.students})
+    if unknown:
+        print(f"--only: unknown student id(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    secrets_for = None
+    if args.show_secrets:
+        from .automation import AutomationBackend, PulumiCliMissing
+
+        try:
+            backend = AutomationBackend(work_dir=args.project_dir)
+        except PulumiCliMissing as exc:
+            print(f"classroom credentials --show-secrets: {exc}", file=sys.stderr)
+            return 2
+        secrets_for = backend.outputs
+        print("the sheets below hold secrets: hand each one to its student only", file=sys.stderr)
+    try:
+        sheets = student_sheets(plan, only, secrets_for)
+    except Exception as exc:  # StackNotFound, a CLI error: one line
+        print(f"classroom credentials: {exc}", file=sys.stderr)
+        return 2
+    print(sheets_json(sheets) if args.format == "json" else render_sheets(sheets))
     return 0

@@ -44,6 +44,12 @@ def add_run_commands(classroom_subparsers: Any) -> None:
         p.add_argument("--log-dir", type=Path, default=Path("classroom-logs"),
                        help="where each stack's Pulumi output is written (default ./classroom-logs)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+        if action == "up":
+            p.add_argument("--no-preflight", action="store_true",
+                           help="skip the class preflight against the outer host (run `classroom preflight` "
+                                "yourself); by default a failed check stops `up` before any stack starts")
+            p.add_argument("--outer-url", metavar="URL", help="outer host API URL for the class preflight")
+            p.add_argument("--outer-ca", metavar="FILE", help="CA certificate for the class preflight")
         if action == "down":
             p.add_argument("--yes", action="store_true",
                            help="destroy without asking (required when there is no terminal to ask on)")
@@ -109,6 +115,59 @@ def student_jobs(plan: Any, api_token: Optional[str]) -> list[StackJob]:
             for s in plan.students]
 
 
+def retired_jobs(plan: Any) -> list[StackJob]:
+    """Destroy jobs for the students the allocation file lists as retired (their labs outlive the roster line)."""
+    if getattr(plan, "allocation", None) is None or getattr(plan, "roster", None) is None:
+        return []
+    from .lifecycle import retired_stacks
+
+    return [StackJob(stack=r.stack, student_id=r.student_id) for r in retired_stacks(plan)]
+
+
+def previous_nodes(roster_path: Path) -> dict[str, str]:
+    """Each allocated student's outer node as the allocation file records it (before this run writes it)."""
+    from .allocate import allocation_path, load_allocation
+
+    try:
+        allocation = load_allocation(allocation_path(roster_path))
+    except Exception:  # an unreadable file was already reported by load_plan
+        return {}
+    return {sid: slot.node for sid, slot in (allocation.students if allocation else {}).items()}
+
+
+def foreign_users_for(plan: Any, backend: Any, existing: dict) -> list[str]:
+    """Students whose stack still manages an account the class does not own (see lifecycle.py)."""
+    from .lifecycle import foreign_user_in_state, stack_short_name
+    from .realms import stack_owns_user
+
+    state_resources = getattr(backend, "state_resources", None)
+    if state_resources is None:
+        return []
+    counts = {stack_short_name(k): v for k, v in existing.items()}
+    lines = []
+    for st in plan.students:
+        student = st.lab.get("student") or {}
+        user, pool = student.get("user", ""), student.get("pool", "")
+        if stack_owns_user(user, pool) or not counts.get(st.stack):
+            continue
+        line = foreign_user_in_state(st.student_id, st.stack, user, state_resources(st.stack))
+        if line:
+            lines.append(line)
+    return lines
+
+
+def refused_moves_for(plan: Any, roster_path: Path, backend: Any) -> list[str]:
+    """Students a pin would move off their recorded node while their lab exists (see lifecycle.py)."""
+    from .lifecycle import moves, refused_moves
+
+    found = moves(plan, previous_nodes(roster_path))
+    existing_stacks = getattr(backend, "existing_stacks", None)
+    if existing_stacks is None:
+        return []
+    existing = existing_stacks()
+    return refused_moves(found, existing) + foreign_users_for(plan, backend, existing)
+
+
 def class_name(plan: Any, roster_path: Path) -> str:
     for attr in ("class_id", "class_name", "name", "id"):
         value = getattr(plan, attr, None)
@@ -126,12 +185,40 @@ def images_stack_name(plan: Any, roster_path: Path) -> str:
     return f"{class_name(plan, roster_path)}-images"
 
 
-def make_backends(plan: Any, jobs: Sequence[StackJob], project_dir: Path = PROJECT_DIR
-                  ) -> tuple[StackBackend, Optional[StackBackend]]:
-    """The real backends (Automation API). Raises PulumiCliMissing before anything starts. Tests replace this."""
+POLICY_PACK_DIR = PROJECT_DIR / "policy"
+
+
+def check_guardrails(plan: Any, roster_path: Path) -> tuple[list[str], Optional[Path]]:
+    """The class checks `classroom render` runs (the policy rules over every student's lab), and the policy-pack
+    config file every `up` passes to the engine (written next to the roster, as `render` does).
+    Returns (problems, config path); the config is written only when there is no problem."""
+    from .guardrails import plan_violations, policy_config_path, write_policy_config
+
+    violations = plan_violations(plan)
+    problems = [f"{sid}: {v}" for sid, vs in violations.items() for v in vs]
+    if problems:
+        return problems, None
+    return [], write_policy_config(plan, policy_config_path(roster_path))
+
+
+def class_preflight_failures(plan: Any, args: argparse.Namespace) -> list[str]:
+    """The class preflight's failed checks, one line each ("node: check: detail (fix)"); [] when all pass."""
+    from .cli import class_preflight
+
+    reports, _url = class_preflight(plan, getattr(args, "outer_url", None), getattr(args, "outer_ca", None))
+    return [f"{r.node}: {c.name}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "")
+            for r in reports for c in r.checks if c.status == "fail"]
+
+
+def make_backends(plan: Any, jobs: Sequence[StackJob], project_dir: Path = PROJECT_DIR,
+                  policy_config: Optional[Path] = None) -> tuple[StackBackend, Optional[StackBackend]]:
+    """The real backends (Automation API). Raises PulumiCliMissing before anything starts. Tests replace this.
+
+    With `policy_config`, every student's `up` runs the class policy pack (`policy/`) with that config."""
     from .automation import CLASS_WORK_DIR_NAME, AutomationBackend, ClassImagesBackend, class_outer_endpoint
 
-    backend = AutomationBackend(work_dir=project_dir)
+    backend = AutomationBackend(work_dir=project_dir, policy_pack=POLICY_PACK_DIR if policy_config else None,
+                                policy_config=policy_config)
     downloads = list(getattr(plan, "image_downloads", []) or [])
     if not downloads:
         return backend, None
@@ -190,6 +277,33 @@ def confirm_down(jobs: Sequence[StackJob], with_images: bool, assume_yes: bool,
     return None if answer == "yes" else "classroom down: not confirmed; nothing destroyed"
 
 
+def checks_before_up(plan: Any, roster_path: Path, args: argparse.Namespace, api_token: Optional[str]
+                     ) -> tuple[Optional[str], Optional[Path]]:
+    """What `up` checks before it touches any stack: the token, the policy rules over the whole class, the class
+    preflight against the host. Returns (refusal message or None, the policy-pack config file)."""
+    env = SECRET_ENV["outerApiToken"]
+    if not api_token:
+        return (f"{TOKEN_KEY}: missing; export {env}='user@realm!tokenid=<uuid>' "
+                "(read from the environment, never from the command line)"), None
+    problems = check_secrets(api_token, None, None)
+    if problems:
+        return "\n".join(f"{p} (from {env})" for p in problems), None
+    refused, policy_config = check_guardrails(plan, roster_path)
+    if refused:
+        return ("classroom up: the policy rules refuse this class (nothing started):\n"
+                + "\n".join(f"- {p}" for p in refused)), None
+    if not getattr(args, "no_preflight", False):
+        try:
+            failures = class_preflight_failures(plan, args)
+        except Exception as exc:  # unreachable host, missing token...: one line, nothing started
+            return (f"classroom up: the class preflight could not run: {getattr(exc, 'message', None) or exc} "
+                    "(`--no-preflight` skips it)"), None
+        if failures:
+            return ("classroom up: the class preflight failed (nothing started; details: `classroom preflight "
+                    "ROSTER`):\n" + "\n".join(f"- {f}" for f in failures)), None
+    return None, policy_config
+
+
 def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] = None,
                 stderr: Optional[TextIO] = None) -> int:
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
@@ -206,20 +320,19 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
     api_token = secret_from_env("outerApiToken") if action == "up" else None
     try:
         only = [s for value in args.only or [] for s in value.split(",") if s] or None
-        jobs = select_jobs(student_jobs(plan, api_token), only)
+        everyone = student_jobs(plan, api_token) + (retired_jobs(plan) if action == "down" else [])
+        jobs = select_jobs(everyone, only)
     except ValueError as exc:
         return fail(str(exc))
     with_images = bool(getattr(plan, "image_downloads", None))
+    policy_config = None
     if action == "up":
-        env = SECRET_ENV["outerApiToken"]
-        if not api_token:
-            return fail(f"{TOKEN_KEY}: missing; export {env}='user@realm!tokenid=<uuid>' "
-                        "(read from the environment, never from the command line)")
-        problems = check_secrets(api_token, None, None)
-        if problems:
-            return fail("\n".join(f"{p} (from {env})" for p in problems))
+        refusal, policy_config = checks_before_up(plan, roster_path, args, api_token)
+        if refusal:
+            return fail(refusal)
     try:
-        backend, images_backend = make_backends(plan, jobs, project_dir=args.project_dir)
+        backend, images_backend = make_backends(plan, everyone, project_dir=args.project_dir,
+                                                policy_config=policy_config)
     except Exception as exc:  # PulumiCliMissing, an ambiguous endpoint or image list: one clear line
         return fail(f"classroom {action}: {exc}")
     images = None
@@ -227,7 +340,18 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         from .automation import images_job
 
         images = images_job(images_stack_name(plan, roster_path), api_token)
+    if action == "up":
+        try:
+            moved = refused_moves_for(plan, roster_path, backend)
+        except Exception as exc:  # listing the stacks failed: do not guess
+            return fail(f"classroom up: could not read the existing stacks (moved students, accounts): {exc}")
+        if moved:
+            return fail("classroom up: refusing to start (nothing started):\n" + "\n".join(f"- {m}" for m in moved))
     if action == "down":
+        retired = [j.student_id for j in jobs if j.student_id not in {s.student_id for s in plan.students}]
+        if retired:
+            print(f"also destroying the labs of {len(retired)} retired student(s) (in the allocation file, no longer "
+                  f"in the roster): {', '.join(retired)}", file=stderr)
         refusal = confirm_down(jobs, with_images and not args.only, getattr(args, "yes", False), stderr=stderr)
         if refusal:
             return fail(refusal)

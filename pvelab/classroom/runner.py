@@ -10,8 +10,10 @@ Rules:
 - only a concurrent-update error (someone else is updating that stack) is retried, at most `retries`
   more times, waiting `backoff_s * attempt` seconds between attempts;
 - Ctrl-C stops scheduling: stacks not started yet are `skipped`, running ones finish and are reported;
-- on `up` the class-images stack goes first (students use its files); on `down` it goes last, and only
-  when every student's stack is gone.
+- on `up` the class-images stack goes first (students use its files), then the backend's `prepare` (the
+  provider plugins, installed once: parallel installs interfere, pulumi/pulumi#22784), then the students;
+  on `down` the plugins are installed the same way first, and the images go last, only when every student's
+  stack is gone.
 """
 from __future__ import annotations
 
@@ -377,24 +379,34 @@ def run_classroom(action: str, jobs: Sequence[StackJob], backend: StackBackend, 
     from the image would otherwise lose it). `keep_images` names another reason to keep them (e.g. only
     some students were selected).
     """
-    if images_job is None:
-        return run_class(action, jobs, backend, **options)
-    images_backend = images_backend or backend
     progress = options.get("progress")
     single = {k: v for k, v in options.items() if k != "parallel"}
     if action == "up":
-        first = run_class("up", [images_job], images_backend, parallel=1, **single)
-        images = first.results[0]
-        if not images.ok or first.interrupted:
-            reason = (f"not started: the class images stack '{images_job.stack}' failed" if not images.ok
-                      else "not started: interrupted")
-            skipped = [_skipped(j, reason) for j in jobs]
-            if progress:
-                for n, j in enumerate(jobs, 1):
-                    progress(ProgressEvent(n, len(jobs), j.student_id, j.stack, "up", "skipped", 0, reason))
-            return ClassRun("up", [images, *skipped], interrupted=first.interrupted)
+        before: list[StackResult] = []
+        if images_job is not None:
+            first = run_class("up", [images_job], images_backend or backend, parallel=1, **single)
+            before.append(first.results[0])
+            if not first.results[0].ok or first.interrupted:
+                reason = (f"not started: the class images stack '{images_job.stack}' failed"
+                          if not first.results[0].ok else "not started: interrupted")
+                return _all_skipped(jobs, before, reason, progress, first.interrupted)
+        if jobs:
+            prepared = prepare_backend(backend, options.get("output_for"))
+            if prepared is not None:
+                before.append(prepared)
+                return _all_skipped(jobs, before, "not started: the provider plugins could not be installed",
+                                    progress, False)
         students = run_class("up", jobs, backend, **options)
-        return ClassRun("up", [images, *students.results], interrupted=students.interrupted)
+        return ClassRun("up", [*before, *students.results], interrupted=students.interrupted)
+    if jobs:  # destroying needs the providers too: install them once here as well, not in every stack at once
+        prepared = prepare_backend(backend, options.get("output_for"))
+        if prepared is not None:
+            skipped = [_skipped(j, "not started: the provider plugins could not be installed") for j in jobs]
+            kept = [] if images_job is None else [_skipped(images_job, "kept: no student stack was destroyed")]
+            return ClassRun("down", [prepared, *skipped, *kept])
+    if images_job is None:
+        return run_class(action, jobs, backend, **options)
+    images_backend = images_backend or backend
 
     students = run_class("down", jobs, backend, **options)
     left = [r for r in students.results if r.state != "destroyed"]
@@ -411,6 +423,39 @@ def run_classroom(action: str, jobs: Sequence[StackJob], backend: StackBackend, 
         return ClassRun("down", [*students.results, kept], interrupted=students.interrupted)
     last = run_class("down", [images_job], images_backend, parallel=1, **single)
     return ClassRun("down", [*students.results, *last.results], interrupted=last.interrupted)
+
+
+PLUGINS_STACK = "(provider plugins)"
+
+
+def prepare_backend(backend: StackBackend, output_for: Optional[OutputFactory] = None) -> Optional[StackResult]:
+    """Run the backend's one-time `prepare` (installing provider plugins) before a wave; None when it went well
+    (or there is none), else the failed row for the summary."""
+    prepare = getattr(backend, "prepare", None)
+    if prepare is None:
+        return None
+    job = StackJob(stack=PLUGINS_STACK, student_id="(class)")
+    on_output = _discard
+    if output_for is not None:
+        try:
+            on_output = output_for(StackJob(stack="class-plugins", student_id="(class)"), "up")
+        except Exception:
+            pass
+    start = time.monotonic()
+    try:
+        prepare(on_output)
+    except Exception as exc:  # noqa: BLE001 - reported as the class's own failed row
+        return StackResult(job.student_id, job.stack, "failed", time.monotonic() - start, one_line_error(exc), 1)
+    return None
+
+
+def _all_skipped(jobs: Sequence[StackJob], before: list[StackResult], reason: str, progress: Optional[ProgressFn],
+                 interrupted: bool) -> ClassRun:
+    skipped = [_skipped(j, reason) for j in jobs]
+    if progress:
+        for n, j in enumerate(jobs, 1):
+            progress(ProgressEvent(n, len(jobs), j.student_id, j.stack, "up", "skipped", 0, reason))
+    return ClassRun("up", [*before, *skipped], interrupted=interrupted)
 
 
 def select_jobs(jobs: Sequence[StackJob], only: Optional[Iterable[str]]) -> list[StackJob]:

@@ -14,12 +14,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+from ..classroom.realms import PASSWORD_REALM, realm_of, stack_owns_user
 from ..spec import LabSpec
 from .api import ApiError, PveClient
 
 MiB, GiB = 1024 ** 2, 1024 ** 3
 IMAGE_DOWNLOAD_GIB = 1  # a Debian 13 genericcloud qcow2 is ~0.4 GiB; leave room
 EFI_DISK_GIB = 1  # efidisk + cloud-init drive, rounded up
+# Storage types whose disks are thin (allocated as written): a class may overcommit them, with a warning.
+THIN_STORAGE_TYPES = ("lvmthin", "zfspool", "rbd")
 
 VM_PRIVS = ("VM.Allocate", "VM.Audit", "VM.PowerMgmt", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit",
             "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options")
@@ -36,6 +39,7 @@ class Requirement:
     max_vm_cores: int
     vmids: Optional[tuple[int, ...]] = None  # None: the stack's own VMID block
     label: str = "the lab"
+    own_vms: tuple[tuple[int, str], ...] = ()  # (VMID, hostname) of every lab VM this check may find built
 
 
 def requirement_for(spec: LabSpec) -> Requirement:
@@ -234,6 +238,12 @@ class Preflight:
             problems.append("not active")
             fixes.append(f"check `pvesm status --storage {storage}` on the host")
         need, avail = self.requirement.disk_gib * GiB, int(st.get("avail") or 0)
+        thin = self.classroom and st.get("type") in THIN_STORAGE_TYPES
+        if need > avail and thin and not problems:
+            self.add(name, "warn", f"{_gib(avail)} free on thin storage ({st.get('type')}), {_gib(need)} if every "
+                                   f"disk of {self.requirement.label} filled up: overcommitted",
+                     "fine while the nested nodes write less than that; watch the pool's usage, or free space")
+            return
         if need > avail:
             problems.append(f"{_gib(avail)} free, {_gib(need)} needed for {self.requirement.label}")
             fixes.append("free space, choose another outer.storage, or smaller nodes.systemDiskGiB/cephDiskGiB")
@@ -258,8 +268,15 @@ class Preflight:
             image_store = file_id.split(":", 1)[0]
             vols = self.client.get(f"nodes/{self.node}/storage/{image_store}/content", content="import")
             if not any(v.get("volid") == file_id for v in vols):
-                problems.append(f"image.fileId {file_id} is not on the host")
-                fixes.append("download it once (classroom up does) or remove image.fileId so the lab downloads it")
+                if self.spec.student is not None or self.classroom:
+                    # the class-images stack downloads it as the first step of `classroom up`
+                    self.add(f"class image {file_id}", "warn",
+                             f"{file_id} is not on '{self.node}' yet: `classroom up` downloads it first (the "
+                             f"class-images stack)", "nothing to do before the first `classroom up`; after it, "
+                             "this means the class-images stack failed (see classroom-logs/)")
+                else:
+                    problems.append(f"image.fileId {file_id} is not on the host")
+                    fixes.append("download it once (classroom up does) or remove image.fileId so the lab downloads it")
         else:
             avail = int(st.get("avail") or 0)
             if avail < IMAGE_DOWNLOAD_GIB * GiB:
@@ -300,15 +317,20 @@ class Preflight:
                          f"set pve-lab:lab.{key} to an existing bridge, or create it (System > Network)")
 
     def check_vmids(self) -> None:
+        """Each VMID asked of /cluster/nextid?vmid=N (pve-manager PVE/API2/Cluster.pm nextid: 400 "VM N already
+        exists" when the cluster's VM list has it; any user may ask). /cluster/resources only lists the guests the
+        token may audit, so it alone would call a VMID free that a guest of someone else holds."""
         vmids = self.requirement.vmids or tuple(self.spec.vmid_range)
-        used = {int(r["vmid"]): r for r in self.client.get("cluster/resources", type="vm") if "vmid" in r}
-        ours = {p.vmid: p.hostname for p in self.spec.node_plans}
+        visible = {int(r["vmid"]): r for r in self.client.get("cluster/resources", type="vm") if "vmid" in r}
+        ours = dict(self.requirement.own_vms) or {p.vmid: p.hostname for p in self.spec.node_plans}
         clashes, own = [], []
         for vmid in vmids:
-            r = used.get(vmid)
-            if r is None:
+            if self.vmid_free(vmid):
                 continue
-            if ours.get(vmid) == r.get("name") and "pve-lab-node" in str(r.get("tags", "")).split(";"):
+            r = visible.get(vmid)
+            if r is None:
+                clashes.append(f"{vmid} (a guest this token may not audit)")
+            elif ours.get(vmid) == r.get("name") and "pve-lab-node" in str(r.get("tags", "")).split(";"):
                 own.append(vmid)
             else:
                 clashes.append(f"{vmid} ({r.get('type')} '{r.get('name', '')}' on {r.get('node')})")
@@ -320,6 +342,15 @@ class Preflight:
             self.add("VMIDs", "pass", f"VMIDs {span}: {len(own)} already this lab's nodes (built before)")
         else:
             self.add("VMIDs", "pass", f"VMIDs {span} are free")
+
+    def vmid_free(self, vmid: int) -> bool:
+        try:
+            self.client.get("cluster/nextid", vmid=vmid)
+        except ApiError as exc:
+            if exc.status == 400 and "already exists" in exc.message:
+                return False
+            raise
+        return True
 
     def needed_privileges(self) -> list[tuple[list[list[tuple[str, tuple[str, ...]]]], str]]:
         """(alternatives, why): it is enough that one alternative holds; an alternative is [(path, privs), ...]."""
@@ -341,6 +372,8 @@ class Preflight:
                          "download the cloud image (download-url)"))
         if spec.student is not None and spec.student.network.mode == "sdn":
             need.append((one(f"/sdn/zones/{spec.student.network.zone}", "SDN.Use", "SDN.Allocate"), "student VNet"))
+            # pve-network API2/Network/SDN.pm reload: check => ['perm', '/sdn', ['SDN.Allocate']]
+            need.append((one("/sdn", "SDN.Allocate"), "apply the SDN configuration"))
         else:
             bridges = {o.bridge} | ({spec.network.link1.bridge} if spec.network.link1 else set())
             for b in sorted(bridges):
@@ -348,7 +381,13 @@ class Preflight:
         if spec.student is not None or self.classroom:
             if pool:
                 need.append((one(f"/pool/{pool}", "Pool.Allocate"), "create the student's pool"))
-            need.append((one("/access", "User.Modify"), "create student users"))
+            student = spec.student
+            if student is None or stack_owns_user(student.user, student.pool):
+                # pve-access-control API2/User.pm create_user: Realm.AllocateUser on the user's realm and
+                # User.Modify on /access/groups (no groups given)
+                realm = PASSWORD_REALM if student is None else realm_of(student.user)
+                need.append((one(f"/access/realm/{realm}", "Realm.AllocateUser"), f"create users in realm {realm}"))
+                need.append((one("/access/groups", "User.Modify"), "create student users"))
             need.append((one("/", "Permissions.Modify"), "grant students their consoles"))
         return need
 
