@@ -46,7 +46,7 @@ class CephCluster(pulumi.ComponentResource):
             node_step(f"{name}-install-{m.connection.hostname}", m.connection, "ceph-install", parent=self,
                       env={"CEPH_RELEASE": ceph.release, "CEPH_REPOSITORY": ceph.repository,
                            "NODE_NAME": m.connection.hostname},
-                      depends_on=[args.quorate])
+                      depends_on=[args.quorate], triggers=[m.connection.instance])
             for m in members
         ]
         cluster_network = None
@@ -64,7 +64,8 @@ class CephCluster(pulumi.ComponentResource):
             mon = node_step(f"{name}-mon-{m.connection.hostname}", m.connection, "ceph-mon", parent=self,
                             env={"NODE_NAME": m.connection.hostname, "OSD_MEMORY_TARGET_BYTES": osd_memory,
                                  "DEADLINE_S": STEP_DEADLINE_S, "POLL_S": POLL_S},
-                            depends_on=[previous])
+                            # A rebuilt node (its old monitor removed by node-evict) gets a new one.
+                            depends_on=[previous], triggers=[m.connection.instance])
             self.monitors.append(mon)
             previous = mon
         devices = " ".join(osd_device_paths(spec))
@@ -72,7 +73,7 @@ class CephCluster(pulumi.ComponentResource):
             node_step(f"{name}-osd-{m.connection.hostname}", m.connection, "ceph-osd", parent=self,
                       env={"NODE_NAME": m.connection.hostname, "OSD_DEVICES": devices,
                            "DEADLINE_S": STEP_DEADLINE_S, "POLL_S": POLL_S},
-                      depends_on=[self.monitors[-1]])
+                      depends_on=[self.monitors[-1]], triggers=[m.connection.instance])
             for m in members
         ]
         self.healthy = node_step(
@@ -80,6 +81,7 @@ class CephCluster(pulumi.ComponentResource):
             env={"EXPECTED_OSDS": len(members) * spec.nodes.ceph_disks, "EXPECTED_MONS": len(members),
                  "DEADLINE_S": ceph.health_timeout_s, "POLL_S": POLL_S, "NODE_NAME": first.connection.hostname},
             depends_on=self.osds,
+            triggers=[m.connection.instance for m in members],
         )
         self.health_text = self.healthy.stdout.apply(lambda s: (s or "").strip())
         pool = ceph.pool

@@ -54,8 +54,16 @@ class PveCluster(pulumi.ComponentResource):
         fingerprint = self.fingerprint_step.stdout.apply(lambda s: (s or "").strip())
 
         previous: pulumi.Resource = self.fingerprint_step
-        self.joins = []
+        self.joins, self.evictions = [], []
         for position, member in enumerate(members[1:], start=2):
+            # A rebuilt VM (new instance) is still listed with its old membership: remove that first, from the
+            # first node; a no-op for a node joining for the first time (README "Day two").
+            evict = node_step(
+                f"{name}-evict-{member.connection.hostname}", first.connection, "node-evict", parent=self,
+                env={"NODE_NAME": member.connection.hostname, "INSTANCE": member.connection.instance,
+                     "DEADLINE_S": deadline, "POLL_S": POLL_S},
+                depends_on=[previous, member.ready], triggers=[member.connection.instance])
+            self.evictions.append(evict)
             join = node_step(
                 f"{name}-join-{member.connection.hostname}", member.connection, "cluster-join", parent=self,
                 env={"CLUSTER_NAME": spec.cluster.name, "FIRST_IP": first.connection.ip,
@@ -64,7 +72,9 @@ class PveCluster(pulumi.ComponentResource):
                 # `pvecm add` reads the first node's root password from stdin; never on the command line.
                 secret_stdin=args.root_password,
                 # Strictly one after another, and only once this node itself is installed.
-                depends_on=[previous, member.ready],
+                depends_on=[evict, member.ready],
+                # A rebuilt VM joins again.
+                triggers=[member.connection.instance],
             )
             self.joins.append(join)
             previous = join
@@ -73,8 +83,8 @@ class PveCluster(pulumi.ComponentResource):
             f"{name}-quorum", first.connection, "cluster-quorum", parent=self,
             env={"EXPECTED_NODES": len(members), "DEADLINE_S": deadline, "POLL_S": POLL_S},
             depends_on=[previous],
-            # Re-check whenever the membership changes.
-            triggers=[len(members)],
+            # Re-check whenever the membership changes (a node added, or a VM rebuilt).
+            triggers=[len(members), *(m.connection.instance for m in members)],
         )
         self.status_text = self.quorate.stdout.apply(lambda s: (s or "").strip())
         self.cluster_name = pulumi.Output.from_input(spec.cluster.name)

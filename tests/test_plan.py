@@ -174,7 +174,9 @@ def test_steps_run_where_their_connection_points(default_lab, default_plan):
 def test_joins_are_chained_and_levels_match_depends_on(default_lab, default_plan):
     steps = {s.id: s for s in default_plan.steps}
     join2, join3 = steps["lab-cluster-join-pve2"], steps["lab-cluster-join-pve3"]
-    assert join2.level < join3.level and "lab-cluster-join-pve2" in join3.depends_on
+    assert join2.level < join3.level
+    # between two joins, the next node's eviction check (a no-op on a first build) on the first node
+    assert join3.depends_on == ["lab-cluster-evict-pve3"] and "lab-cluster-join-pve2" in steps["lab-cluster-evict-pve3"].depends_on
     by_name = {r.name: r for r in default_lab.records}
 
     def closure(step_id):

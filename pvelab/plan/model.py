@@ -51,6 +51,9 @@ SHOWABLE_ENV = frozenset({"CLUSTER_NAME", "EXPECTED_NODES", "EXPECTED_OSDS", "EX
                           "FIRST_IP", "NODE_NAME", "CEPH_RELEASE", "CEPH_NETWORK", "CEPH_CLUSTER_NETWORK",
                           "OSD_DEVICES", "PVE_SUITE"})
 SCRIPT_RUN_RE = re.compile(r'bash "\$HOME/pve-lab/([A-Za-z0-9_.-]+)\.sh"')
+# The last line of the per-node step that ships every script (pvelab/node_script.bundle_command).
+BUNDLE_RE = re.compile(r"^echo 'pve-lab scripts [0-9a-f]+ in ")
+BUNDLE_KIND = "node-scripts"
 SECRET_FIELD_RE = re.compile(r"(password|privatekey|token|secret|stdin)", re.IGNORECASE)
 MIN_SECRET_LEN = 8
 
@@ -333,6 +336,9 @@ def command_parts(record: Record) -> CommandParts:
     text = _open(create) or ""
     text = text if isinstance(text, str) else ""
     host = reveal(record.inputs.get("connection"), "host")
+    lines = text.splitlines()
+    if lines and BUNDLE_RE.match(lines[-1]):
+        return CommandParts(BUNDLE_KIND, [], {}, host if isinstance(host, str) else None, secret_text)
     run_line = next((line for line in reversed(text.splitlines()) if SCRIPT_RUN_RE.search(line)), "")
     match = SCRIPT_RUN_RE.search(run_line)
     script = match.group(1) if match else ""
@@ -507,6 +513,8 @@ COMMAND_TITLES = {
     "install-pve:ready": ("install", "install PVE: ready"),
     "cluster-create": ("cluster", "pvecm create {CLUSTER_NAME}"),
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
+    "node-scripts": ("install", "ship the node scripts"),
+    "node-evict": ("cluster", "evict a rebuilt {NODE_NAME}'s old membership"),
     "cluster-join": ("cluster", "pvecm add (join as node {EXPECTED_NODES})"),
     "cluster-quorum": ("cluster", "wait quorum ({EXPECTED_NODES} nodes)"),
     "ceph-install": ("ceph", "pveceph install {CEPH_RELEASE}"),
@@ -679,6 +687,8 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
             phase, template = COMMAND_TITLES.get(kind, ("other", kind or r.name))
             title = template.format_map(_Missing(parts.env, osd_count=units))
             detail = " ".join([f"{parts.script}.sh", *parts.args]) if parts.script else ""
+            if parts.script == BUNDLE_KIND:
+                detail = "components/scripts/*.sh -> ~/pve-lab/"
             lane = lane_for(r, parts)
         else:
             kind, phase, title = _resource_title(r, r.urn in nested_urns, parent)
