@@ -125,11 +125,13 @@ def mock_mac(resource_name: str, nic: int) -> str:
     """A MAC address for a mock VM's NIC, stable per resource name (tests change it to mimic a rebuilt VM)."""
     import hashlib
 
-    digest = hashlib.sha256(f"{MOCK_MAC_SALT}{resource_name}/{nic}".encode()).hexdigest()
+    salt = "rebuilt:" if resource_name in MOCK_REBUILT_VMS else ""
+    digest = hashlib.sha256(f"{salt}{resource_name}/{nic}".encode()).hexdigest()
     return f"{MOCK_MAC_PREFIX}:{digest[0:2]}:{digest[2:4]}:{digest[4:6]}".upper()
 
 
-MOCK_MAC_SALT = ""
+# Names of VM resources the mock answers as created anew (a new MAC): a VM replaced or re-created.
+MOCK_REBUILT_VMS: set[str] = set()
 
 
 def mock_stdout(name: str) -> str:
