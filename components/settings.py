@@ -5,12 +5,14 @@ as pulumi.RunError: Pulumi shows the message without a traceback.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
 from pulumi.runtime import get_config
 
+from pvelab.inner_api import credential_env_problems
 from pvelab.spec import CONFIG_NAMESPACE, LabSpec, SpecError, check_secrets, parse_spec
 
 from .credentials import LabCredentialsArgs
@@ -46,6 +48,8 @@ def load_settings() -> LabSettings:
     password = _raw("rootPassword")
     if password is not None and not (12 <= len(password) <= 64):
         problems.append(f"{CONFIG_NAMESPACE}:rootPassword: must be 12 to 64 characters (value hidden)")
+    if spec is not None and spec.ceph.enabled:  # the nested cluster's API is used (pool, HA)
+        problems += credential_env_problems(os.environ)
     if problems:
         raise pulumi.RunError(SpecError(problems).render())
     assert spec is not None

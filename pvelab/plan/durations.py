@@ -52,6 +52,10 @@ STEP_DURATIONS: dict[str, Duration] = {
     "ceph-mon": Duration(60, "pveceph mon create (+ mgr), one node at a time (estimate)"),
     "ceph-osd": Duration(60, "pveceph osd create: ~1 min per data disk (estimate)", per_unit="OSD device"),
     "ceph-health": Duration(120, "PGs peer and become active+clean on a fresh pool-less cluster (estimate)"),
+    # Rolling restart (components/rolling_restart.py): on a first build nothing is pending, only checks run.
+    "command:local:Command": Duration(
+        5, "one API read of the VM's pending changes; a reboot (~1-2 min) only after a size change (estimate)"),
+    "node-restart-wait": Duration(10, "pvecm/ceph/ha-manager read once when the node never went down (estimate)"),
     # Inside the nested cluster, through its API.
     "proxmoxve:ceph/pool:Pool": Duration(30, "pool create + RBD storage entry; PGs go active (estimate)"),
     "vm:inner": Duration(15, "create a small VM with an empty disk on Ceph (estimate)"),

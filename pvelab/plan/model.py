@@ -515,6 +515,7 @@ COMMAND_TITLES = {
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
     "node-scripts": ("install", "ship the node scripts"),
     "node-evict": ("cluster", "evict a rebuilt {NODE_NAME}'s old membership"),
+    "node-restart-wait": ("restart", "wait for {NODE_NAME}: quorum, Ceph, HA"),
     "cluster-join": ("cluster", "pvecm add (join as node {EXPECTED_NODES})"),
     "cluster-quorum": ("cluster", "wait quorum ({EXPECTED_NODES} nodes)"),
     "ceph-install": ("ceph", "pveceph install {CEPH_RELEASE}"),
@@ -547,6 +548,9 @@ def _resource_title(r: Record, outer_vm: bool, parent: Optional[Record] = None) 
         if what == "password" and parent is not None:
             what = f"{parent.name.rsplit('-', 1)[-1]} password"
         return t, "credentials", f"new {what}"
+    if t == "command:local:Command":  # the rolling restart's outer half (components/rolling_restart.py)
+        vmid = (_plain(r, "environment") or {}).get("PVE_LAB_VMID", "?")
+        return t, "restart", f"apply pending changes of VM {vmid} (reboot only if any)"
     if t == "tls:index/privateKey:PrivateKey":
         return t, "credentials", f"new SSH key ({_plain(r, 'algorithm') or 'key'})"
     if t == POOL:
