@@ -289,3 +289,34 @@ def test_the_programs_wait_command_runs_against_the_stand_ins(default_lab, forme
     assert record.plain("connection")["host"] == "10.10.10.13"
     r = formed.nodes["pve3"].run(command_text(record))
     assert r.returncode == 0, r.output
+
+
+# --------------------------------------------------------------------------- apt output stays on the node
+
+
+def test_apt_output_goes_to_a_log_on_the_node_and_the_step_output_stays_small(tmp_path):
+    from test_install_script import fresh_node, perform_reboot, run
+
+    node = fresh_node(tmp_path)
+    outputs = [run(node, "prepare")]
+    outputs.append(run(node, "reboot"))
+    perform_reboot(node)
+    outputs.append(run(node, "finish"))
+    for r in outputs:
+        assert r.returncode == 0, r.output
+        # no apt output in the step's output (what Pulumi keeps in its state)
+        assert "Reading package lists" not in r.output and "newly installed" not in r.output, r.output
+    log = (node.root / "var/log/pve-lab/apt.log").read_text()
+    assert "Reading package lists" in log and "newly installed" in log
+    assert "(its output: /var/log/pve-lab/apt.log)" in outputs[-1].stderr
+
+
+def test_an_apt_failure_names_the_log_and_shows_its_last_lines(tmp_path):
+    from test_install_script import fresh_node, run
+
+    node = fresh_node(tmp_path)
+    arm_fault(node.state, "apt-fail", times=1)
+    r = run(node, "prepare")
+    assert r.returncode == 1
+    assert "Failed to fetch" in r.stderr  # the tail of the log
+    assert "all of it in /var/log/pve-lab/apt.log on pve1" in r.stderr
