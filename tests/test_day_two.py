@@ -320,3 +320,19 @@ def test_an_apt_failure_names_the_log_and_shows_its_last_lines(tmp_path):
     assert r.returncode == 1
     assert "Failed to fetch" in r.stderr  # the tail of the log
     assert "all of it in /var/log/pve-lab/apt.log on pve1" in r.stderr
+
+
+def test_a_rebuilt_node_1_re_checks_quorum_and_never_creates_a_second_cluster(default_lab):
+    from pvelab import evaluate
+
+    evaluate.MOCK_REBUILT_VMS.add("lab-pve1-vm")
+    try:
+        rebuilt = evaluate_lab()
+    finally:
+        evaluate.MOCK_REBUILT_VMS.clear()
+    changed = {r.name for r in rebuilt.records if r.type == COMMAND
+               and unwrap(r.inputs.get("triggers")) != unwrap(default_lab.named(r.name).inputs.get("triggers"))}
+    # the quorum check re-runs on the fresh node 1 and fails there ("this node is in no cluster");
+    # `pvecm create` never runs again (it would make a second cluster of the same name)
+    assert "lab-cluster-quorum" in changed and "lab-cluster-create" not in changed
+    assert not {"lab-cluster-join-pve2", "lab-cluster-evict-pve2", "lab-cluster-join-pve3"} & changed
