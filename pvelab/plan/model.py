@@ -514,7 +514,7 @@ COMMAND_TITLES = {
     "cluster-create": ("cluster", "pvecm create {CLUSTER_NAME}"),
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
     "node-scripts": ("install", "ship the node scripts"),
-    "node-evict": ("cluster", "evict a rebuilt {NODE_NAME}'s old membership"),
+    "node-evict": ("cluster", "remove {NODE_NAME}'s old membership if its VM was rebuilt"),
     "node-restart-wait": ("restart", "wait for {NODE_NAME}: quorum, Ceph, HA"),
     "cluster-join": ("cluster", "pvecm add (join as node {EXPECTED_NODES})"),
     "cluster-quorum": ("cluster", "wait quorum ({EXPECTED_NODES} nodes)"),
@@ -549,8 +549,8 @@ def _resource_title(r: Record, outer_vm: bool, parent: Optional[Record] = None) 
             what = f"{parent.name.rsplit('-', 1)[-1]} password"
         return t, "credentials", f"new {what}"
     if t == "command:local:Command":  # the rolling restart's outer half (components/rolling_restart.py)
-        vmid = (_plain(r, "environment") or {}).get("PVE_LAB_VMID", "?")
-        return t, "restart", f"apply pending changes of VM {vmid} (reboot only if any)"
+        # its environment is a secret (the outer token): the node comes from the resource name
+        return t, "restart", f"apply pending changes of {r.name.rsplit('-', 1)[-1]}'s VM (reboot only if any)"
     if t == "tls:index/privateKey:PrivateKey":
         return t, "credentials", f"new SSH key ({_plain(r, 'algorithm') or 'key'})"
     if t == POOL:
