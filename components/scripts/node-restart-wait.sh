@@ -5,8 +5,8 @@
 #
 # What is read: `pvecm nodes` (corosync-quorumtool -l: the members that are up), `pvecm status` (exit 0 only
 # when quorate; "Nodes:" counts the members up), `ceph health` (when /etc/pve/ceph.conf exists),
-# `ha-manager status` ("lrm NODE (old timestamp - dead?, ...)" while its LRM has not written a status for 30 s:
-# pve-ha-manager src/PVE/API2/HA/Status.pm).
+# `ha-manager status` ("lrm NODE (old timestamp - dead?, ...)" while its LRM has not written a status for 30 s;
+# no lrm lines at all while HA was never used: pve-ha-manager src/PVE/API2/HA/Status.pm).
 #
 # Env: NODE_NAME (the restarted node), EXPECTED_NODES, DEADLINE_S, POLL_S.
 set -euo pipefail
@@ -45,9 +45,13 @@ missing() {
             return
         fi
     fi
-    ha="$(ha-manager status 2>&1 | grep -E "^lrm $NODE_NAME " || true)"
-    if [[ -z "$ha" || "$ha" == *"dead?"* || "$ha" == *"unable to read"* ]]; then
-        echo "the HA LRM of $NODE_NAME is not back: ${ha:-not listed by ha-manager status}"
+    # No "lrm" lines at all: HA is not in use yet (no manager status), nothing to wait for.
+    ha="$(ha-manager status 2>&1 | grep -E '^lrm ' || true)"
+    if [[ -n "$ha" ]]; then
+        ha="$(grep -E "^lrm $NODE_NAME " <<<"$ha" || true)"
+        if [[ -z "$ha" || "$ha" == *"dead?"* || "$ha" == *"unable to read"* ]]; then
+            echo "the HA LRM of $NODE_NAME is not back: ${ha:-not listed by ha-manager status}"
+        fi
     fi
 }
 

@@ -249,6 +249,12 @@ def leave_all_clusters(state: Path, name: str) -> None:
             cluster_path(cluster, state).unlink()
 
 
+def activate_ha(state: Path) -> None:
+    """The HA stack is in use (a resource was added once): `ha-manager status` lists the master and each LRM."""
+    (state / "cluster").mkdir(parents=True, exist_ok=True)
+    (state / "cluster" / "ha-active").write_text("")
+
+
 def rebuild_node(state: Path, name: str) -> None:
     """The node's VM deleted and created again with the same name (a fresh PVE install, in no cluster): its
     state folder is wiped; the cluster still lists it until `pvecm delnode` (tests only)."""
