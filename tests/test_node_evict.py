@@ -149,6 +149,9 @@ def test_a_rebuilt_node_gets_its_ceph_monitor_and_osd_back(tmp_path):
     mon_host = next(line for line in conf.splitlines() if "mon_host" in line)
     assert "10.10.10.12" not in mon_host and "10.10.10.11" in mon_host and "10.10.10.13" in mon_host
     assert f"purging osd.{old_osd} of pve2" in r.stderr
+    # the old OSD was still up for the monitors: marked down first (purge answers EBUSY otherwise)
+    calls = [c for c in standin_log(state) if re.search(rf"ceph .*osd (down|purge) {old_osd}\b", c)]
+    assert [c.split(" osd ")[1].split()[0] for c in calls] == ["down", "purge"]
 
     ok(lab.join("pve2", 3))
     ok(install(fresh))

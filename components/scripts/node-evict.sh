@@ -11,7 +11,9 @@
 # quorum, "Node/IP: X is not a known host of the cluster.", kills an online node's corosync: we check first);
 # pve-manager PVE/API2/Ceph/MON.pm (`pveceph mon destroy` only works on the monitor's own node, and `mon
 # create` refuses while ceph.conf has [mon.NODE] or its address in mon_host: so we remove the monitor with
-# `ceph mon remove` and edit ceph.conf as destroymon does).
+# `ceph mon remove` and edit ceph.conf as destroymon does); ceph's OSDMonitor (`osd purge` needs the OSD down).
+# `pvecm add --force` could overwrite the old entry instead (same nodeid and votes), but would leave the old
+# node's monitor and OSDs behind: we evict explicitly, as PVE's "Remove a cluster node" procedure does.
 #
 # Env: NODE_NAME (the node to evict), INSTANCE (the new VM's identity), DEADLINE_S, POLL_S.
 set -euo pipefail
@@ -113,7 +115,7 @@ mon_address_in_conf() {
 }
 
 evict_from_ceph() {
-    local addr ids id
+    local addr ids id output
     if [[ ! -f "$CEPH_CONF" ]]; then
         log "no Ceph on this cluster yet"
         return 0
@@ -129,8 +131,18 @@ evict_from_ceph() {
     for id in $ids; do
         log "purging osd.$id of $NODE_NAME (its disk went with the old VM)"
         cluster osd out "$id" >&2
-        cluster osd purge "$id" --yes-i-really-mean-it >&2 || fail "ceph osd purge $id failed (exit $?)" \
-            "Check 'ceph osd tree' on this node, then run this step again."
+        # purge refuses an OSD the monitors still see up ("Error EBUSY: osd.N is not `down`."); the old VM is
+        # gone, so mark it down rather than wait for the heartbeat grace.
+        cluster osd down "$id" >&2
+        until output="$(cluster osd purge "$id" --yes-i-really-mean-it 2>&1)"; do
+            [[ "$output" == *"is not \`down\`"* ]] || fail "ceph osd purge $id failed: $output" \
+                "Check 'ceph osd tree' on this node, then run this step again."
+            deadline_passed "$START" && fail "osd.$id stayed up for ${DEADLINE_S}s: is the old $NODE_NAME still running?" \
+                "Make sure the old VM is gone ('ceph osd tree' shows osd.$id down), then run this step again."
+            sleep "$POLL_S"
+            cluster osd down "$id" >&2
+        done
+        printf '%s\n' "$output" >&2
     done
     # "device 'NODE' does not appear in the crush map" (exit 0) when there is no such host bucket.
     cluster osd crush rm "$NODE_NAME" >&2
