@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from harness import COMMAND, PROVIDER, VM, command_text, evaluate_lab, is_secret_input
-from node_runner import STANDIN_BIN, FakeNode, Result
+from harness import API_TOKEN, COMMAND, PROVIDER, command_text, evaluate_lab, is_secret_input
+from node_runner import STANDIN_BIN, Result
 from ops_fixtures import FAST, TOKEN, ca, ops_servers, outer_fake, serve  # noqa: F401
 from pvelab.evaluate import unwrap
 from pvelab.inner_api import CREDENTIAL_ENV, credential_env_problems, inner_endpoint
@@ -71,6 +71,8 @@ def test_scripts_are_shipped_once_per_node_and_every_step_is_one_line(default_la
         if not r.name.endswith("-scripts"):
             text = command_text(r)
             assert "\n" not in text.strip() and len(text) < 400, r.name
+    # the scripts step's command travels in one SSH exec request: far below the 256 KiB SSH packet limit
+    assert len(command_text(ev.named("lab-pve1-scripts")).encode()) < 160 * 1024
 
 
 # --------------------------------------------------------------------------- inner objects and provider
@@ -158,14 +160,8 @@ def test_the_restart_step_gets_the_outer_token_as_a_secret_only(default_lab):
     apply = default_lab.named("lab-restart-apply-pve2")
     assert is_secret_input(apply, "environment")
     env = apply.plain("environment")
-    assert env["PVE_LAB_VMID"] == "9101" and env["PVE_LAB_OUTER_API_TOKEN"] == TOKEN_FROM_CONFIG()
+    assert env["PVE_LAB_VMID"] == "9101" and env["PVE_LAB_OUTER_API_TOKEN"] == API_TOKEN
     assert "TOKEN" not in unwrap(apply.inputs["create"]) and "pvelab.ops.apply_pending" in unwrap(apply.inputs["create"])
-
-
-def TOKEN_FROM_CONFIG() -> str:
-    from harness import API_TOKEN
-
-    return API_TOKEN
 
 
 # --------------------------------------------------------------------------- apply_pending against fakepve
