@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence
 import pulumi
 import pulumi_command.remote as remote
 
-from pvelab.node_script import bundle_command, run_command
+from pvelab.node_script import bundle_command, bundle_run_line, run_command
 
 
 @dataclass
@@ -105,15 +105,17 @@ def node_scripts(
 ) -> remote.Command:
     """The step that writes every node script and lib/common.sh to `$HOME/pve-lab/` on one node.
 
-    Its `create` holds the scripts' text, so editing a script re-runs it (an update) on the next `up`: the
-    node gets the new scripts, and the steps that already succeeded do not re-run (their lines are unchanged).
+    The scripts' text is the step's stdin (its `create` is one line with the bundle's digest), so editing a
+    script re-runs it (an update) on the next `up`: the node gets the new scripts, and the steps that already
+    succeeded do not re-run (their lines are unchanged).
     """
     if dial_error_limit is not None:
         conn = replace(conn, dial_error_limit=dial_error_limit)
     return remote.Command(
         name,
         connection=conn.args(),
-        create=bundle_command(),
+        create=bundle_run_line(),
+        stdin=bundle_command(),
         logging=remote.Logging.STDERR,
         add_previous_output_in_env=False,
         triggers=list(triggers) or None,

@@ -3,10 +3,11 @@
 Pure Python: the components use it to build `remote.Command.create`, and the tests run the very same
 strings with `bash -c` against the stand-ins (see components/scripts/README.md for the contract).
 
-Two commands per node:
-- `bundle_command()`: writes every script and lib/common.sh to `$HOME/pve-lab/` (one step per node,
-  re-run when a script changes);
-- `run_command(name, args, env)`: one short line, `env K=V bash "$HOME/pve-lab/NAME.sh" ARGS`.
+Two kinds of steps per node:
+- the scripts step: `create` is `bundle_run_line()` (`bash -s -- pve-lab-scripts <digest>`), and its stdin is
+  `bundle_command()`, which writes every script and lib/common.sh to `$HOME/pve-lab/` (one step per node,
+  re-run when a script changes; stdin is streamed, so the bundle's size is no SSH packet limit);
+- every other step: `run_command(name, args, env)`, one short line, `env K=V bash "$HOME/pve-lab/NAME.sh" ARGS`.
 pulumi-command prints a failed step's whole command text before its output
 (pulumi-command provider/pkg/provider/remote/commandOutputs.go: `running %q`), so the steps that can fail
 carry only that line, not the script text.
@@ -75,6 +76,14 @@ def bundle_command(files: Mapping[str, str] | None = None) -> str:
     mkdirs = " ".join(f'"{REMOTE_DIR}/{d}"' for d in folders) or f'"{REMOTE_DIR}"'
     body = "".join(_write_file_atomically(path, text) for path, text in files.items())
     return f"set -e\nmkdir -p {mkdirs}\n{body}echo 'pve-lab scripts {bundle_version(files)} in {REMOTE_DIR}'\n"
+
+
+BUNDLE_RUN_PREFIX = "bash -s -- pve-lab-scripts "
+
+
+def bundle_run_line(files: Mapping[str, str] | None = None) -> str:
+    """The scripts step's `create`: bash runs the bundle from its stdin (the digest shows which bundle)."""
+    return BUNDLE_RUN_PREFIX + bundle_version(files)
 
 
 def run_command(name: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pvelab.node_script import REMOTE_DIR, bundle_command, run_command
+from pvelab.node_script import REMOTE_DIR, bundle_command, bundle_run_line, run_command
 
 STANDIN_BIN = Path(__file__).resolve().parent / "standins" / "bin"
 
@@ -62,7 +62,7 @@ class FakeNode:
 
     def install_scripts(self) -> Result:
         """What the node's bundle step does: write every script and lib/common.sh to $HOME/pve-lab/."""
-        result = self._bash(bundle_command(), "", 60)
+        result = self._bash(bundle_run_line(), bundle_command(), 60)
         assert result.returncode == 0, result.output
         return result
 

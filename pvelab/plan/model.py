@@ -51,8 +51,8 @@ SHOWABLE_ENV = frozenset({"CLUSTER_NAME", "EXPECTED_NODES", "EXPECTED_OSDS", "EX
                           "FIRST_IP", "NODE_NAME", "CEPH_RELEASE", "CEPH_NETWORK", "CEPH_CLUSTER_NETWORK",
                           "OSD_DEVICES", "PVE_SUITE"})
 SCRIPT_RUN_RE = re.compile(r'bash "\$HOME/pve-lab/([A-Za-z0-9_.-]+)\.sh"')
-# The last line of the per-node step that ships every script (pvelab/node_script.bundle_command).
-BUNDLE_RE = re.compile(r"^echo 'pve-lab scripts [0-9a-f]+ in ")
+# The `create` of the per-node step that ships every script (pvelab/node_script.bundle_run_line).
+BUNDLE_RE = re.compile(r"^bash -s -- pve-lab-scripts [0-9a-f]+$")
 BUNDLE_KIND = "node-scripts"
 SECRET_FIELD_RE = re.compile(r"(password|privatekey|token|secret|stdin)", re.IGNORECASE)
 MIN_SECRET_LEN = 8
@@ -337,7 +337,7 @@ def command_parts(record: Record) -> CommandParts:
     text = text if isinstance(text, str) else ""
     host = reveal(record.inputs.get("connection"), "host")
     lines = text.splitlines()
-    if lines and BUNDLE_RE.match(lines[-1]):
+    if len(lines) == 1 and BUNDLE_RE.match(lines[0]):
         return CommandParts(BUNDLE_KIND, [], {}, host if isinstance(host, str) else None, secret_text)
     run_line = next((line for line in reversed(text.splitlines()) if SCRIPT_RUN_RE.search(line)), "")
     match = SCRIPT_RUN_RE.search(run_line)
