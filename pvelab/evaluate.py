@@ -136,7 +136,7 @@ MOCK_REBUILT_VMS: set[str] = set()
 
 def mock_stdout(name: str) -> str:
     """What each node step prints, by the step's resource name suffix."""
-    if name.endswith("-fingerprint"):
+    if name.endswith("-fingerprint") or "-fingerprint-" in name:
         return MOCK_FINGERPRINT + "\n"
     if name.endswith("-quorum"):
         return ("Cluster information\n-------------------\nName:             pve-lab\n"

@@ -320,7 +320,7 @@ def test_an_apt_failure_names_the_log_and_shows_its_last_lines(tmp_path):
     assert "all of it in /var/log/pve-lab/apt.log on pve1" in r.stderr
 
 
-def test_a_rebuilt_node_1_re_checks_quorum_and_never_creates_a_second_cluster(default_lab):
+def test_a_rebuilt_node_1_rejoins_and_never_creates_a_second_cluster(default_lab):
     from pvelab import evaluate
 
     evaluate.MOCK_REBUILT_VMS.add("lab-pve1-vm")
@@ -330,7 +330,10 @@ def test_a_rebuilt_node_1_re_checks_quorum_and_never_creates_a_second_cluster(de
         evaluate.MOCK_REBUILT_VMS.clear()
     changed = {r.name for r in rebuilt.records if r.type == COMMAND
                and unwrap(r.inputs.get("triggers")) != unwrap(default_lab.named(r.name).inputs.get("triggers"))}
-    # the quorum check re-runs on the fresh node 1 and fails there ("this node is in no cluster");
-    # `pvecm create` never runs again (it would make a second cluster of the same name)
-    assert "lab-cluster-quorum" in changed and "lab-cluster-create" not in changed
+    # node 2 evicts node 1's old membership, node 1 joins through node 2; `pvecm create` never runs again
+    assert {"lab-cluster-evict-pve1", "lab-cluster-join-pve1", "lab-cluster-quorum", "lab-ceph-mon-pve1"} <= changed
+    assert "lab-cluster-create" not in changed
     assert not {"lab-cluster-join-pve2", "lab-cluster-evict-pve2", "lab-cluster-join-pve3"} & changed
+    evict, join = rebuilt.named("lab-cluster-evict-pve1"), rebuilt.named("lab-cluster-join-pve1")
+    assert evict.plain("connection")["host"] == "10.10.10.12" and "FIRST_IP=10.10.10.12" in command_text(join)
+    assert rebuilt.depends_on(join, evict) and rebuilt.depends_on(rebuilt.named("lab-cluster-quorum"), join)

@@ -186,9 +186,12 @@ def test_the_programs_evict_and_join_commands_rejoin_a_rebuilt_node(default_lab,
 
     order = [("lab-cluster-create", "pve1"), ("lab-cluster-fingerprint", "pve1"),
              ("lab-cluster-evict-pve2", "pve1"), ("lab-cluster-join-pve2", "pve2"),
-             ("lab-cluster-evict-pve3", "pve1"), ("lab-cluster-join-pve3", "pve3"), ("lab-cluster-quorum", "pve1")]
+             ("lab-cluster-evict-pve3", "pve1"), ("lab-cluster-join-pve3", "pve3"),
+             ("lab-cluster-fingerprint-pve2", "pve2"), ("lab-cluster-evict-pve1", "pve2"),
+             ("lab-cluster-join-pve1", "pve1"), ("lab-cluster-quorum", "pve1")]
     run_steps(default_lab, order)
     assert f"pve3 9102/{mock_mac('lab-pve3-vm', 0)}" in instances(nodes["pve1"])
+    assert not [c for c in standin_log(state) if DELNODE.match(c) or ": pvecm delnode" in c]
 
     # pve3's VM is created anew: a new MAC, the same VMID
     from harness import evaluate_lab
@@ -211,3 +214,53 @@ def test_the_programs_evict_and_join_commands_rejoin_a_rebuilt_node(default_lab,
     assert [c for c in standin_log(state) if DELNODE.match(c)] == ["pve1: pvecm delnode pve3"]
     assert CLUSTER in (nodes["pve3"].root / "etc/pve/corosync.conf").read_text()
     assert IPS["pve3"] in (nodes["pve1"].root / "etc/pve/corosync.conf").read_text()
+
+
+def test_a_rebuilt_node_1_rejoins_through_node_2(default_lab, tmp_path):
+    """Node 1 created the cluster; rebuilt, it must not create a second one: node 2 evicts it, it joins node 2."""
+    from harness import evaluate_lab
+    from pvelab import evaluate
+
+    state = tmp_path
+    nodes = {n: FakeNode(n, state) for n in ("pve1", "pve2", "pve3")}
+    for n in nodes:
+        _cluster.set_root_password(state, n, MOCK_ROOT_PASSWORD)
+    (state / "cluster").mkdir()
+    (state / "cluster" / "instant-restart").write_text("")
+
+    def run_steps(ev, steps):
+        for name, host in steps:
+            record = ev.named(name)
+            r = nodes[host].run(command_text(record), stdin=unwrap(record.inputs.get("stdin")) or "")
+            assert r.returncode == 0, f"{name}: {r.output}"
+
+    def with_fingerprints(ev):  # the mock answers every fingerprint step with MOCK_FINGERPRINT
+        for n in nodes:
+            _cluster.set_fingerprint(state, n, MOCK_FINGERPRINT)
+        return ev
+
+    first_build = [("lab-cluster-create", "pve1"), ("lab-cluster-fingerprint", "pve1"),
+                   ("lab-cluster-evict-pve2", "pve1"), ("lab-cluster-join-pve2", "pve2"),
+                   ("lab-cluster-evict-pve3", "pve1"), ("lab-cluster-join-pve3", "pve3"),
+                   ("lab-cluster-fingerprint-pve2", "pve2"), ("lab-cluster-evict-pve1", "pve2"),
+                   ("lab-cluster-join-pve1", "pve1"), ("lab-cluster-quorum", "pve1")]
+    run_steps(with_fingerprints(default_lab), first_build)
+
+    evaluate.MOCK_REBUILT_VMS.add("lab-pve1-vm")
+    try:
+        rebuilt = evaluate_lab()
+    finally:
+        evaluate.MOCK_REBUILT_VMS.clear()
+    changed = {r.name for r in rebuilt.records if r.type == "command:remote:Command"
+               and unwrap(r.inputs.get("triggers")) != unwrap(default_lab.named(r.name).inputs.get("triggers"))}
+    assert {"lab-cluster-evict-pve1", "lab-cluster-join-pve1", "lab-cluster-quorum"} <= changed
+    assert not {"lab-cluster-create", "lab-cluster-fingerprint", "lab-cluster-join-pve2"} & changed
+    _cluster.rebuild_node(state, "pve1")
+    nodes["pve1"] = FakeNode("pve1", state)
+    _cluster.set_root_password(state, "pve1", MOCK_ROOT_PASSWORD)
+    run_steps(with_fingerprints(rebuilt), [("lab-cluster-evict-pve1", "pve2"), ("lab-cluster-join-pve1", "pve1"),
+                                           ("lab-cluster-quorum", "pve1")])
+    assert [c for c in standin_log(state) if ": pvecm delnode" in c] == ["pve2: pvecm delnode pve1"]
+    assert not [c for c in standin_log(state) if c.startswith("pve1: pvecm create")][1:]  # created once only
+    conf = (nodes["pve1"].root / "etc/pve/corosync.conf").read_text()
+    assert f"cluster_name: {CLUSTER}" in conf and "name: pve1" in conf

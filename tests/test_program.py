@@ -195,7 +195,7 @@ def test_secrets_never_appear_in_plain_text(default_lab):
 
 def test_the_join_password_goes_on_stdin_never_into_the_command(default_lab):
     ev = default_lab
-    for name in ("lab-cluster-join-pve2", "lab-cluster-join-pve3"):
+    for name in ("lab-cluster-join-pve2", "lab-cluster-join-pve3", "lab-cluster-join-pve1"):
         join = ev.named(name)
         # `ps` on the node shows the command line; the password travels on stdin, a Pulumi secret.
         assert is_secret_input(join, "stdin")
@@ -205,7 +205,9 @@ def test_the_join_password_goes_on_stdin_never_into_the_command(default_lab):
         assert run_line.startswith("env ") and "ROOT_PASSWORD" not in run_line
         assert MOCK_ROOT_PASSWORD not in command_text(join)
     for r in ev.of_type(COMMAND):
-        if not r.name.startswith("lab-cluster-join-"):
+        if r.name.endswith("-scripts"):  # the node scripts travel on stdin: no secret in them
+            assert not is_secret_input(r, "stdin") and "pve-lab" in r.plain("stdin")
+        elif not r.name.startswith("lab-cluster-join-"):
             assert "stdin" not in r.inputs, f"{r.name} needs no secret"
         assert is_secret_input(r, "connection") or isinstance(r.inputs["connection"].get("privateKey"), dict)
 
