@@ -3,8 +3,8 @@
 install (every node, in parallel) -> init (first node) -> MON+MGR (one node at a time: concurrent monitor
 creation hits the ceph_conf lock) -> OSDs (every node in parallel, one per data disk) -> health wait ->
 the pool, through the provider pointed at the nested cluster's API (not shell).
-The pool lives inside the nested cluster: it is retained on delete, so destroying the lab never waits on
-a nested API that may be down; it dies with the nested nodes' VMs (README "Destroy").
+The pool lives inside the nested cluster: it is deleted with the cluster (deleted_with), so destroying the
+lab never waits on a nested API that may be down; it dies with the nested nodes' VMs (README "Destroy").
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ class CephClusterArgs:
     members: Sequence[ClusterMember]
     quorate: pulumi.Resource  # the PVE cluster is formed and quorate
     inner_provider: proxmoxve.Provider
+    endpoint_node: Optional[str] = None  # the node whose API the inner provider uses (default: the first)
+    deleted_with: Optional[pulumi.Resource] = None  # the pool goes away with this (the cluster), no API call
 
 
 class CephCluster(pulumi.ComponentResource):
@@ -46,7 +48,7 @@ class CephCluster(pulumi.ComponentResource):
             node_step(f"{name}-install-{m.connection.hostname}", m.connection, "ceph-install", parent=self,
                       env={"CEPH_RELEASE": ceph.release, "CEPH_REPOSITORY": ceph.repository,
                            "NODE_NAME": m.connection.hostname},
-                      depends_on=[args.quorate])
+                      depends_on=[args.quorate], triggers=[m.connection.instance])
             for m in members
         ]
         cluster_network = None
@@ -64,7 +66,8 @@ class CephCluster(pulumi.ComponentResource):
             mon = node_step(f"{name}-mon-{m.connection.hostname}", m.connection, "ceph-mon", parent=self,
                             env={"NODE_NAME": m.connection.hostname, "OSD_MEMORY_TARGET_BYTES": osd_memory,
                                  "DEADLINE_S": STEP_DEADLINE_S, "POLL_S": POLL_S},
-                            depends_on=[previous])
+                            # A rebuilt node (its old monitor removed by node-evict) gets a new one.
+                            depends_on=[previous], triggers=[m.connection.instance])
             self.monitors.append(mon)
             previous = mon
         devices = " ".join(osd_device_paths(spec))
@@ -72,7 +75,7 @@ class CephCluster(pulumi.ComponentResource):
             node_step(f"{name}-osd-{m.connection.hostname}", m.connection, "ceph-osd", parent=self,
                       env={"NODE_NAME": m.connection.hostname, "OSD_DEVICES": devices,
                            "DEADLINE_S": STEP_DEADLINE_S, "POLL_S": POLL_S},
-                      depends_on=[self.monitors[-1]])
+                      depends_on=[self.monitors[-1]], triggers=[m.connection.instance])
             for m in members
         ]
         self.healthy = node_step(
@@ -80,20 +83,23 @@ class CephCluster(pulumi.ComponentResource):
             env={"EXPECTED_OSDS": len(members) * spec.nodes.ceph_disks, "EXPECTED_MONS": len(members),
                  "DEADLINE_S": ceph.health_timeout_s, "POLL_S": POLL_S, "NODE_NAME": first.connection.hostname},
             depends_on=self.osds,
+            triggers=[m.connection.instance for m in members],
         )
         self.health_text = self.healthy.stdout.apply(lambda s: (s or "").strip())
         pool = ceph.pool
         self.pool = proxmoxve.ceph.Pool(
             f"{name}-pool",
             name=pool.name,
-            node_name=first.connection.hostname,
+            # Only where the API call is dispatched; bpg replaces the pool when it changes, so a lab built
+            # with another node keeps its pool (ignore_changes).
+            node_name=args.endpoint_node or first.connection.hostname,
             size=pool.size,
             min_size=pool.min_size,
             pg_num=pool.pg_num,
             application="rbd",
             add_storages=True,
             opts=pulumi.ResourceOptions(parent=self, provider=args.inner_provider, depends_on=[self.healthy],
-                                        retain_on_delete=True),
+                                        deleted_with=args.deleted_with, ignore_changes=["nodeName"]),
         )
         # `add_storages` registers an RBD storage named after the pool.
         self.storage_id = self.pool.name

@@ -2,8 +2,8 @@
 
 Everything here goes through the provider pointed at the nested cluster's API. PVE 9 expresses node
 preference as an HA rule (`Harule`, type node-affinity); PVE 8 only has HA groups (`Hagroup`).
-All of it is retained on delete: it lives inside the nested nodes and dies with their VMs, so destroy
-never waits on a nested API that may be down (quorum lost, node off).
+All of it is deleted with the cluster (deleted_with): destroying the lab makes no call to a nested API that
+may be down (quorum lost, node off), while removing one object (fewer test VMs, a renamed rule) deletes it.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class HaTestVmsArgs:
     storage_id: pulumi.Input[str]  # the Ceph RBD storage
     inner_provider: proxmoxve.Provider
     after: Sequence[pulumi.Resource] = ()
+    deleted_with: Optional[pulumi.Resource] = None  # the nested cluster: no delete call when it goes too
 
 
 def node_priorities(preferred: str, node_names: Sequence[str]) -> dict[str, int]:
@@ -35,7 +36,7 @@ class HaTestVms(pulumi.ComponentResource):
         super().__init__("pve-lab:index:HaTestVms", name, None, opts)
         spec, ha = args.spec, args.spec.ha
         preferred = spec.ha_preferred_node
-        inner = pulumi.ResourceOptions(parent=self, provider=args.inner_provider, retain_on_delete=True)
+        inner = pulumi.ResourceOptions(parent=self, provider=args.inner_provider, deleted_with=args.deleted_with)
         nodes = node_priorities(preferred, args.node_names)
         group = None
         if spec.pve_version == 8:
@@ -65,6 +66,10 @@ class HaTestVms(pulumi.ComponentResource):
                 # HA starts and moves it; the provider must not fight the HA manager over its state or node.
                 started=False,
                 on_boot=False,
+                # bpg stops a running VM for a change that needs a restart, and with started=false never
+                # starts it again; PVE turns that stop into an HA request state=stopped. Changes stay pending
+                # until HA restarts it (a failover) instead.
+                reboot_after_update=False,
                 stop_on_destroy=True,
                 opts=pulumi.ResourceOptions.merge(inner, pulumi.ResourceOptions(
                     depends_on=list(args.after), ignore_changes=["nodeName", "started"])),

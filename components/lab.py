@@ -12,6 +12,7 @@ from typing import Optional
 import pulumi
 import pulumi_proxmoxve as proxmoxve
 
+from pvelab.inner_api import inner_endpoint
 from pvelab.spec import LabSpec
 
 from .ceph import CephCluster, CephClusterArgs
@@ -19,12 +20,15 @@ from .cluster import ClusterMember, PveCluster, PveClusterArgs
 from .credentials import LabCredentials, LabCredentialsArgs
 from .ha import HaTestVms, HaTestVmsArgs
 from .nested_node import NestedPveNode, NestedPveNodeArgs
+from .rolling_restart import RollingRestart, RollingRestartArgs
 
 
 @dataclass
 class PveLabArgs:
     spec: LabSpec
     credentials: LabCredentialsArgs
+    # For the rolling restart (it reboots node VMs through the outer API); without it, no rolling restart.
+    outer_api_token: Optional[pulumi.Input[str]] = None
 
 
 class PveLab(pulumi.ComponentResource):
@@ -66,23 +70,39 @@ class PveLab(pulumi.ComponentResource):
         self.ceph = None
         self.ha = None
         if spec.ceph.enabled:
-            first = spec.node_plans[0]
+            endpoint = inner_endpoint(spec)
             self.inner_provider = proxmoxve.Provider(
                 f"{name}-inner",
-                endpoint=first.web_url,
+                # Not the node the HA drill stops by default (the HA test VM's preferred node).
+                endpoint=endpoint.web_url,
                 username="root@pam",
                 password=creds.root_password,
+                # A configured value wins over PROXMOX_VE_API_TOKEN in bpg's configure; settings refuse the
+                # credential variables this cannot override (pvelab/inner_api.py).
+                api_token="",
                 # The nested nodes have self-signed certificates.
                 insecure=True,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.cluster.quorate]),
             )
+            # The objects inside the nested cluster are deleted with the cluster (its create step, deleted only
+            # when the whole lab is, and never replaced): destroy makes no call to a nested API that may be
+            # down; removing or replacing one of them alone is a real delete. Not a node VM: replacing a VM
+            # would replace everything deleted with it (pulumi step_generator.go, DeletedWith).
+            with_cluster = self.cluster.create
             self.ceph = CephCluster(f"{name}-ceph", CephClusterArgs(
-                spec=spec, members=members, quorate=self.cluster.quorate, inner_provider=self.inner_provider),
-                opts=child)
+                spec=spec, members=members, quorate=self.cluster.quorate, inner_provider=self.inner_provider,
+                endpoint_node=endpoint.hostname, deleted_with=with_cluster), opts=child)
             if spec.ha.enabled and spec.ha.test_vms > 0:
                 self.ha = HaTestVms(f"{name}-ha", HaTestVmsArgs(
                     spec=spec, node_names=[p.hostname for p in spec.node_plans], storage_id=self.ceph.storage_id,
-                    inner_provider=self.inner_provider, after=[self.ceph.pool]), opts=child)
+                    inner_provider=self.inner_provider, after=[self.ceph.pool], deleted_with=with_cluster),
+                    opts=child)
+
+        self.rolling_restart = None
+        if args.outer_api_token is not None:
+            complete = [self.ceph.healthy] if self.ceph is not None else [self.cluster.quorate]
+            self.rolling_restart = RollingRestart(f"{name}-restart", RollingRestartArgs(
+                spec=spec, nodes=self.nodes, outer_api_token=args.outer_api_token, after=complete), opts=child)
 
         self.register_outputs({"cluster_name": spec.cluster.name, "nodes": [p.hostname for p in spec.node_plans]})
 

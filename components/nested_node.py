@@ -1,12 +1,12 @@
 """NestedPveNode: one VM on the outer host with nested virtualization, and PVE 9 installed in it over SSH.
 
 Steps (each a remote.Command, each idempotent; see components/scripts/install-pve.sh):
-prepare (hosts, NTP, repo, kernel) -> reboot (only when not yet on the PVE kernel) -> finish
+scripts (every node script shipped to the node once) -> prepare (hosts, NTP, repo, kernel) -> reboot (only when not yet on the PVE kernel) -> finish
 (proxmox-ve, Debian kernel removed) -> ready (polls pveversion and the API on 8006 with a deadline).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import pulumi
@@ -14,7 +14,7 @@ import pulumi_proxmoxve as proxmoxve
 
 from pvelab.spec import LabSpec, NodePlan
 
-from .node_step import NodeConnection, node_step
+from .node_step import NodeConnection, node_scripts, node_step
 
 DISK_INTERFACE = "scsi"
 OSD_SERIAL_PREFIX = "pvelab-osd"
@@ -23,6 +23,18 @@ OSD_SERIAL_PREFIX = "pvelab-osd"
 def osd_device_paths(spec: LabSpec) -> list[str]:
     """Stable paths of the Ceph data disks inside a nested node (virtio-scsi disks with a serial)."""
     return [f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_{OSD_SERIAL_PREFIX}{k}" for k in range(spec.nodes.ceph_disks)]
+
+
+def instance_identity(vm: proxmoxve.VmLegacy) -> pulumi.Output[str]:
+    """'<vmid>/<MAC of the first NIC>': changes whenever the VM is created anew, even with the same VMID."""
+    def first_mac(devices) -> str:
+        for device in devices or []:
+            mac = device.get("mac_address") if isinstance(device, dict) else getattr(device, "mac_address", None)
+            if mac:
+                return str(mac).upper()
+        return ""
+
+    return pulumi.Output.all(vm.id, vm.network_devices).apply(lambda v: f"{v[0]}/{first_mac(v[1])}")
 
 
 @dataclass
@@ -48,19 +60,24 @@ class NestedPveNode(pulumi.ComponentResource):
         spec, plan = args.spec, args.plan
         self.plan = plan
         self.vm = self._vm(name, args)
-        self.connection = NodeConnection(plan.hostname, plan.ip, args.ssh_private_key)
+        # bpg's resource id is the VMID, the same for a VM re-created after it was deleted outside Pulumi;
+        # the MAC address is new for every VM instance, so every step keyed on it re-runs on a rebuilt VM.
+        self.instance = instance_identity(self.vm)
+        connection = NodeConnection(plan.hostname, plan.ip, args.ssh_private_key, instance=self.instance)
 
         t = spec.timeouts
         env = {"NODE_HOSTNAME": plan.hostname, "NODE_FQDN": plan.fqdn, "NODE_IP": plan.ip,
                "PVE_SUITE": "trixie" if spec.pve_version == 9 else "bookworm",
                "PVE_REPO_COMPONENT": spec.repository.component,
                "KEYRING_URL": spec.repository.keyring_url, "KEYRING_SHA256": spec.repository.keyring_sha256}
-        # A new VM (replacement) must get a fresh install: every step re-runs when the VM id changes.
-        triggers = [self.vm.id]
+        triggers = [self.instance]
         # The first dial waits for cloud-init to bring up SSH on a fresh VM.
+        self.scripts = node_scripts(f"{name}-scripts", connection, parent=self, depends_on=[self.vm],
+                                    triggers=triggers,
+                                    dial_error_limit=max(10, t.ready_s // connection.per_dial_timeout))
+        self.connection = replace(connection, scripts=self.scripts)
         prepare = node_step(f"{name}-prepare", self.connection, "install-pve", parent=self, args=["prepare"],
-                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[self.vm], triggers=triggers,
-                            dial_error_limit=max(10, t.ready_s // self.connection.per_dial_timeout))
+                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[self.vm], triggers=triggers)
         reboot = node_step(f"{name}-reboot", self.connection, "install-pve", parent=self, args=["reboot"],
                            env=env, depends_on=[prepare], triggers=triggers)
         # The reboot step stops sshd before it reboots, so this dial waits for the node to come back.
@@ -124,8 +141,10 @@ class NestedPveNode(pulumi.ComponentResource):
             network_devices=nics,
             operating_system=proxmoxve.VmLegacyOperatingSystemArgs(type="l26"),
             serial_devices=[proxmoxve.VmLegacySerialDeviceArgs(device="socket")],
-            # The agent is installed by the `finish` step; until then the provider must not wait for it long.
-            agent=proxmoxve.VmLegacyAgentArgs(enabled=True, timeout="2m", trim=True),
+            # The agent is installed by the `finish` step: the provider must not wait for its IP report
+            # (bpg waits up to `timeout` for it at the end of create and on refresh otherwise).
+            agent=proxmoxve.VmLegacyAgentArgs(enabled=True, timeout="2m", trim=True,
+                                              wait_for_ip=proxmoxve.VmLegacyAgentWaitForIpArgs(disabled=True)),
             initialization=proxmoxve.VmLegacyInitializationArgs(
                 datastore_id=storage,
                 # No first-boot `apt upgrade` by cloud-init: it would hold the dpkg lock for minutes while
@@ -138,9 +157,13 @@ class NestedPveNode(pulumi.ComponentResource):
             ),
             on_boot=True,
             started=True,
+            # Never power-cycle a node on an update (bpg reboots by default when a change needs it): all nodes
+            # would go down at once. Pending changes are applied by the rolling restart, one node at a time.
+            reboot_after_update=False,
             # Destroy must not wait on a hung or broken node: stop hard, then delete with its disks.
             stop_on_destroy=True,
             purge_on_destroy=True,
             delete_unreferenced_disks_on_destroy=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            # The replacement has the same VMID: the old VM must be gone before it is created.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )

@@ -3,16 +3,20 @@
 All node commands go through here so that they share one way of quoting, of hiding secrets, and of
 surviving destroy: no `delete` command is ever set, so destroying the lab never dials a node (a broken
 or powered-off node cannot block `pulumi destroy`; the node's VM is deleted on the outer host anyway).
+`node_scripts()` ships every script to a node once (one bundle step per node VM); each step's `create` is
+then one short line. No step sends its previous output back as environment variables
+(`add_previous_output_in_env` is on by default in pulumi-command: sshd refuses those variables, and a long
+apt log can exceed an SSH packet, failing every re-run).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Sequence
 
 import pulumi
 import pulumi_command.remote as remote
 
-from pvelab.node_script import script_command
+from pvelab.node_script import bundle_command, bundle_run_line, run_command
 
 
 @dataclass
@@ -25,6 +29,10 @@ class NodeConnection:
     # After a reboot the node is unreachable for a while: dial again this many times (per_dial_timeout each).
     dial_error_limit: int = 30
     per_dial_timeout: int = 10
+    # The node's bundle step (node_scripts): every step on this node runs after it.
+    scripts: Optional[pulumi.Resource] = None
+    # Something new for every VM instance (its MAC address): steps keyed on it re-run on a rebuilt VM.
+    instance: pulumi.Input[str] = ""
 
     def args(self) -> remote.ConnectionArgs:
         return remote.ConnectionArgs(
@@ -52,12 +60,12 @@ def node_step(
     it is sent as the command's stdin (a Pulumi secret), and the script reads it as its first line.
     """
     if dial_error_limit is not None:
-        conn = NodeConnection(conn.hostname, conn.ip, conn.private_key, dial_error_limit, conn.per_dial_timeout)
+        conn = replace(conn, dial_error_limit=dial_error_limit)
     keys = sorted((env or {}).keys())
 
     def build(values: list) -> str:
         plain_env = {k: str(v) for k, v in zip(keys, values) if v is not None and v != ""}
-        return script_command(script, args, plain_env)
+        return run_command(script, args, plain_env)
 
     values = [(env or {})[k] for k in keys]
     if any(isinstance(v, pulumi.Output) for v in values):
@@ -73,6 +81,43 @@ def node_step(
         create=create,
         stdin=stdin,
         logging=remote.Logging.STDOUT_AND_STDERR,
+        add_previous_output_in_env=False,
+        triggers=list(triggers) or None,
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=_with_scripts(conn, depends_on)),
+    )
+
+
+def _with_scripts(conn: NodeConnection, depends_on: Sequence[pulumi.Resource]) -> list[pulumi.Resource]:
+    deps = list(depends_on)
+    if conn.scripts is not None and conn.scripts not in deps:
+        deps.append(conn.scripts)
+    return deps
+
+
+def node_scripts(
+    name: str,
+    conn: NodeConnection,
+    *,
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource] = (),
+    triggers: Sequence[pulumi.Input] = (),
+    dial_error_limit: Optional[int] = None,
+) -> remote.Command:
+    """The step that writes every node script and lib/common.sh to `$HOME/pve-lab/` on one node.
+
+    The scripts' text is the step's stdin (its `create` is one line with the bundle's digest), so editing a
+    script re-runs it (an update) on the next `up`: the node gets the new scripts, and the steps that already
+    succeeded do not re-run (their lines are unchanged).
+    """
+    if dial_error_limit is not None:
+        conn = replace(conn, dial_error_limit=dial_error_limit)
+    return remote.Command(
+        name,
+        connection=conn.args(),
+        create=bundle_run_line(),
+        stdin=bundle_command(),
+        logging=remote.Logging.STDERR,
+        add_previous_output_in_env=False,
         triggers=list(triggers) or None,
         opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
     )

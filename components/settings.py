@@ -5,12 +5,14 @@ as pulumi.RunError: Pulumi shows the message without a traceback.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
 from pulumi.runtime import get_config, is_config_secret
 
+from pvelab.inner_api import credential_env_problems
 from pvelab.spec import CONFIG_NAMESPACE, LabSpec, SpecError, check_root_password, check_secrets, parse_spec
 
 from .credentials import LabCredentialsArgs
@@ -54,6 +56,8 @@ def load_settings() -> LabSettings:
     problems += check_secrets(_raw("outerApiToken"), _raw("sshPrivateKey"), _raw("sshPublicKey"))
     problems += check_root_password(_raw("rootPassword"))
     _warn_plain_secrets()
+    if spec is not None and spec.ceph.enabled:  # the nested cluster's API is used (pool, HA)
+        problems += credential_env_problems(os.environ)
     if problems:
         raise pulumi.RunError(SpecError(problems).render())
     assert spec is not None

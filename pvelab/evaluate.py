@@ -98,6 +98,9 @@ class LabMocks(pulumi_mocks.Mocks):
         rid = f"{args.name}-id"
         if t == "proxmoxve:index/vmLegacy:VmLegacy":
             rid = str(int(unwrap(inputs.get("vmId", 100))))
+            # bpg fills each NIC's MAC address (a new one for every VM it creates).
+            state["networkDevices"] = [{**d, "macAddress": mock_mac(args.name, i)}
+                                       for i, d in enumerate(inputs.get("networkDevices") or [])]
         elif t == "proxmoxve:download/fileLegacy:FileLegacy":
             rid = f"{inputs.get('datastoreId')}:{inputs.get('contentType')}/{inputs.get('fileName')}"
         elif t == "proxmoxve:ceph/pool:Pool":
@@ -117,9 +120,25 @@ class LabMocks(pulumi_mocks.Mocks):
         return {}, None
 
 
+MOCK_MAC_PREFIX = "BC:24:11"  # Proxmox's OUI, as PVE generates them
+
+
+def mock_mac(resource_name: str, nic: int) -> str:
+    """A MAC address for a mock VM's NIC, stable per resource name (tests change it to mimic a rebuilt VM)."""
+    import hashlib
+
+    salt = "rebuilt:" if resource_name in MOCK_REBUILT_VMS else ""
+    digest = hashlib.sha256(f"{salt}{resource_name}/{nic}".encode()).hexdigest()
+    return f"{MOCK_MAC_PREFIX}:{digest[0:2]}:{digest[2:4]}:{digest[4:6]}".upper()
+
+
+# Names of VM resources the mock answers as created anew (a new MAC): a VM replaced or re-created.
+MOCK_REBUILT_VMS: set[str] = set()
+
+
 def mock_stdout(name: str) -> str:
     """What each node step prints, by the step's resource name suffix."""
-    if name.endswith("-fingerprint"):
+    if name.endswith("-fingerprint") or "-fingerprint-" in name:
         return MOCK_FINGERPRINT + "\n"
     if name.endswith("-quorum"):
         return ("Cluster information\n-------------------\nName:             pve-lab\n"
@@ -153,6 +172,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             "replaceOnChanges": list(request.replaceOnChanges),
             "deleteBeforeReplace": request.deleteBeforeReplace,
             "protect": request.protect if request.HasField("protect") else False,
+            "deletedWith": request.deletedWith,
         }
         record = Record(
             urn=response.urn, type=request.type, name=request.name, custom=bool(request.custom),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pvelab.node_script import script_command
+from pvelab.node_script import REMOTE_DIR, bundle_command, bundle_run_line, run_command
 
 STANDIN_BIN = Path(__file__).resolve().parent / "standins" / "bin"
 
@@ -57,10 +57,22 @@ class FakeNode:
 
     def run_script(self, name: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None,
                    stdin: str = "", timeout: float = 60) -> Result:
-        command = script_command(name, args, env)
-        return self.run(command, stdin=stdin, timeout=timeout)
+        """Run a script with the one-line command a node step runs (after the node's bundle step)."""
+        return self.run(run_command(name, args, env), stdin=stdin, timeout=timeout)
+
+    def install_scripts(self) -> Result:
+        """What the node's bundle step does: write every script and lib/common.sh to $HOME/pve-lab/."""
+        result = self._bash(bundle_run_line(), bundle_command(), 60)
+        assert result.returncode == 0, result.output
+        return result
 
     def run(self, command: str, stdin: str = "", timeout: float = 60) -> Result:
+        """Run a step's `create` text; the scripts are shipped first, as the bundle step runs before every step."""
+        if not (self.home / REMOTE_DIR.removeprefix("$HOME/") / "lib/common.sh").exists():
+            self.install_scripts()
+        return self._bash(command, stdin, timeout)
+
+    def _bash(self, command: str, stdin: str, timeout: float) -> Result:
         # The command provider hands `create` to the remote user's shell as one string.
         proc = subprocess.run(["bash", "-c", command], input=stdin, capture_output=True, text=True,
                               env=self.env(), timeout=timeout, cwd=self.home)

@@ -45,3 +45,40 @@ def test_the_library_never_traces_commands():
     text = (node_script.SCRIPTS_DIR / node_script.LIBRARY).read_text()
     assert not re.search(r"^\s*set\s+(-\w*x|-o\s+xtrace)", text, re.M)
     assert "bash -x" not in text
+
+
+def test_the_bundle_ships_every_script_and_each_step_is_one_short_line(tmp_path):
+    """pulumi-command prints a failed step's whole command first: a step's command is one line, no script text."""
+    from pvelab.node_script import bundle_command, bundle_files, bundle_run_line, run_command
+
+    files = bundle_files()
+    assert "lib/common.sh" in files and "node-evict.sh" in files and "install-pve.sh" in files
+    node = FakeNode("pve1", tmp_path)
+    result = node.install_scripts()
+    assert result.stdout.startswith("pve-lab scripts ") and result.stderr == ""
+    for path, text in files.items():
+        assert (node.home / "pve-lab" / path).read_text() == text
+    assert not list((node.home / "pve-lab").rglob("*.tmp"))
+    line = run_command("cluster-quorum", [], {"EXPECTED_NODES": "3", "DEADLINE_S": "5"})
+    assert "\n" not in line and len(line) < 200
+    assert line == 'env DEADLINE_S=5 EXPECTED_NODES=3 bash "$HOME/pve-lab/cluster-quorum.sh"'
+    # a second run of the bundle changes nothing and says the same
+    assert node.install_scripts().stdout == result.stdout
+    assert bundle_command() == bundle_command()
+    assert bundle_run_line() == "bash -s -- pve-lab-scripts " + result.stdout.split()[2]
+
+
+def test_a_changed_script_changes_the_bundle_but_not_the_run_lines(tmp_path, monkeypatch):
+    from pvelab.node_script import bundle_command, run_command
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib/common.sh").write_text("log() { :; }\n")
+    (tmp_path / "x.sh").write_text("echo one\n")
+    monkeypatch.setattr(node_script, "SCRIPTS_DIR", tmp_path)
+    from pvelab.node_script import bundle_run_line
+
+    before, version, line = bundle_command(), bundle_run_line(), run_command("x")
+    (tmp_path / "x.sh").write_text("echo two\n")
+    assert bundle_command() != before and bundle_run_line() != version and run_command("x") == line
+    with pytest.raises(ValueError, match="no node script components/scripts/y.sh"):
+        run_command("y")

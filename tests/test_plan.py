@@ -165,8 +165,10 @@ def test_steps_run_where_their_connection_points(default_lab, default_plan):
         assert default_plan.step(r.name).lane == ip_to_node[unwrap(r.inputs["connection"])["host"]], r.name
     assert [s.lane for s in (default_plan.step("lab-cluster-join-pve2"), default_plan.step("lab-cluster-join-pve3"))] \
         == ["pve2", "pve3"]
-    for name in ("lab-ceph-pool", "lab-ha-vm-100", "lab-ha-ha-100", "lab-ha-rule"):  # inner API via pve1
-        assert default_plan.step(name).lane == "pve1"
+    # inner API via pve2: not pve1, which the HA test VM prefers (its lane) and the HA drill stops by default
+    for name in ("lab-ceph-pool", "lab-ha-ha-100", "lab-ha-rule"):
+        assert default_plan.step(name).lane == "pve2"
+    assert default_plan.step("lab-ha-vm-100").lane == "pve1"
     assert default_plan.step("lab-image").lane == "outer"
     assert default_plan.step("lab-pve2-vm").lane == "pve2"
 
@@ -174,7 +176,9 @@ def test_steps_run_where_their_connection_points(default_lab, default_plan):
 def test_joins_are_chained_and_levels_match_depends_on(default_lab, default_plan):
     steps = {s.id: s for s in default_plan.steps}
     join2, join3 = steps["lab-cluster-join-pve2"], steps["lab-cluster-join-pve3"]
-    assert join2.level < join3.level and "lab-cluster-join-pve2" in join3.depends_on
+    assert join2.level < join3.level
+    # between two joins, the next node's eviction check (a no-op on a first build) on the first node
+    assert join3.depends_on == ["lab-cluster-evict-pve3"] and "lab-cluster-join-pve2" in steps["lab-cluster-evict-pve3"].depends_on
     by_name = {r.name: r for r in default_lab.records}
 
     def closure(step_id):

@@ -117,7 +117,11 @@ def test_install_steps_depend_only_on_their_own_vm(default_lab, node):
 
 def test_install_re_runs_when_the_vm_is_replaced(default_lab):
     step = default_lab.named("lab-pve2-prepare")
-    assert unwrap(step.inputs["triggers"]) == ["9101"]
+    # the VMID alone stays the same for a VM re-created outside Pulumi: its MAC address is new
+    from pvelab.evaluate import mock_mac
+
+    mac = mock_mac("lab-pve2-vm", 0)
+    assert unwrap(step.inputs["triggers"]) == [f"9101/{mac}"]
 
 
 def test_cluster_joins_form_a_chain_after_create(default_lab):
@@ -164,7 +168,8 @@ def test_pool_and_ha_chain_use_the_inner_provider_only(default_lab):
     ev = default_lab
     inner, outer = ev.named("lab-inner"), ev.named("outer")
     assert ev.depends_on(inner, ev.named("lab-cluster-quorum")), "inner provider is made only after quorum"
-    assert inner.plain("endpoint") == "https://10.10.10.11:8006/" and inner.plain("username") == "root@pam"
+    # not pve1: the HA test VM prefers it, and the HA drill stops it by default
+    assert inner.plain("endpoint") == "https://10.10.10.12:8006/" and inner.plain("username") == "root@pam"
     assert is_secret_input(inner, "password")
     pool, vm, res, rule = (ev.named(n) for n in ("lab-ceph-pool", "lab-ha-vm-100", "lab-ha-ha-100", "lab-ha-rule"))
     for r in (pool, vm, res, rule):
@@ -190,17 +195,19 @@ def test_secrets_never_appear_in_plain_text(default_lab):
 
 def test_the_join_password_goes_on_stdin_never_into_the_command(default_lab):
     ev = default_lab
-    for name in ("lab-cluster-join-pve2", "lab-cluster-join-pve3"):
+    for name in ("lab-cluster-join-pve2", "lab-cluster-join-pve3", "lab-cluster-join-pve1"):
         join = ev.named(name)
         # `ps` on the node shows the command line; the password travels on stdin, a Pulumi secret.
         assert is_secret_input(join, "stdin")
         assert unwrap(join.inputs["stdin"]) == MOCK_ROOT_PASSWORD + "\n"
         assert not is_secret_input(join, "create")
-        run_line = command_text(join).rstrip("\n").rsplit("\n", 1)[1]
+        run_line = command_text(join).rstrip("\n").rsplit("\n", 1)[-1]
         assert run_line.startswith("env ") and "ROOT_PASSWORD" not in run_line
         assert MOCK_ROOT_PASSWORD not in command_text(join)
     for r in ev.of_type(COMMAND):
-        if not r.name.startswith("lab-cluster-join-"):
+        if r.name.endswith("-scripts"):  # the node scripts travel on stdin: no secret in them
+            assert not is_secret_input(r, "stdin") and "pve-lab" in r.plain("stdin")
+        elif not r.name.startswith("lab-cluster-join-"):
             assert "stdin" not in r.inputs, f"{r.name} needs no secret"
         assert is_secret_input(r, "connection") or isinstance(r.inputs["connection"].get("privateKey"), dict)
 
@@ -218,17 +225,22 @@ def test_leak_detector_would_catch_a_plain_password(default_lab):
 def test_destroy_never_needs_a_nested_node_or_the_nested_api(default_lab):
     ev = default_lab
     inner = ev.named("lab-inner")
-    for r in ev.of_type(COMMAND):
-        assert "delete" not in r.inputs, f"{r.name} would dial a node on destroy"
+    for r in ev.records:
+        if r.type in (COMMAND, "command:local:Command"):
+            assert "delete" not in r.inputs, f"{r.name} would run a command on destroy"
+    cluster = ev.named("lab-cluster-create")
+    assert "triggers" not in cluster.inputs  # never replaced: what is deleted with it is never replaced with it
     for r in ev.records:
         if r.custom and ev.provider_of(r) is inner:
-            assert r.options["retainOnDelete"], f"{r.name} lives in the nested cluster; destroy must not wait on it"
+            # no Delete call when the cluster goes too (destroy); a real delete when only this object goes
+            assert r.options["deletedWith"] == cluster.urn, f"{r.name} lives in the nested cluster"
+            assert not r.options["retainOnDelete"], f"{r.name}: removing it alone must delete it"
     # what destroy actually calls a provider for: outer-host objects, generated credentials, nothing else
-    touched = {r.type for r in ev.records if r.custom and not r.options["retainOnDelete"] and r.type != COMMAND
-               and not r.type.startswith("pulumi:providers:")}
+    touched = {r.type for r in ev.records if r.custom and not r.options["deletedWith"]
+               and r.type not in (COMMAND, "command:local:Command") and not r.type.startswith("pulumi:providers:")}
     assert touched == {VM, "proxmoxve:download/fileLegacy:FileLegacy", "random:index/randomPassword:RandomPassword",
                        "tls:index/privateKey:PrivateKey"}
-    assert all(ev.provider_of(r).name == "outer" for r in ev.records if r.type == VM and not r.options["retainOnDelete"])
+    assert all(ev.provider_of(r).name == "outer" for r in ev.records if r.type == VM and not r.options["deletedWith"])
 
 
 def test_stack_outputs_for_the_reader(default_lab):

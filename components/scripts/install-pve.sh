@@ -81,14 +81,23 @@ missing_packages() {
     done
 }
 
+APT_LOG=/var/log/pve-lab/apt.log
+
 apt_get() {
     # The dpkg lock may still be held by cloud-init's first-boot upgrade: wait for it up to the deadline.
-    # Progress goes to stderr: a step's stdout is its result (only `ready` prints one).
+    # apt's output goes to a log file on the node, not into the step's output (Pulumi keeps that in its state).
+    local rc=0
+    mkdir -p "${PVE_LAB_ROOT:-}${APT_LOG%/*}"
+    log "apt-get $1 (its output: $APT_LOG)"
     DEBIAN_FRONTEND=noninteractive apt-get -y -q \
         -o "DPkg::Lock::Timeout=${DEADLINE_S%.*}" \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >&2 ||
-        fail "apt-get $1 failed (exit $?): see the apt messages above" \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >>"${PVE_LAB_ROOT:-}$APT_LOG" 2>&1 ||
+        rc=$?
+    if ((rc != 0)); then
+        tail -n 15 "${PVE_LAB_ROOT:-}$APT_LOG" >&2
+        fail "apt-get $1 failed (exit $rc): its last lines are above, all of it in $APT_LOG on $(hostname)" \
             "Fix the cause (network, mirror, held packages) and run this step again; it resumes where it stopped."
+    fi
 }
 
 apt_install_missing() {

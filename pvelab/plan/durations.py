@@ -31,6 +31,7 @@ STEP_DURATIONS: dict[str, Duration] = {
     "vm:outer": Duration(
         60, "import the image into the VM disk, allocate the Ceph disks, first boot to SSH via cloud-init (estimate)"),
     # install-pve.sh (components/scripts/install-pve.sh, pve9-cli.md "Install PVE 9 on Debian 13").
+    "node-scripts": Duration(2, "one SSH command writing the scripts (~60 KB) to the node"),
     "install-pve:prepare": Duration(
         360, "apt full-upgrade of the cloud image + proxmox-default-kernel (~150 MB of packages) (estimate)"),
     "install-pve:reboot": Duration(60, "reboot into the PVE kernel, SSH back: ~1 min"),
@@ -40,6 +41,8 @@ STEP_DURATIONS: dict[str, Duration] = {
     # Cluster (pve9-cli.md "Cluster (pvecm)").
     "cluster-create": Duration(30, "pvecm create, then pmxcfs/corosync up with a quorum of one (estimate)"),
     "cluster-fingerprint": Duration(5, "one pvesh call on the first node"),
+    "node-evict": Duration(
+        5, "reads corosync.conf and the instance record; a no-op unless the node's VM was rebuilt (estimate)"),
     "cluster-join": Duration(
         60, "pvecm add copies the cluster config, restarts corosync, then the quorum wait (estimate)"),
     "cluster-quorum": Duration(10, "pvecm status polled until quorate with every node (estimate)"),
@@ -49,6 +52,10 @@ STEP_DURATIONS: dict[str, Duration] = {
     "ceph-mon": Duration(60, "pveceph mon create (+ mgr), one node at a time (estimate)"),
     "ceph-osd": Duration(60, "pveceph osd create: ~1 min per data disk (estimate)", per_unit="OSD device"),
     "ceph-health": Duration(120, "PGs peer and become active+clean on a fresh pool-less cluster (estimate)"),
+    # Rolling restart (components/rolling_restart.py): on a first build nothing is pending, only checks run.
+    "command:local:Command": Duration(
+        5, "one API read of the VM's pending changes; a reboot (~1-2 min) only after a size change (estimate)"),
+    "node-restart-wait": Duration(10, "pvecm/ceph/ha-manager read once when the node never went down (estimate)"),
     # Inside the nested cluster, through its API.
     "proxmoxve:ceph/pool:Pool": Duration(30, "pool create + RBD storage entry; PGs go active (estimate)"),
     "vm:inner": Duration(15, "create a small VM with an empty disk on Ceph (estimate)"),

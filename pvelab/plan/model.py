@@ -51,6 +51,9 @@ SHOWABLE_ENV = frozenset({"CLUSTER_NAME", "EXPECTED_NODES", "EXPECTED_OSDS", "EX
                           "FIRST_IP", "NODE_NAME", "CEPH_RELEASE", "CEPH_NETWORK", "CEPH_CLUSTER_NETWORK",
                           "OSD_DEVICES", "PVE_SUITE"})
 SCRIPT_RUN_RE = re.compile(r'bash "\$HOME/pve-lab/([A-Za-z0-9_.-]+)\.sh"')
+# The `create` of the per-node step that ships every script (pvelab/node_script.bundle_run_line).
+BUNDLE_RE = re.compile(r"^bash -s -- pve-lab-scripts [0-9a-f]+$")
+BUNDLE_KIND = "node-scripts"
 SECRET_FIELD_RE = re.compile(r"(password|privatekey|token|secret|stdin)", re.IGNORECASE)
 MIN_SECRET_LEN = 8
 
@@ -333,6 +336,9 @@ def command_parts(record: Record) -> CommandParts:
     text = _open(create) or ""
     text = text if isinstance(text, str) else ""
     host = reveal(record.inputs.get("connection"), "host")
+    lines = text.splitlines()
+    if len(lines) == 1 and BUNDLE_RE.match(lines[0]):
+        return CommandParts(BUNDLE_KIND, [], {}, host if isinstance(host, str) else None, secret_text)
     run_line = next((line for line in reversed(text.splitlines()) if SCRIPT_RUN_RE.search(line)), "")
     match = SCRIPT_RUN_RE.search(run_line)
     script = match.group(1) if match else ""
@@ -507,6 +513,9 @@ COMMAND_TITLES = {
     "install-pve:ready": ("install", "install PVE: ready"),
     "cluster-create": ("cluster", "pvecm create {CLUSTER_NAME}"),
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
+    "node-scripts": ("install", "ship the node scripts"),
+    "node-evict": ("cluster", "remove {NODE_NAME}'s old membership if its VM was rebuilt"),
+    "node-restart-wait": ("restart", "wait for {NODE_NAME}: quorum, Ceph, HA"),
     "cluster-join": ("cluster", "pvecm add (join as node {EXPECTED_NODES})"),
     "cluster-quorum": ("cluster", "wait quorum ({EXPECTED_NODES} nodes)"),
     "ceph-install": ("ceph", "pveceph install {CEPH_RELEASE}"),
@@ -539,6 +548,9 @@ def _resource_title(r: Record, outer_vm: bool, parent: Optional[Record] = None) 
         if what == "password" and parent is not None:
             what = f"{parent.name.rsplit('-', 1)[-1]} password"
         return t, "credentials", f"new {what}"
+    if t == "command:local:Command":  # the rolling restart's outer half (components/rolling_restart.py)
+        # its environment is a secret (the outer token): the node comes from the resource name
+        return t, "restart", f"apply pending changes of {r.name.rsplit('-', 1)[-1]}'s VM (reboot only if any)"
     if t == "tls:index/privateKey:PrivateKey":
         return t, "credentials", f"new SSH key ({_plain(r, 'algorithm') or 'key'})"
     if t == POOL:
@@ -679,6 +691,8 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
             phase, template = COMMAND_TITLES.get(kind, ("other", kind or r.name))
             title = template.format_map(_Missing(parts.env, osd_count=units))
             detail = " ".join([f"{parts.script}.sh", *parts.args]) if parts.script else ""
+            if parts.script == BUNDLE_KIND:
+                detail = "components/scripts/*.sh -> ~/pve-lab/"
             lane = lane_for(r, parts)
         else:
             kind, phase, title = _resource_title(r, r.urn in nested_urns, parent)

@@ -95,7 +95,10 @@ def cluster_state(name: str):
         yield holder
     if holder["data"] is not None:
         for member in holder["data"]["nodes"]:
-            write_corosync_conf(holder["data"], member)
+            # pmxcfs shares /etc/pve with the nodes running it in this cluster, not with a VM rebuilt under
+            # a member's name (create/add write the new member's copy once it holds the config).
+            if cluster_of(member) == holder["data"]["name"]:
+                write_corosync_conf(holder["data"], member)
 
 
 def my_cluster() -> dict | None:
@@ -118,7 +121,10 @@ def find_member(address: str) -> tuple[dict, str] | None:
 # --- quorum ---------------------------------------------------------------------------------------
 
 def members_up(data: dict) -> list[str]:
-    return [n for n in sorted(data["nodes"], key=lambda n: data["nodes"][n]["nodeid"]) if is_up(n)]
+    """Members running corosync for this cluster: powered on, and still holding its config (a VM rebuilt under
+    a member's name is a fresh install: it is listed in the nodelist, but it is not a corosync member)."""
+    return [n for n in sorted(data["nodes"], key=lambda n: data["nodes"][n]["nodeid"])
+            if is_up(n) and cluster_of(n) == data["name"]]
 
 
 def votes(data: dict) -> tuple[int, int, int]:
@@ -241,6 +247,20 @@ def leave_all_clusters(state: Path, name: str) -> None:
             cluster_path(cluster, state).write_text(json.dumps(data, indent=1, sort_keys=True))
         else:
             cluster_path(cluster, state).unlink()
+
+
+def activate_ha(state: Path) -> None:
+    """The HA stack is in use (a resource was added once): `ha-manager status` lists the master and each LRM."""
+    (state / "cluster").mkdir(parents=True, exist_ok=True)
+    (state / "cluster" / "ha-active").write_text("")
+
+
+def rebuild_node(state: Path, name: str) -> None:
+    """The node's VM deleted and created again with the same name (a fresh PVE install, in no cluster): its
+    state folder is wiped; the cluster still lists it until `pvecm delnode` (tests only)."""
+    import shutil
+
+    shutil.rmtree(state / "nodes" / name, ignore_errors=True)
 
 
 def settle_now(state: Path, cluster: str) -> None:
