@@ -16,6 +16,7 @@ from pvelab.cli import main
 from pvelab.ops.api import Clock
 from pvelab.ops.connect import nested_client, outer_client
 from pvelab.ops.drill import DrillTiming, render_text, run_drill
+from pvelab.ops.status import gather
 from pvelab.spec import parse_spec
 from pvelab.stackfile import load_stack
 
@@ -54,27 +55,58 @@ def ha_states(report):
 
 
 def test_ha_drill_measures_the_failover(lab):
-    lab = lab()
+    lab = lab()  # pve1 runs the VM and is the HA master too (the harder case)
     power = lab.sim.power
 
-    def power_and_blip(vmid, on):  # the HA status API blips right after the power failure: ridden out
+    def power_and_blip(vmid, on):  # the HA status API blips after the power failure and while pve1 rejoins
         power(vmid, on)
         if not on:
             lab.nested.fail("GET", "/api2/json/cluster/ha/status/current", 503, "Service Unavailable", times=2)
+        else:  # a non-transient error while nodes rejoin must not fail the drill either
+            lab.nested.fail("GET", "/api2/json/cluster/ha/status/current", 500, "cfs-lock timeout", times=1)
 
     lab.sim.power = power_and_blip
     report = lab.run("ha")
     assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
-    assert ha_states(report) == ["started on pve1", "fence on pve1", "recovery on pve1", "started on pve2"]
-    assert "VM 100 running on pve2" in [e.what for e in report.events]
-    # HA starts the VM elsewhere 120 + 40 lab seconds after the power failure
-    assert 160 * SCALE <= report.recovery_s < TIMING.recovery_deadline_s
+    # the new master fences and recovers in one round: no 'fence', no 'recovery' in the API; then failback
+    assert ha_states(report) == ["started on pve1", "starting on pve2", "started on pve2", "migrate on pve2",
+                                 "started on pve1"]
+    whats = [e.what for e in report.events]
+    assert whats.index("VM 100 running on pve2") < whats.index("pve1 powered on (outer VM 9100 started)")
+    assert whats[-1] == "VM 100 running on pve1"
+    assert any("HA never showed 'fence' for vm:100: pve1 was also the HA master" in f for f in report.findings)
+    # manager lock 120 s + the new master's fence delay 60 s + the start (40 s here) after the power failure
+    assert 220 * SCALE <= report.recovery_s < TIMING.recovery_deadline_s
+    assert report.failback_s is not None and report.failback_s > report.recovery_s
+    assert any(line.startswith("failback to pve1 at +") for line in lab.lines)
     assert report.stopped == ["pve1"] and report.still_stopped == []
     assert lab.outer_posts() == ["9100/status/stop", "9100/status/start"]  # a hard stop, not a shutdown
     assert lab.all_running() and lab.sim.quorate() and all(lab.sim.up(n) for n in ("pve1", "pve2", "pve3"))
     assert report.rejoin_s is not None
     text = render_text(report)
-    assert "time to recovery:" in text and "fence on pve1" in text
+    assert "time to recovery:" in text and "failback to the preferred node at +" in text
+    # the lab is settled when the drill ends: status is healthy at once
+    spec = parse_spec(lab_raw())
+    after = gather(nested_client(spec, nested_urls(lab.nested), lab.ca, FAST, password=ROOT_PASSWORD))
+    assert after["healthy"], after["problems"]
+
+
+def test_ha_drill_shows_fence_when_the_master_survives(lab):
+    lab = lab(master="pve2")
+    report = lab.run("ha")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert ha_states(report)[:4] == ["started on pve1", "fence on pve1", "starting on pve2", "started on pve2"]
+    # fence at 60 s, the agent lock expires at 120 s, then the start (40 s here)
+    assert 160 * SCALE <= report.recovery_s < 220 * SCALE + 1.0
+    assert not any("never showed 'fence'" in f for f in report.findings)
+
+
+def test_ha_drill_without_failback_leaves_the_vm_where_it_went(lab):
+    lab = lab(failback=False)
+    report = lab.run("ha")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert report.failback_s is None and "migrate on pve2" not in ha_states(report)
+    assert lab.sim.ha_node == "pve2"
 
 
 def test_ha_drill_times_out_cleanly_and_restarts_the_node(lab):
@@ -149,13 +181,48 @@ def test_quorum_drill_shows_the_survivor_without_quorum(lab):
     lab = lab()
     report = lab.run("quorum")
     assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
-    assert report.stopped == ["pve1", "pve3"]  # the HA VM's node first; pve2 survives alone
+    assert report.stopped == ["pve1", "pve3"]  # the HA VM's node first; pve2 (LRM idle) survives alone
     findings = "\n".join(report.findings)
     assert "pve2: quorate no, 1 of 3 online" in findings
-    assert "/etc/pve is read-only on pve2: writes fail" in findings and "no quorum?" in findings
+    assert "/etc/pve is read-only on pve2: pmxcfs refuses writes" in findings and "Permission denied" in findings
     assert "no HA recovery in 0.3 s: vm:100 stayed started on pve1" in findings
-    assert lab.all_running() and lab.sim.quorate()
+    assert "HA's own view: master pve1 'old timestamp - dead?', quorum entry 'No quorum on node 'pve2'!'" in findings
+    assert "warning" not in findings and lab.sim.resets == []
+    # after quorum returns HA still says 'started' while the VM is not running yet: the drill waits for it
+    whats = [e.what for e in report.events]
+    assert whats.index("all 3 members online and quorate again") < whats.index("VM 100 running on pve1")
+    assert lab.all_running() and lab.sim.quorate() and lab.sim.vm_runs()
     assert lab.nested.node_config["pve2"] == {}  # the probe wrote nothing
+
+
+def test_quorum_drill_after_a_failover_keeps_the_idle_node(lab):
+    lab = lab()
+    assert lab.run("ha").ok
+    # pve2 ran the VM until the failback: its LRM stays active (and holds the watchdog) for 10 minutes
+    report = lab.run("quorum")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert report.stopped == ["pve1", "pve2"] and lab.sim.resets == []
+    assert "pve3: quorate no" in "\n".join(report.findings)
+
+
+def test_quorum_drill_warns_and_detects_a_watchdog_reset(lab):
+    lab = lab()
+    lab.sim.service_left.update(pve2=lab.sim.now(), pve3=lab.sim.now())  # both ran HA services lately
+    report = lab.run("quorum", timing=DrillTiming(poll_s=0.02, task_deadline_s=5, recovery_deadline_s=5,
+                                                  rejoin_deadline_s=5, observe_s=0.5))
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert any(line.startswith("warning: pve2 keep(s) an active HA agent") for line in lab.lines)
+    assert [n for n, _ in lab.sim.resets] == ["pve2"]
+    assert any("pve2 rebooted during the drill" in f for f in report.findings)
+
+
+def test_a_refused_write_counts_only_with_pmxcfs_permission_denied(lab):
+    lab = lab()
+    lab.nested.fail("PUT", "/api2/json/nodes/pve2/config", 500, "cluster not ready - no quorum?")
+    report = lab.run("quorum")
+    findings = "\n".join(report.findings)
+    assert "does not prove /etc/pve read-only: PUT /nodes/pve2/config" in findings
+    assert "/etc/pve is read-only on pve2" not in findings
 
 
 def test_unhealthy_cluster_refuses_and_stops_nothing(lab):

@@ -4,10 +4,15 @@ A nested node is stopped through the OUTER host's API (a hard stop of its VM: a 
 shutdown), while the nested cluster is watched through the API of a node that stays up.
 
 - ha: stop the node running the HA test VM; time until HA runs the VM on another node, with the
-  timeline of its HA states (started -> fence -> recovery -> started elsewhere); start the node again
-  and wait for all members and quorum.
-- quorum: stop a majority (2 of 3); the survivor loses quorum: /etc/pve turns read-only (a harmless
-  write is refused) and HA recovers nothing; start the nodes again and wait for quorum and HA.
+  timeline of its HA states as pve-ha-manager goes through them (Manager.pm): started -> fence ->
+  starting on the new node -> started there ('recovery' lasts less than one manager round; 'fence' is
+  not seen at all when the lost node was the HA master, because the new master fences and recovers in
+  one round); start the node again, wait for all members and quorum, and for the failback the
+  node-affinity rule asks for (the VM migrates back to its preferred node).
+- quorum: stop a majority (2 of 3), keeping a survivor whose HA agent (LRM) is idle: an active LRM holds
+  its node's watchdog, and without quorum the watchdog resets that node (LRM.pm). The survivor loses
+  quorum: /etc/pve turns read-only (pmxcfs refuses a harmless write with "Permission denied") and HA
+  recovers nothing; start the nodes again and wait for quorum and for the HA VM to run again.
 
 Whatever happens after a node was stopped (an error, a timeout, Ctrl-C), the drill starts it again and,
 if that fails, prints which node may still be stopped and the exact command to start it.
@@ -20,7 +25,7 @@ from typing import Callable, Optional
 
 from ..spec import LabSpec, NodePlan
 from .api import ApiError, Clock, PveClient, WaitTimeout, poll
-from .status import cluster_facts, ha_service
+from .status import LRM_HOLDS_WATCHDOG, cluster_facts, ha_facts, ha_service
 
 
 class DrillError(Exception):
@@ -29,13 +34,17 @@ class DrillError(Exception):
 
 @dataclass(frozen=True)
 class DrillTiming:
-    """Seconds. Real failovers take about 2 minutes (fence delay 60 s + lock expiry 120 s)."""
+    """Seconds. Real failovers take 2-3 minutes: fence delay 60 s, HA agent lock expiry 120 s, more when the
+    HA master was lost too (its manager lock expires after 120 s, then the new master waits its own 60 s)."""
 
     poll_s: float = 5.0
     task_deadline_s: float = 120.0  # the outer host's stop/start task
     recovery_deadline_s: float = 600.0  # HA runs the VM elsewhere
     rejoin_deadline_s: float = 900.0  # stopped nodes boot, rejoin, quorum returns
-    observe_s: float = 150.0  # quorum drill: how long to watch the survivor not recover anything
+    # quorum drill: how long to watch the survivor not recover anything; recovery would need 60 s fence delay
+    # + 120 s agent-lock lifetime (+ 120 s more when the master was stopped): 300 s covers it with a margin
+    observe_s: float = 300.0
+    settle_deadline_s: float = 600.0  # failback migration / the HA VM running again after the nodes rejoined
 
 
 @dataclass
@@ -52,6 +61,7 @@ class DrillReport:
     events: list[Event] = field(default_factory=list)
     recovery_s: Optional[float] = None
     rejoin_s: Optional[float] = None
+    failback_s: Optional[float] = None  # since the power failure: the VM runs on its preferred node again
     findings: list[str] = field(default_factory=list)
     still_stopped: list[str] = field(default_factory=list)
     error: Optional[str] = None
@@ -77,6 +87,7 @@ class Drill:
         self.stopped: list[OuterVm] = []  # stopped by us and not yet started again
         self.stop_tasks: dict[int, str] = {}  # vmid -> UPID of a stop task not yet seen finished
         self.t0: Optional[float] = None
+        self.ha_seen: Optional[tuple] = None  # (state, node) of the HA service last put on the timeline
         self.report = DrillReport("")
 
     # ---------------------------------------------------------------- helpers
@@ -168,8 +179,8 @@ class Drill:
                          f"STOPPED or stop soon: {msg}")
                 self.out(f"!! start it with: {vm.start_command(self.outer.endpoints[0].url)}")
 
-    def wait_rejoined(self, sid: Optional[str]) -> None:
-        """All members online and quorate (and the HA service started, when there is one)."""
+    def wait_rejoined(self) -> None:
+        """All members online and quorate again."""
         self.nested.endpoints += [ep for ep in self.all_endpoints if ep not in self.nested.endpoints]
         start = self.clock.now()
         last = {"facts": "nothing read yet"}
@@ -181,14 +192,7 @@ class Drill:
                 last["facts"] = exc.message
                 return None
             last["facts"] = f"quorate {facts['quorate']}, {facts['online']} of {facts['members']} online"
-            if not (facts["quorate"] and facts["online"] == facts["members"]):
-                return None
-            if sid:
-                svc = ha_service(self.nested, sid)
-                last["facts"] += f", {sid} {svc and svc['state']} on {svc and svc['node']}"
-                if not svc or svc["state"] != "started":
-                    return None
-            return facts
+            return facts if facts["quorate"] and facts["online"] == facts["members"] else None
 
         try:
             poll(self.clock, self.timing.rejoin_deadline_s, self.timing.poll_s, rejoined,
@@ -197,8 +201,49 @@ class Drill:
             raise DrillError(f"{exc}. The node VMs are running on the outer host; check the nested nodes' "
                              f"consoles and `pvecm status` / `ha-manager status` on them") from None
         self.report.rejoin_s = self.clock.now() - start  # rounded only when shown
-        self.event(f"all {len(self.spec.node_plans)} members online and quorate again"
-                   + (f", {sid} started" if sid else ""))
+        self.event(f"all {len(self.spec.node_plans)} members online and quorate again")
+
+    def vm_status(self, sid: str) -> dict:
+        """The HA VM as /cluster/resources lists it: HA's 'started' alone does not mean it runs."""
+        return next((r for r in self.nested.get("cluster/resources", type="vm") if f"vm:{r.get('vmid')}" == sid), {})
+
+    def wait_settled(self, sid: str, failback_to: Optional[str]) -> None:
+        """The HA service started and its VM running, on `failback_to` when a failback is due.
+
+        While nodes rejoin the HA status may fail to read (pmxcfs syncing, a proxy error): ridden out."""
+        state: dict = {"seen": "nothing read yet", "last": self.ha_seen}
+
+        def settled():
+            try:
+                svc = ha_service(self.nested, sid)
+                vm = self.vm_status(sid) if svc and svc["state"] == "started" else {}
+            except ApiError as exc:
+                state["seen"] = exc.message
+                return None
+            if svc is None:
+                raise DrillError(f"HA service {sid} disappeared during the drill")
+            now = (svc["state"], svc["node"])
+            if now != state["last"]:
+                state["last"] = self.ha_seen = now
+                self.event(f"{sid} {svc['state']} on {svc['node']}")
+            state["seen"] = f"{svc['state']} on {svc['node']}, VM {vm.get('status', '-')} on {vm.get('node', '-')}"
+            if svc["state"] != "started" or vm.get("status") != "running" or vm.get("node") != svc["node"]:
+                return None
+            if failback_to and svc["node"] != failback_to:
+                return None
+            return svc
+
+        try:
+            svc = poll(self.clock, self.timing.settle_deadline_s, self.timing.poll_s, settled,
+                       f"{sid} to run again" + (f" on {failback_to} (failback)" if failback_to else ""),
+                       lambda: state["seen"])
+        except WaitTimeout as exc:
+            raise DrillError(f"{exc}. Check `ha-manager status` and the VM on a node") from None
+        self.event(f"VM {sid.split(':')[1]} running on {svc['node']}")
+        if failback_to:
+            self.report.failback_s = self.elapsed()
+            self.out(f"failback to {failback_to} at +{self.report.failback_s:.1f} s (the node-affinity rule "
+                     f"prefers it; HA migrated the VM back once the node was online)")
 
     # ---------------------------------------------------------------- drills
     def run(self, kind: str) -> DrillReport:
@@ -224,10 +269,12 @@ class Drill:
     def drill_ha(self) -> None:
         sid = self.ha_sid()
         self.healthy_cluster()
-        svc = ha_service(self.nested, sid)
+        ha = ha_facts(self.nested)
+        svc = next((x for x in ha["services"] if x["sid"] == sid), None)
         if svc is None or svc["state"] != "started" or not svc["node"]:
             raise DrillError(f"HA service {sid} is {svc['state'] + ' on ' + str(svc['node']) if svc else 'not defined'}"
                              f"; it must be started before the drill (ha-manager status)")
+        master = (ha.get("master") or {}).get("node")
         victim = self.outer_vm(self.plan_of(svc["node"]))
         self.nested.prefer_not(victim.plan.hostname)
         self.out(f"drill ha: {sid} runs on {victim.plan.hostname}; stopping that node hard (outer VM "
@@ -235,6 +282,7 @@ class Drill:
         self.event(f"{sid} {svc['state']} on {svc['node']}")
         self.stop(victim)
         state = (svc["node"], svc["state"])
+        seen = {svc["state"]}
         last = {"seen": f"{state[1]} on {state[0]}"}
 
         def recovered():
@@ -250,12 +298,13 @@ class Drill:
                 raise DrillError(f"HA service {sid} disappeared during the drill")
             if (now["node"], now["state"]) != state:
                 state = (now["node"], now["state"])
+                self.ha_seen = (now["state"], now["node"])
+                seen.add(now["state"])
                 self.event(f"{sid} {now['state']} on {now['node']}")
             last["seen"] = f"{now['state']} on {now['node']}"
             if now["state"] == "started" and now["node"] != victim.plan.hostname:
                 # HA has placed it; recovered once the VM really runs there
-                vm = next((r for r in self.nested.get("cluster/resources", type="vm")
-                           if f"vm:{r.get('vmid')}" == sid), {})
+                vm = self.vm_status(sid)
                 last["seen"] += f", VM {vm.get('status', 'not listed')} on {vm.get('node', '?')}"
                 if vm.get("status") == "running" and vm.get("node") == now["node"]:
                     self.event(f"VM {sid.split(':')[1]} running on {now['node']}")
@@ -271,22 +320,59 @@ class Drill:
                              f"complete)") from None
         self.report.recovery_s = self.elapsed()  # rounded only when shown
         self.out(f"recovered: {sid} runs on {moved['node']} {self.report.recovery_s:.1f} s after the power failure")
+        if "fence" not in seen:
+            why = (f"{victim.plan.hostname} was also the HA master: the new master took over when the manager "
+                   f"lock expired (120 s), waited its own fence delay (60 s) and fenced and recovered in one round"
+                   if master == victim.plan.hostname else "it lasted less than one poll interval")
+            self.report.findings.append(f"HA never showed 'fence' for {sid}: {why}")
         self.start(victim)
-        self.wait_rejoined(None)
+        self.wait_rejoined()
+        preferred = self.spec.ha_preferred_node
+        failback = svc.get("failback") is None or bool(int(svc.get("failback") or 0))
+        due = preferred if failback and moved["node"] != preferred and preferred in self.node_names() else None
+        self.wait_settled(sid, due)
+
+    def node_names(self) -> set[str]:
+        return {p.hostname for p in self.spec.node_plans}
+
+    def uptime(self, node: str) -> Optional[tuple[float, float]]:
+        """(the node's uptime, our clock) or None when it cannot be read."""
+        try:
+            return float(self.nested.get(f"nodes/{node}/status").get("uptime") or 0), self.clock.now()
+        except ApiError:
+            return None
+
+    def pick_quorum_victims(self, names: list[str], first: Optional[str], lrm: dict[str, Optional[str]]):
+        """Stop the HA VM's node first, and keep survivors whose LRM is idle (it holds no watchdog)."""
+        stop_count = len(names) - len(names) // 2  # the rest is a minority: no quorum
+        keep = len(names) - stop_count
+        others = [n for n in names if n != first]
+        idle = [n for n in others if lrm.get(n) not in LRM_HOLDS_WATCHDOG]
+        survivors = (idle + [n for n in others if n not in idle])[:keep]
+        victims = ([first] if first else []) + [n for n in reversed(names) if n != first and n not in survivors]
+        return victims[:stop_count], survivors
 
     def drill_quorum(self) -> None:
         facts = self.healthy_cluster()
         names = [n["name"] for n in facts["nodes"]]
-        sid = None
-        first = None
+        sid, first, lrm = None, None, {}
         if self.spec.ha.enabled and self.spec.ha.test_vms > 0:
             sid = self.ha_sid()
-            svc = ha_service(self.nested, sid)
+            ha = ha_facts(self.nested)
+            lrm = {x["node"]: x["state"] for x in ha["lrm"]}
+            svc = next((x for x in ha["services"] if x["sid"] == sid), None)
             first = svc["node"] if svc and svc["node"] in names else None
-        stop_count = len(names) - len(names) // 2  # the rest is a minority: no quorum
-        order = ([first] if first else []) + [n for n in reversed(names) if n != first]
-        victims = [self.outer_vm(self.plan_of(n)) for n in order[:stop_count]]
-        survivors = [n for n in names if n not in {v.plan.hostname for v in victims}]
+        victim_names, survivors = self.pick_quorum_victims(names, first, lrm)
+        victims = [self.outer_vm(self.plan_of(n)) for n in victim_names]
+        armed = [n for n in survivors if lrm.get(n) in LRM_HOLDS_WATCHDOG]
+        if armed:
+            warning = (f"{', '.join(armed)} keep(s) an active HA agent (LRM 'active': it ran an HA service in the "
+                       f"last 10 minutes and holds the node's watchdog); without quorum it loses its agent lock "
+                       f"and the watchdog resets the node about 60 s later (a self-fence). Run the drill again "
+                       f"after `ha-manager status` shows the LRM idle to avoid it")
+            self.out(f"warning: {warning}")
+            self.report.findings.append(f"warning: {warning}")
+        uptimes = {n: self.uptime(n) for n in survivors}
         self.nested.only(set(survivors))
         self.out(f"drill quorum: stopping {', '.join(v.plan.hostname for v in victims)} hard; "
                  f"{', '.join(survivors)} stay(s) up without a majority")
@@ -323,10 +409,25 @@ class Drill:
             "survivor forces quorum: an emergency measure only)")
         for vm in list(victims):
             self.start(vm)
-        self.wait_rejoined(sid)
+        self.wait_rejoined()
+        if sid:
+            self.wait_settled(sid, None)
+        self.check_resets(uptimes)
+
+    def check_resets(self, before: dict[str, Optional[tuple[float, float]]]) -> None:
+        """A node whose uptime grew less than our clock did was reset (its watchdog fired) meanwhile."""
+        for node, then in before.items():
+            now = self.uptime(node)
+            if then is None or now is None:
+                continue
+            if now[0] + 5 < then[0] + (now[1] - then[1]):
+                self.event(f"{node} was reset during the drill (uptime now {now[0]:.0f} s): its watchdog fired")
+                self.report.findings.append(
+                    f"{node} rebooted during the drill: its HA agent held the watchdog and lost its lock without "
+                    f"quorum, so the watchdog reset it (self-fencing, as designed)")
 
     def probe_read_only(self, node: str) -> None:
-        """A write that changes nothing (the node's own description, as it is) must be refused."""
+        """A write that changes nothing (the node's own description, as it is) must be refused by pmxcfs."""
         cfg = self.nested.get(f"nodes/{node}/config")
         args = {"description": cfg["description"]} if cfg.get("description") else {"delete": "description"}
         try:
@@ -335,20 +436,35 @@ class Drill:
             if exc.transient:
                 raise
             self.event(f"write on {node} refused: {exc.message}")
-            self.report.findings.append(f"/etc/pve is read-only on {node}: writes fail ({exc.message})")
+            if "Permission denied" in exc.message:
+                self.report.findings.append(f"/etc/pve is read-only on {node}: pmxcfs refuses writes "
+                                            f"({exc.message})")
+            else:
+                self.report.findings.append(f"a write on {node} failed, but not with pmxcfs' 'Permission denied', "
+                                            f"so this does not prove /etc/pve read-only: {exc.message}")
             return
         self.report.findings.append(f"unexpected: a write on {node} succeeded without quorum")
         self.event(f"unexpected: a write on {node} succeeded without quorum")
 
     def observe_no_recovery(self, sid: str, down: set[str]) -> None:
-        """Watch HA for observe_s: without quorum it must not move the service anywhere."""
+        """Watch HA for observe_s: without quorum it must not move the service anywhere; note HA's own evidence
+        (its quorum entry, the master's stale timestamp)."""
         seen: list[str] = []
+        evidence: dict[str, str] = {}
         end = self.clock.now() + self.timing.observe_s
         self.out(f"watching {sid} for {self.timing.observe_s:g} s: without quorum HA must not recover it")
         while True:
             try:
-                svc = ha_service(self.nested, sid)
+                ha = ha_facts(self.nested)
+                svc = next((x for x in ha["services"] if x["sid"] == sid), None)
                 text = f"{svc['state']} on {svc['node']}" if svc else "not listed"
+                if ha.get("quorate") is False and "quorum" not in evidence:
+                    evidence["quorum"] = f"quorum entry '{ha.get('quorum')}'"
+                    self.event(f"HA: {ha.get('quorum')}")
+                master = ha.get("master") or {}
+                if master.get("state") == "old timestamp - dead?" and "master" not in evidence:
+                    evidence["master"] = f"master {master.get('node')} 'old timestamp - dead?'"
+                    self.event(f"HA master {master.get('node')}: old timestamp - dead?")
             except ApiError as exc:
                 if not exc.transient:
                     raise
@@ -356,14 +472,15 @@ class Drill:
             if not seen or seen[-1] != text:
                 seen.append(text)
                 self.event(f"{sid} {text}")
-            if svc and svc["state"] == "started" and svc["node"] not in down:
+            if svc and svc["state"] in ("started", "starting") and svc["node"] not in down:
                 self.report.findings.append(f"unexpected: HA started {sid} on {svc['node']} without quorum")
                 return
             if self.clock.now() >= end:
                 break
             self.clock.sleep(min(self.timing.poll_s, max(0.0, end - self.clock.now())))
+        proof = "; HA's own view: " + ", ".join(evidence[k] for k in sorted(evidence)) if evidence else ""
         self.report.findings.append(f"no HA recovery in {self.timing.observe_s:g} s: {sid} stayed "
-                                    f"{' -> '.join(seen)} (HA needs quorum to fence and recover)")
+                                    f"{' -> '.join(seen)} (HA needs quorum to fence and recover){proof}")
 
 
 def render_text(report: DrillReport) -> str:
@@ -372,6 +489,8 @@ def render_text(report: DrillReport) -> str:
         lines.append(f"  time to recovery: {report.recovery_s:.1f} s (power failure -> the VM runs on another node)")
     if report.rejoin_s is not None:
         lines.append(f"  rejoin after power-on: {report.rejoin_s:.1f} s")
+    if report.failback_s is not None:
+        lines.append(f"  failback to the preferred node at +{report.failback_s:.1f} s")
     if report.events:
         lines.append("  timeline:")
         lines += [f"    +{e.t:7.1f} s  {e.what}" for e in report.events]
@@ -385,7 +504,7 @@ def render_text(report: DrillReport) -> str:
 
 def render_json(report: DrillReport) -> str:
     data = asdict(report)
-    for key in ("recovery_s", "rejoin_s"):
+    for key in ("recovery_s", "rejoin_s", "failback_s"):
         if data[key] is not None:
             data[key] = round(data[key], 1)
     return json.dumps(data, indent=2)

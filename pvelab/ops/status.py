@@ -13,6 +13,11 @@ from typing import Any, Optional
 from .api import ApiError, PveClient
 
 SERVICE_STATUS_RE = re.compile(r"^\s*(?P<sid>\S+)\s+\((?P<node>[^,()]+),\s*(?P<state>[^,()]+)")
+# lrm and master entries carry their state only in `status`: "pve1 (active, watchdog active, Mon ...)" on PVE 9
+# ("pve1 (idle, Mon ...)" before), "pve1 (old timestamp - dead?, ...)", "pve1 (unable to read lrm status)"
+# (pve-ha-manager src/PVE/API2/HA/Status.pm).
+AGENT_STATUS_RE = re.compile(r"^\s*(?P<node>\S+)\s+\((?P<state>[^,()]+)")
+LRM_HOLDS_WATCHDOG = ("active", "maintenance mode", "maintenance")
 
 
 def cluster_facts(client: PveClient) -> dict[str, Any]:
@@ -42,7 +47,14 @@ def parse_service(entry: dict) -> dict[str, Any]:
         node = node or m.group("node").strip()
         state = state or m.group("state").strip()
     return {"sid": sid, "node": node, "state": state, "request_state": entry.get("request_state"),
-            "crm_state": entry.get("crm_state"), "status": entry.get("status")}
+            "crm_state": entry.get("crm_state"), "failback": entry.get("failback"), "status": entry.get("status")}
+
+
+def agent_state(entry: dict) -> Optional[str]:
+    """The state word of a master or lrm entry: 'active', 'idle', 'wait_for_agent_lock', 'lost_agent_lock',
+    'maintenance mode', 'old timestamp - dead?', 'unable to read lrm status' ..."""
+    m = AGENT_STATUS_RE.match(str(entry.get("status") or ""))
+    return m.group("state").strip() if m else None
 
 
 def ha_facts(client: PveClient) -> dict[str, Any]:
@@ -53,8 +65,10 @@ def ha_facts(client: PveClient) -> dict[str, Any]:
     return {
         "quorum": quorum.get("status"),
         "quorate": bool(quorum.get("quorate", str(quorum.get("status", "")).upper() == "OK")) if quorum else None,
-        "master": {"node": master.get("node"), "status": master.get("status")} if master else None,
-        "lrm": [{"node": e.get("node"), "state": e.get("state"), "status": e.get("status")}
+        "master": ({"node": master.get("node"), "status": master.get("status"), "state": agent_state(master)}
+                   if master else None),
+        # the LRM holds its node's watchdog while 'active' (LRM.pm): without quorum such a node resets itself
+        "lrm": [{"node": e.get("node"), "state": agent_state(e), "status": e.get("status")}
                 for e in entries if e.get("type") == "lrm"],
         "services": [parse_service(e) for e in entries if e.get("type") == "service"],
     }
@@ -62,6 +76,14 @@ def ha_facts(client: PveClient) -> dict[str, Any]:
 
 def ha_service(client: PveClient, sid: str) -> Optional[dict[str, Any]]:
     return next((s for s in ha_facts(client)["services"] if s["sid"] == sid), None)
+
+
+def monitor_count(monmap: dict) -> Optional[int]:
+    """PVE puts `ceph mon dump` in monmap when `ceph status` has no mon list (Octopus and later, so always on
+    PVE 9: pve-manager PVE/Ceph/Tools.pm ceph_cluster_status): count its `mons`; older status had num_mons."""
+    if isinstance(monmap.get("mons"), list):
+        return len(monmap["mons"])
+    return monmap.get("num_mons")
 
 
 def ceph_facts(client: PveClient) -> dict[str, Any]:
@@ -76,7 +98,7 @@ def ceph_facts(client: PveClient) -> dict[str, Any]:
         "health": health.get("status"),
         "checks": sorted(f"{name}: {((c or {}).get('summary') or {}).get('message', '')}".rstrip(": ")
                          for name, c in checks.items()),
-        "mons": (st.get("monmap") or {}).get("num_mons"),
+        "mons": monitor_count(st.get("monmap") or {}),
         "quorum": st.get("quorum_names") or [],
         "osds": {k: osd.get(f"num_{k}_osds" if k != "total" else "num_osds") for k in ("total", "up", "in")},
         "pgs": pgmap.get("num_pgs"),
