@@ -136,7 +136,11 @@ class LabSim:
         self.quorum_lost_at: Optional[float] = None
         self.armed: set[str] = set()  # nodes whose active LRM holds the watchdog while quorum is lost
         self.resets: list[tuple[str, float]] = []  # watchdog resets (node, lab time)
-        self.log: list[tuple[float, str, str, str]] = []  # journal lines: (lab time, node, unit, text)
+        self.log: list[tuple[float, str, str, str]] = [  # journal lines: (lab time, node, unit, text)
+            (-100.0, n, u, text) for n in sorted(nodes) for u, text in (
+                ("corosync", f"[QUORUM] Members[{len(nodes)}]: {' '.join(str(i + 1) for i in range(len(nodes)))}"),
+                ("corosync", "[MAIN  ] Completed service synchronization, ready to provide service."),
+                ("pve-cluster", "[status] notice: node has quorum"))]
         self.nested: Optional[FakePve] = None
         self.lock = threading.RLock()
 
@@ -162,7 +166,11 @@ class LabSim:
     def _leave(self, name: str) -> None:
         if not self.member(name) and self.gone_since[name] is None:
             self.gone_since[name] = self.now()
-            self.say(name, "corosync", "[KNET  ] link: host: 1 link: 0 is down")
+            nodeid = sorted(self.vmid_of).index(name) + 1
+            for other in self.vmid_of:
+                if other != name and self.member(other):
+                    self.say(other, "corosync", f"[KNET  ] link: host: {nodeid} link: 0 is down")
+                    self.say(other, "corosync", f"[KNET  ] host: host: {nodeid} has no active links")
 
     # ---- state
     def up(self, name: str) -> bool:
@@ -206,7 +214,10 @@ class LabSim:
                 if self.member(n) and self.gone_since[n] is not None:
                     self.gone_since[n] = None
                     self.member_since[n] = t
-                    self.say(n, "corosync", "[QUORUM] Members joined")
+                    ids = " ".join(str(i + 1) for i, m in enumerate(sorted(self.vmid_of)) if self.member(m))
+                    for m in self.vmid_of:
+                        if self.member(m):
+                            self.say(m, "corosync", f"[QUORUM] Members[{ids.count(' ') + 1}]: {ids}")
                 elif not self.member(n) and self.gone_since[n] is None:
                     self.gone_since[n] = t
             self._watchdogs(t)
@@ -258,16 +269,22 @@ class LabSim:
             fence_at = max(gone, self.master_since) + self.fence_delay
             fenced_at = max(fence_at, gone + self.lock_lifetime)
             if self.ha_state in ("started", "migrate") and t >= fence_at:
+                self.say(self.master, "pve-ha-crm", f"node '{node}': state changed from 'unknown' => 'fence'")
+                self.say(self.master, "pve-ha-crm",
+                         f"service '{self.ha_sid}': state changed from '{self.ha_state}' to 'fence'")
                 self.ha_state = "fence"
-                self.say(self.master, "pve-ha-crm", f"service '{self.ha_sid}': state changed from 'started' to 'fence'")
             if self.ha_state == "fence" and t >= fenced_at and self.stuck != "fence":
                 self.ha_state = "recovery"
                 self.say(self.master, "pve-ha-crm", f"fencing: acknowledged - got agent lock for node '{node}'")
+                self.say(self.master, "pve-ha-crm",
+                         f"service '{self.ha_sid}': state changed from 'fence' to 'recovery'")
             if self.ha_state == "recovery" and self.stuck != "recovery":
                 target = self._best_node()
                 if target:
                     self.say(self.master, "pve-ha-crm",
                              f"recover service '{self.ha_sid}' from fenced node '{node}' to node '{target}'")
+                    self.say(self.master, "pve-ha-crm", f"service '{self.ha_sid}': state changed from 'recovery' "
+                                                        f"to 'started'  (node = {target})")
                     self.service_left[node] = t
                     self.ha_node, self.ha_state, self.ha_running, self.start_at = target, "started", False, fenced_at
             return
@@ -508,13 +525,18 @@ class NestedFake(FakePve):
     async def _lab_journal(self, v, user):
         """GET /nodes/{node}/journal (pve-manager PVE/API2/Nodes.pm -> mini-journalreader -j): text lines
         between a start and an end cursor line; `unit` filters one systemd unit, `lastentries` the tail."""
-        unit, last = v.get("unit"), int(v.get("lastentries") or 0)
-        lines = [(t, text) for t, node, u, text in self.sim.log if node == v["node"] and (not unit or u == unit)]
+        unit, last, since = v.get("unit"), int(v.get("lastentries") or 0), v.get("since")
+        now_wall, now_lab = time.time(), self.sim.now()
+
+        def wall(t):
+            return now_wall - (now_lab - t) * self.sim.scale
+
+        lines = [(t, text) for t, node, u, text in list(self.sim.log)
+                 if node == v["node"] and (not unit or u == unit) and (since is None or wall(t) >= int(since))]
         if last:
             lines = lines[-last:]
-        stamp = time.time()
-        body = [time.strftime("%b %d %H:%M:%S", time.localtime(stamp - (self.sim.now() - t) * self.sim.scale))
-                + f" {v['node']} {u_name(unit, text)}: {text}" for t, text in lines]
+        body = [time.strftime("%b %d %H:%M:%S", time.localtime(wall(t))) + f" {v['node']} {u_name(unit, text)}: {text}"
+                for t, text in lines]
         cursor = "s=0123456789abcdef0123456789abcdef;i=1a2b;b=00112233445566778899aabbccddeeff;m=1f;t=5f;x=9e"
         return [cursor] + body + [cursor]
 

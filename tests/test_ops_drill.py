@@ -5,6 +5,7 @@ Lab seconds run at 4 ms each: a 2-minute failover takes about half a second of r
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import yaml
@@ -15,7 +16,7 @@ from ops_fixtures import (FAST, ROOT_PASSWORD, TOKEN, NestedFake, ca, lab_raw, l
 from pvelab.cli import main
 from pvelab.ops.api import Clock
 from pvelab.ops.connect import nested_client, outer_client
-from pvelab.ops.drill import DrillTiming, render_text, run_drill
+from pvelab.ops.drill import DrillTiming, render_json, render_text, run_drill
 from pvelab.ops.status import gather
 from pvelab.spec import parse_spec
 from pvelab.stackfile import load_stack
@@ -99,6 +100,13 @@ def test_ha_drill_shows_fence_when_the_master_survives(lab):
     # fence at 60 s, the agent lock expires at 120 s, then the start (40 s here)
     assert 160 * SCALE <= report.recovery_s < 220 * SCALE + 1.0
     assert not any("never showed 'fence'" in f for f in report.findings)
+    # the key journal lines next to the timeline: link down, fence, recovery (from the master pve2)
+    logged = [(x["node"], x["line"].split(": ", 1)[1]) for x in report.log_lines]
+    assert ("pve2", "[KNET  ] link: host: 1 link: 0 is down") in logged
+    assert ("pve2", "service 'vm:100': state changed from 'started' to 'fence'") in logged
+    assert ("pve2", "recover service 'vm:100' from fenced node 'pve1' to node 'pve2'") in logged
+    assert "key log lines since the first stop" in render_text(report)
+    assert json.loads(render_json(report))["log_lines"] == report.log_lines
 
 
 def test_ha_drill_without_failback_leaves_the_vm_where_it_went(lab):
@@ -193,6 +201,9 @@ def test_quorum_drill_shows_the_survivor_without_quorum(lab):
     assert whats.index("all 3 members online and quorate again") < whats.index("VM 100 running on pve1")
     assert lab.all_running() and lab.sim.quorate() and lab.sim.vm_runs()
     assert lab.nested.node_config["pve2"] == {}  # the probe wrote nothing
+    logged = [(x["node"], x["line"].split(": ", 1)[1]) for x in report.log_lines]
+    assert ("pve2", "[status] notice: node lost quorum") in logged
+    assert ("pve2", "[status] notice: node has quorum") in logged
 
 
 def test_quorum_drill_after_a_failover_keeps_the_idle_node(lab):

@@ -155,3 +155,40 @@ def test_a_task_with_warnings_succeeded():
     assert task_succeeded("OK") and task_succeeded("WARNINGS: 2")
     assert not task_succeeded("WARNINGS") and not task_succeeded("start failed: disk missing")
     assert not task_succeeded(None)
+
+
+def test_logs_of_each_node_as_text_and_json(cluster, ca, tmp_path, monkeypatch, capsys):
+    cluster.sim.power(9102, False)  # pve3 down: the others log its link going down; its own log is unreachable
+    report = gather(client_for(cluster, ca), log_lines=3)
+    logs = report["logs"]
+    assert sorted(logs) == ["pve1", "pve2", "pve3"]
+    assert logs["pve3"]["error"].startswith("offline")
+    pve1 = logs["pve1"]["lines"]
+    assert len(pve1) == 3 and not any(line.startswith("s=") for line in pve1)  # cursor lines dropped
+    assert pve1[-1].endswith("corosync[1101]: [KNET  ] host: host: 3 has no active links")
+    units = [r for m, r, _ in cluster.requests if m == "GET" and "/journal" in r]
+    assert units, "read through GET /nodes/{node}/journal"
+    text = render_text(report)
+    assert "Logs (journalctl -u corosync -u pve-cluster -n 3, through the API):" in text
+    assert "  pve3: offline" in text
+
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    args = ["status", "-s", "t", "--nested-ca", ca, "--logs", "--lines", "2", "--format", "json"]
+    assert main(args + [f"--nested-url={u}" for u in nested_urls(cluster)]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["logs"]["pve2"]["lines"]) == 2 and data["log_lines"] == 2
+
+
+def test_journal_merges_units_in_time_order():
+    from pvelab.ops.logs import journal
+
+    class Fake:
+        def get(self, path, **params):
+            cursor = "s=ab;i=1;b=cd;m=1;t=2;x=3"
+            return {"corosync": [cursor, "Nov 30 10:00:05 pve1 corosync[1]: b", cursor],
+                    "pve-cluster": [cursor, "Nov 30 10:00:01 pve1 pmxcfs[2]: a", "Nov 30 10:00:09 pve1 pmxcfs[2]: c",
+                                    cursor]}[params["unit"]]
+
+    assert [x[-1] for x in journal(Fake(), "pve1", ("corosync", "pve-cluster"), 2)] == ["b", "c"]

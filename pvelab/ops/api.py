@@ -52,6 +52,10 @@ class Clock:
         if seconds > 0:
             time.sleep(seconds)
 
+    def wall(self) -> float:
+        """UNIX time, for what the nodes' logs are matched against."""
+        return time.time()
+
 
 @dataclass(frozen=True)
 class Retry:

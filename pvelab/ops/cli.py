@@ -69,6 +69,10 @@ def register(sub) -> None:
                                    "nested cluster's API. Exit 1 when something is unhealthy.")
     _stack(p)
     _nested(p)
+    p.add_argument("--logs", action="store_true",
+                   help="also each node's recent corosync and pve-cluster log lines (journalctl -u corosync "
+                        "-u pve-cluster, through the API)")
+    p.add_argument("--lines", type=count, default=50, metavar="N", help="log lines per node (default 50)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("drill", help="HA failover / quorum-loss drill (stops nested nodes!)",
@@ -124,7 +128,7 @@ def cmd_status(args) -> int:
         client = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
-    report = gather(client)
+    report = gather(client, args.lines if args.logs else None)
     print(status_json(report) if args.format == "json" else status_text(report))
     return 0 if report["healthy"] else 1
 

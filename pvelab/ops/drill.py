@@ -20,11 +20,13 @@ if that fails, prints which node may still be stopped and the exact command to s
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from ..spec import LabSpec, NodePlan
 from .api import ApiError, Clock, PveClient, WaitTimeout, poll
+from .logs import DRILL_UNITS, is_key_line, journal
 from .status import LRM_HOLDS_WATCHDOG, cluster_facts, ha_facts, ha_service
 
 
@@ -65,6 +67,8 @@ class DrillReport:
     findings: list[str] = field(default_factory=list)
     still_stopped: list[str] = field(default_factory=list)
     error: Optional[str] = None
+    started_at: Optional[float] = None  # UNIX time of the first stop (the timeline's +0)
+    log_lines: list[dict] = field(default_factory=list)  # key journal lines since then: {"node", "line"}
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class Drill:
         self.stopped.append(vm)
         if self.t0 is None:
             self.t0 = self.clock.now()
+            self.report.started_at = self.clock.wall()
         upid = self.outer.post(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/status/stop")
         self.stop_tasks[vm.plan.vmid] = upid
         self.outer.wait_task(vm.outer_node, upid, self.timing.task_deadline_s, self.timing.poll_s,
@@ -264,7 +269,26 @@ class Drill:
             if self.stopped:
                 self.out("starting the stopped node(s) again ...")
                 self.restore_after_failure()
+        self.collect_key_lines()
         return self.report
+
+    def collect_key_lines(self, per_node: int = 40) -> None:
+        """corosync, pmxcfs and HA lines since the first stop that tell the story (link down, quorum lost and
+        regained, fence, recovery), from every node that answers; best effort."""
+        if self.report.started_at is None or (self.report.error or "").startswith("interrupted"):
+            return
+        since = int(self.report.started_at) - 5
+        errors = []
+        for node in sorted(self.node_names()):
+            try:
+                lines = journal(self.nested, node, DRILL_UNITS, None, since)
+            except (ApiError, WaitTimeout) as exc:
+                errors.append(f"{node}: {exc.message if isinstance(exc, ApiError) else exc}")
+                continue
+            key = [line for line in lines if is_key_line(line)][-per_node:]
+            self.report.log_lines += [{"node": node, "line": line} for line in key]
+        if errors:
+            self.report.findings.append("some nodes' logs could not be read: " + "; ".join(errors))
 
     def drill_ha(self) -> None:
         sid = self.ha_sid()
@@ -494,6 +518,11 @@ def render_text(report: DrillReport) -> str:
     if report.events:
         lines.append("  timeline:")
         lines += [f"    +{e.t:7.1f} s  {e.what}" for e in report.events]
+    if report.log_lines:
+        started = time.strftime("%H:%M:%S", time.localtime(report.started_at)) if report.started_at else "?"
+        lines.append(f"  key log lines since the first stop (+0 = {started} here; journalctl -u corosync "
+                     f"-u pve-cluster -u pve-ha-crm -u pve-ha-lrm):")
+        lines += [f"    {x['node']}: {x['line']}" for x in report.log_lines]
     lines += [f"  - {f}" for f in report.findings]
     if report.error:
         lines.append(f"  error: {report.error}")

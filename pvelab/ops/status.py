@@ -11,6 +11,7 @@ import re
 from typing import Any, Optional
 
 from .api import ApiError, PveClient
+from .logs import CHAPTER_UNITS, gather_logs, render_logs
 
 SERVICE_STATUS_RE = re.compile(r"^\s*(?P<sid>\S+)\s+\((?P<node>[^,()]+),\s*(?P<state>[^,()]+)")
 # lrm and master entries carry their state only in `status`: "pve1 (active, watchdog active, Mon ...)" on PVE 9
@@ -106,14 +107,20 @@ def ceph_facts(client: PveClient) -> dict[str, Any]:
     }
 
 
-def gather(client: PveClient) -> dict[str, Any]:
-    """Everything `status` shows; a part that cannot be read carries its error instead."""
+def gather(client: PveClient, log_lines: Optional[int] = None) -> dict[str, Any]:
+    """Everything `status` shows; a part that cannot be read carries its error instead.
+
+    log_lines: also each member's last N corosync and pve-cluster journal lines (`logs`)."""
     report: dict[str, Any] = {}
     for key, read in (("cluster", cluster_facts), ("ceph", ceph_facts), ("ha", ha_facts)):
         try:
             report[key] = read(client)
         except ApiError as exc:
             report[key] = {"error": exc.message}
+    if log_lines:
+        members = [(n["name"], n["online"]) for n in report["cluster"].get("nodes", [])]
+        report["logs"] = gather_logs(client, members, log_lines)
+        report["log_lines"] = log_lines
     report["endpoint"] = client.last_endpoint.name if client.last_endpoint else None
     report["problems"] = problems(report)
     report["healthy"] = not report["problems"]
@@ -191,6 +198,8 @@ def render_text(report: dict[str, Any]) -> str:
             lines += _table(rows)
         else:
             lines.append("  no HA services")
+    if report.get("logs") is not None:
+        lines += render_logs(report["logs"], report.get("log_lines") or 0, CHAPTER_UNITS)
     if report.get("endpoint"):
         lines.append(f"(read through {report['endpoint']})")
     if report["problems"]:
