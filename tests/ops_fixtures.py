@@ -16,6 +16,7 @@ Everything listens on 127.0.0.1 with ports the system picks.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import subprocess
 import threading
@@ -198,10 +199,28 @@ class LabSim:
     def lrm_active(self, name: str) -> bool:
         if not self.up(name):
             return False
+        gone = self.gone_since[name]
+        if gone is not None and self.since[name] >= gone and not self.node_quorate(name):
+            return False  # rebooted without quorum: the LRM waits for its agent lock (idle)
         if self.ha_node == name:
             return True
         left = self.service_left[name]
         return left is not None and self.now() - left < self.idle_after
+
+    def guest_command(self, node: str, argv: list) -> dict:
+        """What a command run through the guest agent answers on the nested node (exec-status)."""
+        with self.lock:
+            if list(argv[:2]) == ["pvecm", "status"]:
+                quorate = "Yes" if self.node_quorate(node) else "No"
+                return {"exited": 1, "exitcode": 0 if quorate == "Yes" else 2,
+                        "out-data": f"Cluster information\n-------------------\nName:             pve-lab\n\n"
+                                    f"Quorum information\n------------------\nQuorate:          {quorate}\n"}
+            if list(argv[:2]) == ["sh", "-c"] and str(argv[2]).startswith("touch /etc/pve/"):
+                path = str(argv[2]).split()[1]
+                if not self.node_quorate(node):
+                    return {"exited": 1, "exitcode": 1, "err-data": f"touch: cannot touch '{path}': Permission denied\n"}
+                return {"exited": 1, "exitcode": 0}
+            return {"exited": 1, "exitcode": 127, "err-data": f"{argv[0]}: command not found\n"}
 
     def say(self, node: str, unit: str, text: str) -> None:
         self.log.append((self.now(), node, unit, text))
@@ -374,6 +393,15 @@ class LabSim:
 
 # ------------------------------------------------------------------ the fakes
 
+NIC_KEY = re.compile(r"^net\d+$")
+
+
+def _only_link_changed(old: str, new: str) -> bool:
+    def rest(value):
+        return sorted(p for p in str(value).split(",") if p and not p.startswith("link_down="))
+    return rest(old) == rest(new)
+
+
 
 class OuterFake(FakePve):
     """The outer PVE host: node 'pve' with everything a lab needs (tests break one thing at a time)."""
@@ -396,7 +424,10 @@ class OuterFake(FakePve):
     def add_lab_vms(self, vmids=(9100, 9101, 9102)) -> None:
         for i, vmid in enumerate(vmids):
             self.add_vm(vmid, f"pve{i + 1}", node="pve", status="running",
-                        config={"tags": "pve-lab;pve-lab-node", "cores": 4, "memory": 8192, "cpu": "host"})
+                             config={"tags": "pve-lab;pve-lab-node", "cores": 4, "memory": 8192, "cpu": "host",
+                                     "net0": f"virtio=BC:24:11:00:00:{i + 1:02X},bridge=vmbr0,firewall=0",
+                                     "agent": "enabled=1"})
+            self.vm(vmid).agent = {}  # qemu-guest-agent runs on the nested nodes (install-pve.sh)
 
     def _routes_lab(self):
         return [("GET", "/nodes/{node}/status", self._lab_node_status),
@@ -434,6 +465,38 @@ class OuterFake(FakePve):
 
     async def _lab_zones(self, v, user):
         return [{"zone": z, "type": t} for z, t in sorted(self.sdn_zones.items())]
+
+    # NIC link_down changes apply at once on a running VM (QemuServer.pm vmconfig_update_net ->
+    # qemu_set_link_status, `hotplug` default 'network,disk,usb'), where fakepve would leave them pending
+    async def _apply_config(self, vm, user, p):
+        if "revert" in p:  # qemu-server API2/Qemu.pm: `revert` drops pending changes (fakepve would store it)
+            p = dict(p)
+            for key in str(p.pop("revert")).split(","):
+                vm.pending.pop(key, None)
+            if not p:
+                return
+        await super()._apply_config(vm, user, p)
+        hotplug = str(vm.config.get("hotplug", "network,disk,usb"))
+        if vm.status == "running" and "network" in hotplug.split(","):
+            for key in [k for k in p if NIC_KEY.match(k)]:
+                if key in vm.pending and vm.pending[key] is not None and _only_link_changed(
+                        vm.config.get(key, ""), vm.pending[key]):
+                    vm.config[key] = vm.pending.pop(key)
+        if self.sim:
+            cut = any("link_down=1" in str(v) for k, v in vm.config.items() if NIC_KEY.match(k))
+            self.sim.link(vm.vmid, not cut)
+
+    # the nested node answers through the guest agent while it runs (its network may be cut)
+    async def _agent_call(self, match, values):
+        command = match.template.rsplit("/", 1)[1]
+        name = self.sim.node_of.get(int(values["vmid"])) if self.sim else None
+        if name and not self.sim.up(name):
+            raise PveError(500, "QEMU guest agent is not running")
+        if name and command == "exec-status":
+            vm = self.find(values["node"], values["vmid"])
+            argv = vm.agent_execs.get(int(values["pid"]), [])
+            return self.sim.guest_command(name, argv)
+        return await super()._agent_call(match, values)
 
     # power actions reach the simulated nested nodes
     async def _do_stop(self, vm, user, p):

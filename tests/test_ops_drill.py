@@ -17,6 +17,7 @@ from pvelab.cli import main
 from pvelab.ops.api import Clock
 from pvelab.ops.connect import nested_client, outer_client
 from pvelab.ops.drill import DrillTiming, render_json, render_text, run_drill
+from pvelab.ops.partition import run_partition, with_link_down
 from pvelab.ops.status import gather
 from pvelab.spec import parse_spec
 from pvelab.stackfile import load_stack
@@ -37,7 +38,15 @@ class Lab:
         spec = parse_spec(raw or lab_raw())
         outer = outer_client(spec, self.outer.url, self.ca, FAST, token=TOKEN)
         nested = nested_client(spec, nested_urls(self.nested), self.ca, FAST, password=ROOT_PASSWORD)
+        if kind == "partition":
+            return run_partition(spec, outer, nested, timing, clock, out=self.lines.append)
         return run_drill(kind, spec, outer, nested, timing, clock, out=self.lines.append)
+
+    def nic(self, vmid=9100):
+        return self.outer.vm(vmid).config["net0"]
+
+    def outer_puts(self):
+        return [p.split("/qemu/")[1] for m, p, _ in self.outer.requests if m == "PUT" and "/qemu/" in p]
 
     def outer_posts(self):
         return [p.split("/qemu/")[1] for m, p, _ in self.outer.requests if m == "POST" and "/status/" in p]
@@ -274,3 +283,94 @@ def test_drill_asks_first_and_refuses_without_yes_off_a_terminal(lab, tmp_path, 
     assert "drill quorum hard-stops 2 of the 3 nested nodes of stack 't' (outer VMs 9100, 9101, 9102 on pve)" in err
     assert "pass --yes" in err
     assert lab.outer_posts() == [] and lab.all_running()
+
+
+ORIGINAL_NET0 = "virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=0"
+
+
+def test_partition_drill_cuts_the_ha_node_off_and_heals_it(lab):
+    lab = lab(master="pve2")
+    report = lab.run("partition")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    whats = [e.what for e in report.events]
+    assert whats[:3] == ["vm:100 started on pve1",
+                         "pve1 cut off: link_down on net0 of outer VM 9100 (the node keeps running)",
+                         "majority keeps quorum: 2 of 3 online, pve1 offline"]
+    assert "pve1 (isolated, asked through the guest agent): pvecm status says Quorate: No" in whats
+    assert any(w.startswith("write on pve1 (isolated) refused: touch: cannot touch") for w in whats)
+    assert ha_states(report)[:4] == ["started on pve1", "fence on pve1", "starting on pve2", "started on pve2"]
+    assert any(w.startswith("Ceph: 2 of 3 OSDs up (OSD_DOWN: 1 osds down)") for w in whats)
+    assert whats.index("pve1 reconnected: links of outer VM 9100 restored") > whats.index("VM 100 running on pve2")
+    assert "VM 100 running on pve1" in whats  # failback after the heal
+    assert whats[-1].startswith("pve1 was reset during the drill (uptime now ")
+    findings = "\n".join(report.findings)
+    assert "pve1 (isolated): no quorum (pvecm status 'Quorate: No')" in findings
+    assert "/etc/pve is read-only on pve1 (isolated): pmxcfs refuses writes" in findings
+    assert "the majority (pve2, pve3) keeps quorum: 2 of 3 online" in findings
+    assert "HA fenced pve1 and restarted vm:100 on pve2" in findings
+    assert "Ceph marked the isolated node's OSDs down: 2 of 3 up" in findings
+    assert "pve1 rebooted during the drill" in findings  # its LRM held the watchdog: self-fenced
+    assert [n for n, _ in lab.sim.resets] == ["pve1"]
+    # powered all along, links as before, no power action at all
+    assert lab.outer_posts() == [] and lab.all_running()
+    assert lab.nic() == ORIGINAL_NET0 and lab.outer.vm(9100).pending == {}
+    assert lab.outer_puts() == ["9100/config", "9100/config"]
+    assert lab.sim.ha_node == "pve1" and lab.sim.vm_runs() and lab.sim.quorate()
+    text = render_text(report)
+    assert "time to recovery:" in text and "(cut -> the VM runs on another node)" in text
+
+
+def test_partition_drill_restores_the_links_when_it_fails(lab):
+    lab = lab(stuck="fence")
+    report = lab.run("partition", timing=DrillTiming(poll_s=0.02, task_deadline_s=5, recovery_deadline_s=1.0))
+    assert not report.ok and report.error.startswith("HA did not recover vm:100")
+    assert "restoring the cut network link(s) ..." in lab.lines
+    assert lab.nic() == ORIGINAL_NET0 and report.still_cut == []
+
+
+def test_partition_drill_prints_the_manual_restore_when_it_cannot(lab):
+    lab = lab(stuck="fence")
+    calls = {"n": 0}
+    apply = lab.outer._apply_config
+
+    async def refuse_the_second(vm, user, p):  # the cut works, the restore is refused
+        calls["n"] += 1
+        if calls["n"] > 1:
+            from fakepve.model import PveError
+            raise PveError(500, "VM 9100 qmp command 'set_link' failed - got timeout")
+        await apply(vm, user, p)
+
+    lab.outer._apply_config = refuse_the_second
+    report = lab.run("partition", timing=DrillTiming(poll_s=0.02, task_deadline_s=5, recovery_deadline_s=0.5))
+    assert report.still_cut == ["pve1"]
+    out = "\n".join(lab.lines)
+    assert "node pve1 (outer VM 9100 on pve) may still be CUT OFF" in out
+    assert f"qm set 9100 --net0 '{ORIGINAL_NET0}'" in out
+    assert f"pvesh set /nodes/pve/qemu/9100/config --net0 '{ORIGINAL_NET0}'" in out
+    assert "STILL CUT OFF (restore their links, see above): pve1" in render_text(report)
+
+
+def test_partition_drill_refuses_when_the_link_change_would_only_pend(lab):
+    lab = lab()
+    lab.outer.vm(9100).config["hotplug"] = "disk,usb"  # no network hotplug: link_down would wait for a restart
+    report = lab.run("partition")
+    assert not report.ok and "did not apply link_down on net0 of VM 9100 live" in report.error
+    assert lab.nic() == ORIGINAL_NET0 and lab.outer.vm(9100).pending == {} and lab.sim.quorate()
+
+
+def test_link_down_keeps_the_other_options():
+    assert with_link_down(ORIGINAL_NET0, True) == ORIGINAL_NET0 + ",link_down=1"
+    assert with_link_down(ORIGINAL_NET0 + ",link_down=1", False) == ORIGINAL_NET0
+    assert with_link_down("virtio=AA,link_down=0,bridge=vmbr0", True) == "virtio=AA,bridge=vmbr0,link_down=1"
+
+
+def test_partition_drill_asks_first(lab, tmp_path, monkeypatch, capsys):
+    lab = lab()
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
+    assert main(["drill", "partition", "-s", "t"]) == 2
+    err = capsys.readouterr().err
+    assert ("drill partition cuts the network links (link_down) of the nested node that runs the HA test VM of "
+            "stack 't' (outer VMs 9100, 9101, 9102 on pve), then restores them.") in err
+    assert lab.outer_puts() == []

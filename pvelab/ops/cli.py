@@ -8,6 +8,7 @@ from ..stackfile import SECRET_ENV, load_stack
 from .api import ApiError, Retry
 from .connect import nested_client, outer_client
 from .drill import DrillTiming, render_json as drill_json, render_text as drill_text, run_drill
+from .partition import run_partition
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
 from .status import gather, render_json as status_json, render_text as status_text
 
@@ -75,11 +76,13 @@ def register(sub) -> None:
     p.add_argument("--lines", type=count, default=50, metavar="N", help="log lines per node (default 50)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("drill", help="HA failover / quorum-loss drill (stops nested nodes!)",
+    p = sub.add_parser("drill", help="HA failover / quorum-loss / partition drill (stops or cuts nested nodes!)",
                        description="ha: hard-stop the nested node running the HA test VM (through the outer "
                                    "host), time the failover, start the node again. quorum: stop a majority of "
-                                   "nodes, show the survivor without quorum, start them again.")
-    p.add_argument("kind", choices=("ha", "quorum"))
+                                   "nodes, show the survivor without quorum, start them again. partition: cut the "
+                                   "HA test VM's node off the network (link_down on its NICs), show both sides, "
+                                   "restore the links.")
+    p.add_argument("kind", choices=("ha", "quorum", "partition"))
     _stack(p)
     _outer(p)
     _nested(p)
@@ -93,6 +96,9 @@ def register(sub) -> None:
                    help=f"deadline for stopped nodes to rejoin with quorum (default {d.rejoin_deadline_s:g})")
     p.add_argument("--observe", type=seconds, default=d.observe_s, metavar="S",
                    help=f"quorum drill: how long to watch HA not recover (default {d.observe_s:g})")
+    p.add_argument("--settle-timeout", type=seconds, default=d.settle_deadline_s, metavar="S",
+                   help=f"deadline for the HA VM to run again (and fail back) after the nodes rejoined "
+                        f"(default {d.settle_deadline_s:g})")
     p.add_argument("--yes", action="store_true",
                    help="do not ask before hard-stopping nested nodes (needed when not run on a terminal)")
     p.set_defaults(func=cmd_drill)
@@ -138,11 +144,13 @@ def _confirm_drill(args, spec) -> bool:
     if args.yes:
         return True
     plans = spec.node_plans
-    what = ("the nested node that runs the HA test VM" if args.kind == "ha"
+    what = ("the nested node that runs the HA test VM" if args.kind in ("ha", "partition")
             else f"{len(plans) // 2 + 1} of the {len(plans)} nested nodes")
     vmids = ", ".join(str(p.vmid) for p in plans)
-    question = (f"drill {args.kind} hard-stops {what} of stack '{args.stack}' (outer VMs {vmids} on "
-                f"{spec.outer.node}), then starts them again.")
+    action, undo = (("cuts the network links (link_down) of", "restores them") if args.kind == "partition"
+                    else ("hard-stops", "starts them again"))
+    question = (f"drill {args.kind} {action} {what} of stack '{args.stack}' (outer VMs {vmids} on "
+                f"{spec.outer.node}), then {undo}.")
     if not sys.stdin.isatty():
         print(f"{question} Not on a terminal: pass --yes to go ahead.", file=sys.stderr)
         return False
@@ -156,15 +164,18 @@ def cmd_drill(args) -> int:
         return 2
     timing = DrillTiming(poll_s=args.poll, task_deadline_s=args.task_timeout,
                          recovery_deadline_s=args.recovery_timeout, rejoin_deadline_s=args.rejoin_timeout,
-                         observe_s=args.observe)
+                         observe_s=args.observe, settle_deadline_s=args.settle_timeout)
     try:
         outer = outer_client(spec, args.outer_url, args.outer_ca, _retry(args))
         nested = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
     progress = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
-    report = run_drill(args.kind, spec, outer, nested, timing, out=progress)
+    if args.kind == "partition":
+        report = run_partition(spec, outer, nested, timing, out=progress)
+    else:
+        report = run_drill(args.kind, spec, outer, nested, timing, out=progress)
     print(drill_json(report) if args.format == "json" else drill_text(report))
-    if report.still_stopped:
+    if report.still_stopped or report.still_cut:
         return EXIT_STILL_STOPPED
     return 0 if report.ok else 1

@@ -66,6 +66,7 @@ class DrillReport:
     failback_s: Optional[float] = None  # since the power failure: the VM runs on its preferred node again
     findings: list[str] = field(default_factory=list)
     still_stopped: list[str] = field(default_factory=list)
+    still_cut: list[str] = field(default_factory=list)  # partition drill: links not restored
     error: Optional[str] = None
     started_at: Optional[float] = None  # UNIX time of the first stop (the timeline's +0)
     log_lines: list[dict] = field(default_factory=list)  # key journal lines since then: {"node", "line"}
@@ -92,6 +93,7 @@ class Drill:
         self.stop_tasks: dict[int, str] = {}  # vmid -> UPID of a stop task not yet seen finished
         self.t0: Optional[float] = None
         self.ha_seen: Optional[tuple] = None  # (state, node) of the HA service last put on the timeline
+        self.loss_word = "the power failure"
         self.report = DrillReport("")
 
     # ---------------------------------------------------------------- helpers
@@ -162,6 +164,9 @@ class Drill:
                 raise
         self.stopped.remove(vm)
         self.event(f"{vm.plan.hostname} powered on (outer VM {vm.plan.vmid} started)")
+
+    def restore_links(self) -> None:
+        """Heal what a drill cut (the partition drill); nothing for the power drills."""
 
     def restore_after_failure(self) -> None:
         """Best effort: start every node we stopped; say loudly which may still be down."""
@@ -255,7 +260,7 @@ class Drill:
         self.report = DrillReport(kind)
         self.all_endpoints = list(self.nested.endpoints)
         try:
-            (self.drill_ha if kind == "ha" else self.drill_quorum)()
+            getattr(self, f"drill_{kind}")()
             self.report.ok = True
         except (DrillError, ApiError, WaitTimeout, KeyboardInterrupt) as exc:
             msg = exc.message if isinstance(exc, ApiError) else (str(exc) or "interrupted (Ctrl-C)")
@@ -266,6 +271,7 @@ class Drill:
             self.out(f"drill {kind} failed: {self.report.error}")
             raise
         finally:
+            self.restore_links()
             if self.stopped:
                 self.out("starting the stopped node(s) again ...")
                 self.restore_after_failure()
@@ -305,6 +311,29 @@ class Drill:
                  f"{victim.plan.vmid} on {victim.outer_node}) and watching HA through the other nodes")
         self.event(f"{sid} {svc['state']} on {svc['node']}")
         self.stop(victim)
+        moved, seen = self.watch_recovery(sid, svc, victim.plan.hostname)
+        self.note_fence_skipped(sid, seen, master, victim.plan.hostname)
+        self.start(victim)
+        self.wait_rejoined()
+        self.settle_with_failback(sid, svc, moved)
+
+    def note_fence_skipped(self, sid: str, seen: set[str], master: Optional[str], lost: str) -> None:
+        if "fence" not in seen:
+            why = (f"{lost} was also the HA master: the new master took over when the manager lock expired "
+                   f"(120 s), waited its own fence delay (60 s) and fenced and recovered in one round"
+                   if master == lost else "it lasted less than one poll interval")
+            self.report.findings.append(f"HA never showed 'fence' for {sid}: {why}")
+
+    def settle_with_failback(self, sid: str, before: dict, moved: dict) -> None:
+        """Wait for the VM to run again, back on its preferred node when the rule's failback (default on) is due."""
+        preferred = self.spec.ha_preferred_node
+        failback = before.get("failback") is None or bool(int(before.get("failback") or 0))
+        due = preferred if failback and moved["node"] != preferred and preferred in self.node_names() else None
+        self.wait_settled(sid, due)
+
+    def watch_recovery(self, sid: str, svc: dict, lost: str) -> tuple[dict, set[str]]:
+        """Follow the HA service from the loss of node `lost` until its VM runs on another node; the service
+        entry there and the HA states seen."""
         state = (svc["node"], svc["state"])
         seen = {svc["state"]}
         last = {"seen": f"{state[1]} on {state[0]}"}
@@ -326,13 +355,14 @@ class Drill:
                 seen.add(now["state"])
                 self.event(f"{sid} {now['state']} on {now['node']}")
             last["seen"] = f"{now['state']} on {now['node']}"
-            if now["state"] == "started" and now["node"] != victim.plan.hostname:
+            if now["state"] == "started" and now["node"] != lost:
                 # HA has placed it; recovered once the VM really runs there
                 vm = self.vm_status(sid)
                 last["seen"] += f", VM {vm.get('status', 'not listed')} on {vm.get('node', '?')}"
                 if vm.get("status") == "running" and vm.get("node") == now["node"]:
                     self.event(f"VM {sid.split(':')[1]} running on {now['node']}")
                     return now
+            self.on_poll()
             return None
 
         try:
@@ -343,18 +373,11 @@ class Drill:
                              f"(a service stuck in fence/recovery: no node may run it, or fencing did not "
                              f"complete)") from None
         self.report.recovery_s = self.elapsed()  # rounded only when shown
-        self.out(f"recovered: {sid} runs on {moved['node']} {self.report.recovery_s:.1f} s after the power failure")
-        if "fence" not in seen:
-            why = (f"{victim.plan.hostname} was also the HA master: the new master took over when the manager "
-                   f"lock expired (120 s), waited its own fence delay (60 s) and fenced and recovered in one round"
-                   if master == victim.plan.hostname else "it lasted less than one poll interval")
-            self.report.findings.append(f"HA never showed 'fence' for {sid}: {why}")
-        self.start(victim)
-        self.wait_rejoined()
-        preferred = self.spec.ha_preferred_node
-        failback = svc.get("failback") is None or bool(int(svc.get("failback") or 0))
-        due = preferred if failback and moved["node"] != preferred and preferred in self.node_names() else None
-        self.wait_settled(sid, due)
+        self.out(f"recovered: {sid} runs on {moved['node']} {self.report.recovery_s:.1f} s after {self.loss_word}")
+        return moved, seen
+
+    def on_poll(self) -> None:
+        """Called on every poll while HA recovers: a drill may watch more (the partition drill: Ceph)."""
 
     def node_names(self) -> set[str]:
         return {p.hostname for p in self.spec.node_plans}
@@ -510,7 +533,8 @@ class Drill:
 def render_text(report: DrillReport) -> str:
     lines = [f"drill {report.kind}: {'completed' if report.ok else 'FAILED'}"]
     if report.recovery_s is not None:
-        lines.append(f"  time to recovery: {report.recovery_s:.1f} s (power failure -> the VM runs on another node)")
+        cause = "cut" if report.kind == "partition" else "power failure"
+        lines.append(f"  time to recovery: {report.recovery_s:.1f} s ({cause} -> the VM runs on another node)")
     if report.rejoin_s is not None:
         lines.append(f"  rejoin after power-on: {report.rejoin_s:.1f} s")
     if report.failback_s is not None:
@@ -528,6 +552,8 @@ def render_text(report: DrillReport) -> str:
         lines.append(f"  error: {report.error}")
     if report.still_stopped:
         lines.append(f"  STILL STOPPED (start them, see above): {', '.join(report.still_stopped)}")
+    if report.still_cut:
+        lines.append(f"  STILL CUT OFF (restore their links, see above): {', '.join(report.still_cut)}")
     return "\n".join(lines)
 
 
