@@ -132,6 +132,9 @@ class LabSim:
         self.start_at = -1e9  # when the LRM of ha_node was asked to start the service
         self.migrate_at: Optional[float] = None
         self.migrated_at: Optional[float] = None
+        self.migrate_target: Optional[str] = None
+        self.requested_target: Optional[str] = None  # queued by POST /cluster/ha/resources/{sid}/migrate
+        self.downtime_ms = 37
         self.service_left: dict[str, Optional[float]] = {n: None for n in nodes}  # last service left (LRM idle timer)
         self.master, self.master_since = master or ha_node, -1e9
         self.quorum_lost_at: Optional[float] = None
@@ -309,14 +312,24 @@ class LabSim:
             return
         if self.ha_state == "started" and not self.ha_running and self.vm_runs():
             self.ha_running = True
+        if self.ha_state == "started" and self.ha_running and self.requested_target:
+            # a queued `ha-manager migrate` command, taken at the next manager round
+            target, self.requested_target = self.requested_target, None
+            if target != node and self.member(target):
+                self.ha_state, self.migrate_at, self.migrate_target = "migrate", t, target
+                self.say(self.master, "pve-ha-crm", f"migrate service '{self.ha_sid}' to node '{target}'")
         if (self.failback and self.ha_state == "started" and self.ha_running and node != self.preferred
-                and self.member(self.preferred) and t >= self.member_since[self.preferred] + self.round_s):
-            self.ha_state, self.migrate_at = "migrate", max(t, self.member_since[self.preferred] + self.round_s)
+                and self.member(self.preferred)
+                and t >= max(self.member_since[self.preferred], self.migrated_at or -1e9) + self.round_s):
+            self.ha_state, self.migrate_target = "migrate", self.preferred
+            self.migrate_at = max(t, self.member_since[self.preferred] + self.round_s)
             self.say(self.master, "pve-ha-crm", f"migrate service '{self.ha_sid}' to node '{self.preferred}' (running)")
         if self.ha_state == "migrate" and t >= self.migrate_at + self.migrate_after:
             self.service_left[node] = t
-            self.ha_node, self.ha_state, self.ha_running = self.preferred, "started", True
+            self.ha_node, self.ha_state, self.ha_running = self.migrate_target, "started", True
             self.migrated_at = t
+            if self.nested is not None:
+                self.nested.add_migration_task(node, self.ha_vmid, self.migrate_target, self.downtime_ms)
 
     def _best_node(self) -> Optional[str]:
         if self.member(self.preferred):
@@ -551,8 +564,22 @@ class NestedFake(FakePve):
             raise ConnectionResetError(f"{node} is powered off or cut off")
         return await FakePve._middleware(self, request, handler)
 
+    def add_migration_task(self, source: str, vmid: int, target: str, downtime_ms: int) -> None:
+        """The finished qmigrate task the source node's LRM ran (qemu-server QemuMigrate.pm wording)."""
+        upid, pid, start = self._upid(source, "qmigrate", vmid, "root@pam")
+        log = [f"starting migration of VM {vmid} to node '{target}' (10.10.10.12)",
+               "migration active, transferred 256.0 MiB of 512.0 MiB VM-state, 512.0 MiB/s",
+               f"average migration speed: 512.0 MiB/s - downtime {downtime_ms} ms",
+               "migration status: completed", "migration finished successfully (duration 00:00:02)", "TASK OK"]
+        record = {"upid": upid, "node": source, "pid": pid, "pstart": pid * 7, "starttime": start, "type": "qmigrate",
+                  "id": str(vmid), "user": "root@pam", "status": "stopped", "exitstatus": "OK", "endtime": start,
+                  "log": log}
+        self.tasks[upid] = record
+        self.tasklog.append(record)
+
     def _routes_lab(self):
         return [("GET", "/cluster/ha/status/current", self._lab_ha_status),
+                ("POST", "/cluster/ha/resources/{sid}/migrate", self._lab_ha_migrate),
                 ("GET", "/nodes/{node}/config", self._lab_node_config_get),
                 ("PUT", "/nodes/{node}/config", self._lab_node_config_put),
                 ("GET", "/nodes/{node}/status", self._lab_node_status),
@@ -561,6 +588,15 @@ class NestedFake(FakePve):
     async def _lab_ha_status(self, v, user):
         local = next((n for n in sorted(self.sim.vmid_of) if self.sim.reachable(n)), sorted(self.sim.vmid_of)[0])
         return self.sim.ha_status(local)
+
+    async def _lab_ha_migrate(self, v, user):
+        """pve-ha-manager API2/HA/Resources.pm migrate: queue the CRM command, answer sid and requested-node."""
+        self.need_quorum()
+        sid = v["sid"] if ":" in str(v["sid"]) else f"vm:{v['sid']}"
+        if sid != self.sim.ha_sid:
+            raise PveError(500, f"service '{sid}' is not HA managed\n")
+        self.sim.requested_target = v["node"]
+        return {"sid": sid, "requested-node": v["node"]}
 
     async def _lab_node_config_get(self, v, user):
         return dict(self.node_config.get(v["node"], {}))

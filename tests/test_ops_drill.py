@@ -17,6 +17,7 @@ from pvelab.cli import main
 from pvelab.ops.api import Clock
 from pvelab.ops.connect import nested_client, outer_client
 from pvelab.ops.drill import DrillTiming, render_json, render_text, run_drill
+from pvelab.ops.migrate import run_migrate
 from pvelab.ops.partition import run_partition, with_link_down
 from pvelab.ops.status import gather
 from pvelab.spec import parse_spec
@@ -40,6 +41,9 @@ class Lab:
         nested = nested_client(spec, nested_urls(self.nested), self.ca, FAST, password=ROOT_PASSWORD)
         if kind == "partition":
             return run_partition(spec, outer, nested, timing, clock, out=self.lines.append)
+        if kind.startswith("migrate"):
+            target = kind.partition(":")[2] or None
+            return run_migrate(spec, outer, nested, timing, clock, out=self.lines.append, target=target)
         return run_drill(kind, spec, outer, nested, timing, clock, out=self.lines.append)
 
     def nic(self, vmid=9100):
@@ -374,3 +378,41 @@ def test_partition_drill_asks_first(lab, tmp_path, monkeypatch, capsys):
     assert ("drill partition cuts the network links (link_down) of the nested node that runs the HA test VM of "
             "stack 't' (outer VMs 9100, 9101, 9102 on pve), then restores them.") in err
     assert lab.outer_puts() == []
+
+
+def test_migrate_drill_reports_the_downtime_and_the_failback(lab):
+    lab = lab()
+    report = lab.run("migrate")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert ha_states(report) == ["started on pve1", "migrate on pve1", "started on pve2", "migrate on pve2",
+                                 "started on pve1"]
+    whats = [e.what for e in report.events]
+    assert "migration of vm:100 to pve2 requested" in whats and "VM 100 running on pve2" in whats
+    assert report.downtime_ms == 37
+    assert any(w.startswith("QEMU paused the VM for 37 ms for the switch-over (task UPID:pve1:") for w in whats)
+    assert any("the VM kept running except for 37 ms" in f for f in report.findings)
+    assert not any(f.startswith("unexpected") for f in report.findings)
+    assert report.failback_s is not None  # the rule prefers pve1 and failback is on: HA moved it back
+    assert lab.outer_posts() == [] and lab.outer_puts() == []  # nothing powered off or cut
+    posts = [p for m, p, _ in lab.nested.requests if m == "POST" and "/access/" not in p]
+    assert posts == ["/api2/json/cluster/ha/resources/vm:100/migrate"]
+    text = render_text(report)
+    assert "migration:" in text and "downtime: 37 ms" in text
+    assert json.loads(render_json(report))["downtime_ms"] == 37
+
+
+def test_migrate_drill_to_a_chosen_node_without_failback(lab):
+    lab = lab(failback=False)
+    report = lab.run("migrate:pve3")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert ha_states(report)[-1] == "started on pve3" and report.failback_s is None
+    assert lab.sim.ha_node == "pve3"
+
+
+def test_migrate_drill_refuses_a_bad_target(lab):
+    lab = lab()
+    report = lab.run("migrate:pve1")
+    assert not report.ok and report.error == "--to pve1: the HA test VM already runs there"
+    report = lab.run("migrate:pve9")
+    assert not report.ok and report.error.startswith("--to pve9: not a member of the cluster")
+    assert [p for m, p, _ in lab.nested.requests if m == "POST" and "/access/" not in p] == []

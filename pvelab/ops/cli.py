@@ -8,6 +8,7 @@ from ..stackfile import SECRET_ENV, load_stack
 from .api import ApiError, Retry
 from .connect import nested_client, outer_client
 from .drill import DrillTiming, render_json as drill_json, render_text as drill_text, run_drill
+from .migrate import run_migrate
 from .partition import run_partition
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
 from .status import gather, render_json as status_json, render_text as status_text
@@ -81,8 +82,9 @@ def register(sub) -> None:
                                    "host), time the failover, start the node again. quorum: stop a majority of "
                                    "nodes, show the survivor without quorum, start them again. partition: cut the "
                                    "HA test VM's node off the network (link_down on its NICs), show both sides, "
-                                   "restore the links.")
-    p.add_argument("kind", choices=("ha", "quorum", "partition"))
+                                   "restore the links. migrate: live-migrate the HA test VM (ha-manager migrate) "
+                                   "and report the downtime.")
+    p.add_argument("kind", choices=("ha", "quorum", "partition", "migrate"))
     _stack(p)
     _outer(p)
     _nested(p)
@@ -99,6 +101,7 @@ def register(sub) -> None:
     p.add_argument("--settle-timeout", type=seconds, default=d.settle_deadline_s, metavar="S",
                    help=f"deadline for the HA VM to run again (and fail back) after the nodes rejoined "
                         f"(default {d.settle_deadline_s:g})")
+    p.add_argument("--to", metavar="NODE", help="migrate drill: the target node (default: the next node)")
     p.add_argument("--yes", action="store_true",
                    help="do not ask before hard-stopping nested nodes (needed when not run on a terminal)")
     p.set_defaults(func=cmd_drill)
@@ -144,6 +147,8 @@ def _confirm_drill(args, spec) -> bool:
     if args.yes:
         return True
     plans = spec.node_plans
+    if args.kind == "migrate":  # nothing is stopped or cut: the VM only moves (and may fail back)
+        return True
     what = ("the nested node that runs the HA test VM" if args.kind in ("ha", "partition")
             else f"{len(plans) // 2 + 1} of the {len(plans)} nested nodes")
     vmids = ", ".join(str(p.vmid) for p in plans)
@@ -173,6 +178,8 @@ def cmd_drill(args) -> int:
     progress = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
     if args.kind == "partition":
         report = run_partition(spec, outer, nested, timing, out=progress)
+    elif args.kind == "migrate":
+        report = run_migrate(spec, outer, nested, timing, out=progress, target=args.to)
     else:
         report = run_drill(args.kind, spec, outer, nested, timing, out=progress)
     print(drill_json(report) if args.format == "json" else drill_text(report))

@@ -64,6 +64,7 @@ class DrillReport:
     recovery_s: Optional[float] = None
     rejoin_s: Optional[float] = None
     failback_s: Optional[float] = None  # since the power failure: the VM runs on its preferred node again
+    downtime_ms: Optional[int] = None  # migrate drill: QEMU's switch-over pause
     findings: list[str] = field(default_factory=list)
     still_stopped: list[str] = field(default_factory=list)
     still_cut: list[str] = field(default_factory=list)  # partition drill: links not restored
@@ -532,9 +533,13 @@ class Drill:
 
 def render_text(report: DrillReport) -> str:
     lines = [f"drill {report.kind}: {'completed' if report.ok else 'FAILED'}"]
-    if report.recovery_s is not None:
+    if report.recovery_s is not None and report.kind == "migrate":
+        lines.append(f"  migration: {report.recovery_s:.1f} s (request -> the VM runs on the target node)")
+    elif report.recovery_s is not None:
         cause = "cut" if report.kind == "partition" else "power failure"
         lines.append(f"  time to recovery: {report.recovery_s:.1f} s ({cause} -> the VM runs on another node)")
+    if report.downtime_ms is not None:
+        lines.append(f"  downtime: {report.downtime_ms} ms (QEMU's switch-over pause, from the qmigrate task log)")
     if report.rejoin_s is not None:
         lines.append(f"  rejoin after power-on: {report.rejoin_s:.1f} s")
     if report.failback_s is not None:
