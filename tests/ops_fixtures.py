@@ -141,7 +141,7 @@ class LabSim:
         self.armed: set[str] = set()  # nodes whose active LRM holds the watchdog while quorum is lost
         self.resets: list[tuple[str, float]] = []  # watchdog resets (node, lab time)
         self.log: list[tuple[float, str, str, str]] = [  # journal lines: (lab time, node, unit, text)
-            (-100.0, n, u, text) for n in sorted(nodes) for u, text in (
+            (-1e4, n, u, text) for n in sorted(nodes) for u, text in (
                 ("corosync", f"[QUORUM] Members[{len(nodes)}]: {' '.join(str(i + 1) for i in range(len(nodes)))}"),
                 ("corosync", "[MAIN  ] Completed service synchronization, ready to provide service."),
                 ("pve-cluster", "[status] notice: node has quorum"))]

@@ -64,6 +64,12 @@ def lab(serve, ca):
     return lambda **sim_args: Lab(serve, ca, **sim_args)
 
 
+
+@pytest.fixture(autouse=True)
+def english_locale(monkeypatch):
+    """The text assertions below are English: the locale must not pick Japanese (see test_ops_i18n.py)."""
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+
 def ha_states(report):
     return [e.what.removeprefix("vm:100 ") for e in report.events if e.what.startswith("vm:100 ")]
 

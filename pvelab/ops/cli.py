@@ -8,6 +8,7 @@ from ..stackfile import SECRET_ENV, load_stack
 from .api import ApiError, Retry
 from .connect import nested_client, outer_client
 from .drill import DrillTiming, render_json as drill_json, render_text as drill_text, run_drill
+from .i18n import LANGS, default_lang, translate, translating
 from .migrate import run_migrate
 from .partition import run_partition
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
@@ -40,6 +41,12 @@ def _stack(p: argparse.ArgumentParser) -> None:
                    help="attempts per API call on transient errors (default: 3)")
     p.add_argument("--request-timeout", type=seconds, default=10.0, metavar="S",
                    help="seconds for one API request (default: 10)")
+
+
+def _lang(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lang", choices=LANGS, default=None,
+                   help="language of the text output (default: from the locale, LANG=ja_JP.UTF-8 gives ja); "
+                        "JSON is the same in every language")
 
 
 def _outer(p: argparse.ArgumentParser) -> None:
@@ -75,6 +82,7 @@ def register(sub) -> None:
                    help="also each node's recent corosync and pve-cluster log lines (journalctl -u corosync "
                         "-u pve-cluster, through the API)")
     p.add_argument("--lines", type=count, default=50, metavar="N", help="log lines per node (default 50)")
+    _lang(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("drill", help="HA failover / quorum-loss / partition drill (stops or cuts nested nodes!)",
@@ -101,6 +109,7 @@ def register(sub) -> None:
     p.add_argument("--settle-timeout", type=seconds, default=d.settle_deadline_s, metavar="S",
                    help=f"deadline for the HA VM to run again (and fail back) after the nodes rejoined "
                         f"(default {d.settle_deadline_s:g})")
+    _lang(p)
     p.add_argument("--to", metavar="NODE", help="migrate drill: the target node (default: the next node)")
     p.add_argument("--yes", action="store_true",
                    help="do not ask before hard-stopping nested nodes (needed when not run on a terminal)")
@@ -138,7 +147,8 @@ def cmd_status(args) -> int:
     except ApiError as exc:
         return _fail(exc.message)
     report = gather(client, args.lines if args.logs else None)
-    print(status_json(report) if args.format == "json" else status_text(report))
+    lang = args.lang or default_lang()
+    print(status_json(report) if args.format == "json" else translate(status_text(report), lang))
     return 0 if report["healthy"] else 1
 
 
@@ -175,14 +185,15 @@ def cmd_drill(args) -> int:
         nested = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
-    progress = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
+    lang = args.lang or default_lang()
+    progress = translating((lambda line: print(line, file=sys.stderr)) if args.format == "json" else print, lang)
     if args.kind == "partition":
         report = run_partition(spec, outer, nested, timing, out=progress)
     elif args.kind == "migrate":
         report = run_migrate(spec, outer, nested, timing, out=progress, target=args.to)
     else:
         report = run_drill(args.kind, spec, outer, nested, timing, out=progress)
-    print(drill_json(report) if args.format == "json" else drill_text(report))
+    print(drill_json(report) if args.format == "json" else translate(drill_text(report), lang))
     if report.still_stopped or report.still_cut:
         return EXIT_STILL_STOPPED
     return 0 if report.ok else 1
