@@ -129,6 +129,7 @@ class LabSim:
         self.ha_sid, self.ha_vmid = f"vm:{ha_vmid}", ha_vmid
         self.preferred = ha_node
         self.ha_node, self.ha_state, self.ha_running = ha_node, "started", True
+        self.vm_on: tuple = (ha_node, -1e9)  # (node, its boot time) the VM was started on
         self.start_at = -1e9  # when the LRM of ha_node was asked to start the service
         self.migrate_at: Optional[float] = None
         self.migrated_at: Optional[float] = None
@@ -245,6 +246,7 @@ class LabSim:
             self._watchdogs(t)
             if self.quorate():
                 self._manager(t)
+            self._start_vm(t)
             self._publish()
 
     def _watchdogs(self, t: float) -> None:
@@ -328,6 +330,7 @@ class LabSim:
             self.service_left[node] = t
             self.ha_node, self.ha_state, self.ha_running = self.migrate_target, "started", True
             self.migrated_at = t
+            self.vm_on = (self.ha_node, self.since[self.ha_node])  # moved there running
             if self.nested is not None:
                 self.nested.add_migration_task(node, self.ha_vmid, self.migrate_target, self.downtime_ms)
 
@@ -350,15 +353,18 @@ class LabSim:
             vm.status = vm.qmpstatus = "running" if self.vm_runs() else "stopped"
 
     def vm_runs(self) -> bool:
-        """The HA VM runs: its node is up, and the LRM there started it `start_after` s after it was asked to,
-        or after the node booted (a frozen service starts again only then)."""
-        node, t = self.ha_node, self.now()
-        if not self.up(node) or self.ha_state not in ("started", "migrate"):
-            return False
-        if self.migrated_at is not None and self.migrated_at >= self.since[node]:
-            return True  # moved there running (live migration)
-        booted = self.since[node] + self.boot_after
-        return t >= max(booted, self.start_at) + self.start_after
+        """The HA VM runs: it was started (or migrated) on its node since that node last booted."""
+        node = self.ha_node
+        return self.up(node) and self.vm_on == (node, self.since[node]) and self.ha_state in ("started", "migrate")
+
+    def _start_vm(self, t: float) -> None:
+        """The LRM of the service's node starts the VM `start_after` s after it was asked to or after the node
+        booted, and only with quorum (LRM.pm: no agent lock without it): a frozen service waits for quorum."""
+        node = self.ha_node
+        if self.vm_on == (node, self.since[node]) or self.ha_state != "started" or not self.up(node):
+            return
+        if self.node_quorate(node) and t >= max(self.since[node] + self.boot_after, self.start_at) + self.start_after:
+            self.vm_on = (node, self.since[node])
 
     def service_state(self) -> str:
         """The verbose state `ha-manager status` shows (pve-ha-manager Tools.pm get_verbose_service_state)."""

@@ -13,6 +13,7 @@ from .migrate import run_migrate
 from .partition import run_partition
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
 from .status import gather, render_json as status_json, render_text as status_text
+from .watch import watch
 
 EXIT_STILL_STOPPED = 3
 
@@ -82,6 +83,11 @@ def register(sub) -> None:
                    help="also each node's recent corosync and pve-cluster log lines (journalctl -u corosync "
                         "-u pve-cluster, through the API)")
     p.add_argument("--lines", type=count, default=50, metavar="N", help="log lines per node (default 50)")
+    p.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C "
+                   "(JSON Lines with --format json)")
+    p.add_argument("--interval", type=seconds, default=5.0, metavar="S", help="--watch: seconds between frames "
+                   "(default 5)")
+    p.add_argument("--count", type=count, default=None, metavar="N", help="--watch: stop after N frames")
     _lang(p)
     p.set_defaults(func=cmd_status)
 
@@ -146,8 +152,11 @@ def cmd_status(args) -> int:
         client = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
-    report = gather(client, args.lines if args.logs else None)
     lang = args.lang or default_lang()
+    if args.watch:
+        return watch(client, sys.stdout, args.interval, args.count, args.format, args.lines if args.logs else None,
+                     translate=lambda text: translate(text, lang))
+    report = gather(client, args.lines if args.logs else None)
     print(status_json(report) if args.format == "json" else translate(status_text(report), lang))
     return 0 if report["healthy"] else 1
 

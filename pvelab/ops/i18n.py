@@ -35,6 +35,10 @@ JA: list[tuple[str, str]] = [
     (r"node (\S+) is offline", r"ノード \1 がオフラインです"),
     (r"HA service (\S+) is (\S+) on (\S+)$", r"HA サービス \1 は \3 で \2 状態です"),
     (r"this node is not in a cluster", "このノードはクラスタに属していません"),
+    (r"HA service (\S+) is started on (\S+) but its guest is (\S+) \(not running yet, or frozen while quorum was "
+     r"lost\)", r"HA サービス \1 は \2 で started ですが、ゲストは \3 です（まだ起動していないか、クォーラム喪失中に"
+                r"凍結されたまま）"),
+    (r"^pve-lab status (\S+), every (\S+) s \(Ctrl-C to stop\)", r"pve-lab status \1、\2 秒ごとに更新（Ctrl-C で終了）"),
     # ---- drill: report
     (r"^drill (\S+): completed", r"ドリル \1: 完了"), (r"^drill (\S+): FAILED", r"ドリル \1: 失敗"),
     (r"time to recovery: ([\d.]+) s \(power failure -> the VM runs on another node\)",

@@ -107,6 +107,17 @@ def ceph_facts(client: PveClient) -> dict[str, Any]:
     }
 
 
+def guest_facts(client: PveClient, sids: list[str]) -> dict[str, Any]:
+    """What /cluster/resources says of each HA guest: HA's 'started' is the request, this is whether it runs."""
+    wanted = {sid for sid in sids if sid.startswith(("vm:", "ct:"))}
+    out: dict[str, Any] = {sid: {"status": "not listed", "node": None} for sid in sorted(wanted)}
+    for r in client.get("cluster/resources", type="vm"):
+        sid = f"{'ct' if r.get('type') == 'lxc' else 'vm'}:{r.get('vmid')}"
+        if sid in wanted:
+            out[sid] = {"status": r.get("status"), "node": r.get("node")}
+    return out
+
+
 def gather(client: PveClient, log_lines: Optional[int] = None) -> dict[str, Any]:
     """Everything `status` shows; a part that cannot be read carries its error instead.
 
@@ -117,6 +128,11 @@ def gather(client: PveClient, log_lines: Optional[int] = None) -> dict[str, Any]
             report[key] = read(client)
         except ApiError as exc:
             report[key] = {"error": exc.message}
+    if "error" not in report["ha"] and report["ha"].get("services"):
+        try:
+            report["guests"] = guest_facts(client, [x["sid"] for x in report["ha"]["services"]])
+        except ApiError as exc:
+            report["guests"] = {"error": exc.message}
     if log_lines:
         members = [(n["name"], n["online"]) for n in report["cluster"].get("nodes", [])]
         report["logs"] = gather_logs(client, members, log_lines)
@@ -145,6 +161,7 @@ def problems(report: dict[str, Any]) -> list[str]:
         out.append(f"Ceph unreachable: {ceph['error']}")
     elif ceph.get("health") == "HEALTH_ERR":
         out.append("Ceph HEALTH_ERR: " + "; ".join(ceph.get("checks") or []))
+    guests = report.get("guests") or {}
     if "error" in ha:
         out.append(f"HA status unreadable: {ha['error']}")
     else:
@@ -152,6 +169,11 @@ def problems(report: dict[str, Any]) -> list[str]:
             if s["state"] not in ("started", "stopped", "ignored", "disabled") or (
                     s["state"] == "stopped" and s.get("request_state") == "started"):
                 out.append(f"HA service {s['sid']} is {s['state']} on {s['node']}")
+            elif s["state"] == "started" and isinstance(guests.get(s["sid"]), dict) and \
+                    guests[s["sid"]].get("status") != "running":
+                g = guests[s["sid"]]
+                out.append(f"HA service {s['sid']} is started on {s['node']} but its guest is {g.get('status')} "
+                           f"(not running yet, or frozen while quorum was lost)")
     return out
 
 
@@ -193,8 +215,15 @@ def render_text(report: dict[str, Any]) -> str:
         for lrm in ha.get("lrm", []):
             lines.append(f"  lrm {lrm['status'] or lrm['node']}")
         if ha.get("services"):
-            rows = [["SERVICE", "NODE", "STATE", "REQUESTED"]] + [
-                [s["sid"], s["node"] or "-", s["state"] or "-", s["request_state"] or "-"] for s in ha["services"]]
+            guests = report.get("guests") or {}
+
+            def runs(sid):
+                g = guests.get(sid)
+                return f"{g.get('status')} on {g.get('node') or '-'}" if isinstance(g, dict) and "status" in g else "-"
+
+            rows = [["SERVICE", "NODE", "STATE", "REQUESTED", "GUEST"]] + [
+                [s["sid"], s["node"] or "-", s["state"] or "-", s["request_state"] or "-", runs(s["sid"])]
+                for s in ha["services"]]
             lines += _table(rows)
         else:
             lines.append("  no HA services")

@@ -1,0 +1,50 @@
+"""`status --watch`: redraw the cluster, Ceph and HA state every few seconds, as the chapter asks the reader
+to watch the VM move.
+
+On a terminal each frame replaces the last (ANSI "cursor home, clear to end": no full-screen library
+needed for one block of text); elsewhere (a pipe, a log file) frames follow each other with a time stamp,
+and `--format json` gives one JSON object per line (JSON Lines). Ctrl-C ends the watch cleanly.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Optional, TextIO
+
+from .api import Clock, PveClient
+from .status import gather, render_text
+
+HOME_CLEAR = "\x1b[H\x1b[J"
+
+
+def frame_text(report: dict, interval_s: float, stamp: str, translate: Callable[[str], str]) -> str:
+    head = f"pve-lab status {stamp}, every {interval_s:g} s (Ctrl-C to stop)"
+    return translate(head + "\n" + render_text(report))
+
+
+def watch(client: PveClient, stream: TextIO, interval_s: float = 5.0, count: Optional[int] = None,
+          fmt: str = "text", log_lines: Optional[int] = None, clock: Optional[Clock] = None,
+          translate: Callable[[str], str] = lambda text: text, tty: Optional[bool] = None) -> int:
+    """Redraw until Ctrl-C (or `count` frames); the exit code of the last frame (0 healthy, 1 not)."""
+    clock = clock or Clock()
+    tty = stream.isatty() if tty is None else tty
+    healthy, frames = True, 0
+    try:
+        while count is None or frames < count:
+            started = clock.now()
+            report = gather(client, log_lines)
+            healthy = report["healthy"]
+            stamp = time.strftime("%H:%M:%S", time.localtime(clock.wall()))
+            if fmt == "json":
+                stream.write(json.dumps(dict(report, time=clock.wall()), sort_keys=True) + "\n")
+            elif tty:
+                stream.write(HOME_CLEAR + frame_text(report, interval_s, stamp, translate) + "\n")
+            else:
+                stream.write(frame_text(report, interval_s, stamp, translate) + "\n\n")
+            stream.flush()
+            frames += 1
+            if count is None or frames < count:
+                clock.sleep(max(0.0, interval_s - (clock.now() - started)))
+    except KeyboardInterrupt:
+        stream.write("\n")
+    return 0 if healthy else 1
