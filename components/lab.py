@@ -12,6 +12,7 @@ from typing import Optional
 import pulumi
 import pulumi_proxmoxve as proxmoxve
 
+from pvelab.qdevice import qdevice_plan
 from pvelab.spec import LabSpec
 
 from .ceph import CephCluster, CephClusterArgs
@@ -19,6 +20,7 @@ from .cluster import ClusterMember, PveCluster, PveClusterArgs
 from .credentials import LabCredentials, LabCredentialsArgs
 from .ha import HaTestVms, HaTestVmsArgs
 from .nested_node import NestedPveNode, NestedPveNodeArgs
+from .qdevice import QDevice, QDeviceArgs
 
 
 @dataclass
@@ -62,6 +64,8 @@ class PveLab(pulumi.ComponentResource):
                                   PveClusterArgs(spec=spec, members=members, root_password=creds.root_password),
                                   opts=child)
 
+        self.qdevice = self._qdevice(name, spec, members, image_file_id, bridge, vlan_tag, pool_id)
+
         self.inner_provider = None
         self.ceph = None
         self.ha = None
@@ -85,6 +89,17 @@ class PveLab(pulumi.ComponentResource):
                     inner_provider=self.inner_provider, after=[self.ceph.pool]), opts=child)
 
         self.register_outputs({"cluster_name": spec.cluster.name, "nodes": [p.hostname for p in spec.node_plans]})
+
+    def _qdevice(self, name, spec, members, image_file_id, bridge, vlan_tag, pool_id):
+        """Even node counts with nodes.qdevice: the QNetd VM and `pvecm qdevice setup` (components/qdevice.py)."""
+        plan = qdevice_plan(spec)
+        if plan is None:
+            return None
+        creds = self.credentials
+        return QDevice(f"{name}-qdevice", QDeviceArgs(
+            spec=spec, plan=plan, members=members, quorate=self.cluster.quorate, image_file_id=image_file_id,
+            ssh_private_key=creds.ssh_private_key, ssh_public_key=creds.ssh_public_key, bridge=bridge,
+            vlan_tag=vlan_tag, pool_id=pool_id), opts=pulumi.ResourceOptions(parent=self))
 
     def _image(self, name: str, spec: LabSpec) -> pulumi.Input[str]:
         """The Debian cloud image on the outer host: downloaded once per lab, or one shared by a class."""
