@@ -112,10 +112,10 @@ class LabSim:
     def __init__(self, nodes: dict[str, int], ha_vmid: int = 100, ha_node: str = "pve1", master: Optional[str] = None,
                  scale: float = 0.004, fence_delay: float = 60, lock_lifetime: float = 120, start_after: float = 5,
                  boot_after: float = 40, migrate_after: float = 15, round_s: float = 10, watchdog_s: float = 60,
-                 idle_after: float = 600, failback: bool = True, stuck: Optional[str] = None):
+                 idle_after: float = 600, failback: bool = True, stuck: Optional[str] = None, qdevice: bool = False):
         self.vmid_of = dict(nodes)
         self.node_of = {v: k for k, v in nodes.items()}
-        self.scale, self.stuck, self.failback = scale, stuck, failback
+        self.scale, self.stuck, self.failback, self.qdevice = scale, stuck, failback, qdevice
         self.fence_delay, self.lock_lifetime, self.start_after, self.boot_after = (
             fence_delay, lock_lifetime, start_after, boot_after)
         self.migrate_after, self.round_s, self.watchdog_s, self.idle_after = (
@@ -190,7 +190,10 @@ class LabSim:
         return self.member(name)
 
     def quorate(self) -> bool:
-        return sum(self.member(n) for n in self.vmid_of) * 2 > len(self.vmid_of)
+        """More than half the votes; a QDevice (ffsplit, 1 vote) votes for the members while any is up."""
+        members = sum(self.member(n) for n in self.vmid_of)
+        qdevice = 1 if self.qdevice and members else 0
+        return (members + qdevice) * 2 > len(self.vmid_of) + (1 if self.qdevice else 0)
 
     def node_quorate(self, name: str) -> bool:
         """What `name` itself sees: an isolated node is alone, so without quorum."""

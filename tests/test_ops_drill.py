@@ -422,3 +422,29 @@ def test_migrate_drill_refuses_a_bad_target(lab):
     report = lab.run("migrate:pve9")
     assert not report.ok and report.error.startswith("--to pve9: not a member of the cluster")
     assert [p for m, p, _ in lab.nested.requests if m == "POST" and "/access/" not in p] == []
+
+
+def test_quorum_drill_with_a_qdevice_keeps_two_nodes_quorate(serve, ca):
+    from ops_fixtures import LabSim, outer_fake
+
+    sim = LabSim({"pve1": 9100, "pve2": 9101}, scale=SCALE, start_after=40, qdevice=True)
+    outer = serve(outer_fake(sim))
+    outer.add_lab_vms((9100, 9101))
+    nested = serve(NestedFake(sim))
+    raw = lab_raw()
+    raw.update(nodes={"count": 2, "qdevice": True}, ha={"enabled": False}, ceph={"enabled": False})
+    spec = parse_spec(raw)
+    lines = []
+    report = run_drill("quorum", spec, outer_client(spec, outer.url, ca, FAST, token=TOKEN),
+                       nested_client(spec, nested_urls(nested), ca, FAST, password=ROOT_PASSWORD), TIMING,
+                       out=lines.append)
+    assert report.ok, render_text(report) + "\n" + "\n".join(lines)
+    assert report.stopped == ["pve2"]  # half of two nodes; pve1 keeps quorum with the QDevice's vote
+    whats = [e.what for e in report.events]
+    assert "quorum kept: 1 of 2 members online, plus the QDevice's vote" in whats
+    assert any("pve1: still quorate with 1 of 2 nodes: the QDevice casts the tie-breaking vote" in f
+               for f in report.findings)
+    assert sim.quorate() and all(vm.status == "running" for vm in outer.vms)
+    sim.qdevice = False  # without it, the same failure would lose quorum
+    sim.power(9101, False)
+    assert not sim.quorate()

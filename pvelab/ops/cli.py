@@ -168,8 +168,9 @@ def _confirm_drill(args, spec) -> bool:
     plans = spec.node_plans
     if args.kind == "migrate":  # nothing is stopped or cut: the VM only moves (and may fail back)
         return True
+    stop = len(plans) // 2 if spec.nodes.qdevice else len(plans) // 2 + 1
     what = ("the nested node that runs the HA test VM" if args.kind in ("ha", "partition")
-            else f"{len(plans) // 2 + 1} of the {len(plans)} nested nodes")
+            else f"{stop} of the {len(plans)} nested nodes")
     vmids = ", ".join(str(p.vmid) for p in plans)
     action, undo = (("cuts the network links (link_down) of", "restores them") if args.kind == "partition"
                     else ("hard-stops", "starts them again"))

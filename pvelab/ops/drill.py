@@ -120,8 +120,9 @@ class Drill:
             raise DrillError(
                 f"the nested cluster is not healthy before the drill (quorate: {facts['quorate']}, offline: "
                 f"{', '.join(offline) or 'none'}); start with a healthy cluster (python -m pvelab status)")
-        if facts["members"] < 3:
-            raise DrillError(f"the cluster has {facts['members']} member(s); the drill needs 3 or more")
+        least = 2 if self.spec.nodes.qdevice else 3  # two nodes and a QDevice make a quorum of 2 of 3 votes
+        if facts["members"] < least:
+            raise DrillError(f"the cluster has {facts['members']} member(s); the drill needs {least} or more")
         return facts
 
     def outer_vm(self, plan: NodePlan) -> OuterVm:
@@ -392,7 +393,8 @@ class Drill:
 
     def pick_quorum_victims(self, names: list[str], first: Optional[str], lrm: dict[str, Optional[str]]):
         """Stop the HA VM's node first, and keep survivors whose LRM is idle (it holds no watchdog)."""
-        stop_count = len(names) - len(names) // 2  # the rest is a minority: no quorum
+        # the rest is a minority: no quorum; with a QDevice stop half: its vote keeps the other half quorate
+        stop_count = len(names) // 2 if self.spec.nodes.qdevice else len(names) - len(names) // 2
         keep = len(names) - stop_count
         others = [n for n in names if n != first]
         idle = [n for n in others if lrm.get(n) not in LRM_HOLDS_WATCHDOG]
@@ -426,6 +428,14 @@ class Drill:
                  f"{', '.join(survivors)} stay(s) up without a majority")
         for vm in victims:
             self.stop(vm)
+        if self.spec.nodes.qdevice:
+            self.qdevice_keeps_quorum(survivors, {v.plan.hostname for v in victims})
+            for vm in list(victims):
+                self.start(vm)
+            self.wait_rejoined()
+            if sid:
+                self.wait_settled(sid, None)
+            return
         last = {"seen": "nothing read yet"}
 
         def lost():
@@ -461,6 +471,36 @@ class Drill:
         if sid:
             self.wait_settled(sid, None)
         self.check_resets(uptimes)
+
+    def qdevice_keeps_quorum(self, survivors: list[str], down: set[str]) -> None:
+        """Half the nodes are off: the QDevice's vote (ffsplit) keeps the other half quorate."""
+        last = {"seen": "nothing read yet"}
+
+        def kept():
+            try:
+                f = cluster_facts(self.nested)
+            except ApiError as exc:
+                if not exc.transient:
+                    raise
+                last["seen"] = exc.message
+                return None
+            offline = {n["name"] for n in f["nodes"] if not n["online"]}
+            last["seen"] = f"quorate {f['quorate']}, {f['online']} of {f['members']} online"
+            if f["quorate"] is False:
+                raise DrillError(f"{', '.join(survivors)} lost quorum although a QDevice is configured ({last['seen']}): "
+                                 f"check `pvecm status` (Flags: Qdevice) and corosync-qnetd on the QDevice VM")
+            return f if down <= offline else None
+
+        try:
+            f = poll(self.clock, self.timing.recovery_deadline_s, self.timing.poll_s, kept,
+                     f"the cluster to see {', '.join(sorted(down))} offline", lambda: last["seen"])
+        except WaitTimeout as exc:
+            raise DrillError(f"the stopped node(s) did not go offline: {exc}") from None
+        self.event(f"quorum kept: {f['online']} of {f['members']} members online, plus the QDevice's vote")
+        self.report.findings.append(
+            f"{', '.join(survivors)}: still quorate with {f['online']} of {f['members']} nodes: the QDevice casts the "
+            f"tie-breaking vote (pvecm status: 'Flags: Quorate Qdevice'), so an even cluster survives losing half "
+            f"its nodes")
 
     def check_resets(self, before: dict[str, Optional[tuple[float, float]]]) -> None:
         """A node whose uptime grew less than our clock did was reset (its watchdog fired) meanwhile."""
