@@ -448,3 +448,16 @@ def test_quorum_drill_with_a_qdevice_keeps_two_nodes_quorate(serve, ca):
     sim.qdevice = False  # without it, the same failure would lose quorum
     sim.power(9101, False)
     assert not sim.quorate()
+
+
+def test_cli_migrate_needs_no_outer_token(lab, tmp_path, monkeypatch, capsys):
+    lab = lab()
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.delenv("PVE_LAB_OUTER_API_TOKEN", raising=False)
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    args = ["drill", "migrate", "-s", "t", "--to", "pve3", "--nested-ca", lab.ca, "--poll", "0.02", "--format", "json"]
+    assert main(args + [f"--nested-url={u}" for u in nested_urls(lab.nested)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kind"] == "migrate" and data["ok"] and data["downtime_ms"] == 37
+    assert lab.outer.requests == []

@@ -191,7 +191,8 @@ def cmd_drill(args) -> int:
                          recovery_deadline_s=args.recovery_timeout, rejoin_deadline_s=args.rejoin_timeout,
                          observe_s=args.observe, settle_deadline_s=args.settle_timeout)
     try:
-        outer = outer_client(spec, args.outer_url, args.outer_ca, _retry(args))
+        # migrate powers nothing off and cuts nothing: it needs no outer host (nor its token)
+        outer = None if args.kind == "migrate" else outer_client(spec, args.outer_url, args.outer_ca, _retry(args))
         nested = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
