@@ -461,3 +461,17 @@ def test_cli_migrate_needs_no_outer_token(lab, tmp_path, monkeypatch, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["kind"] == "migrate" and data["ok"] and data["downtime_ms"] == 37
     assert lab.outer.requests == []
+
+
+def test_cli_drill_with_watch_off_a_terminal_prints_the_progress(lab, tmp_path, monkeypatch, capsys):
+    lab = lab(master="pve2")
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    args = ["drill", "ha", "-s", "t", "--outer-url", lab.outer.url, "--outer-ca", lab.ca, "--nested-ca", lab.ca,
+            "--poll", "0.02", "--yes", "--watch", "--lang", "ja"]
+    assert main(args + [f"--nested-url={u}" for u in nested_urls(lab.nested)]) == 0
+    out = capsys.readouterr().out
+    assert "pve1 の電源断（外側 VM 9100 を強制停止）" in out and "ドリル ha: 完了" in out
+    assert "\x1b[H" not in out  # not a terminal: no redraw

@@ -113,3 +113,22 @@ def test_status_shows_a_frozen_started_service(cluster, ca):
     assert report["guests"]["vm:100"]["status"] == "stopped"
     assert "HA service vm:100 is started on pve1 but its guest is stopped (not running yet, or frozen while " \
            "quorum was lost)" in report["problems"]
+
+
+def test_drill_view_redraws_the_status_above_the_progress(cluster, ca):
+    from pvelab.ops.watch import DrillView, TickingClock
+
+    out = io.StringIO()
+    view = DrillView(client(cluster, ca), out, interval_s=0.0, tty=True)
+    clock = TickingClock(Clock(), view.tick)
+    view.line("drill ha: vm:100 runs on pve1; stopping that node hard")
+    cluster.sim.power(9100, False)
+    view.line("  +    0.0 s  pve1 powered off (outer VM 9100 stopped hard)")
+    clock.sleep(0)  # a drill's wait between two polls: the status is read again
+    frames = out.getvalue().split(HOME_CLEAR)[1:]
+    assert len(frames) == 3
+    assert "Healthy." in frames[0] and frames[0].rstrip().endswith("stopping that node hard")
+    assert "node pve1 is offline" in frames[2] and frames[2].rstrip().endswith("stopped hard)")
+    plain = io.StringIO()  # off a terminal: just the lines
+    DrillView(client(cluster, ca), plain, tty=False).line("drill ha: something")
+    assert plain.getvalue() == "drill ha: something\n"

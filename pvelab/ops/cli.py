@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..stackfile import SECRET_ENV, load_stack
-from .api import ApiError, Retry
+from .api import ApiError, Clock, Retry
 from .connect import nested_client, outer_client
 from .drill import DrillTiming, render_json as drill_json, render_text as drill_text, run_drill
 from .i18n import LANGS, default_lang, translate, translating
@@ -13,7 +13,7 @@ from .migrate import run_migrate
 from .partition import run_partition
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
 from .status import gather, render_json as status_json, render_text as status_text
-from .watch import watch
+from .watch import DrillView, TickingClock, watch
 
 EXIT_STILL_STOPPED = 3
 
@@ -117,6 +117,8 @@ def register(sub) -> None:
                         f"(default {d.settle_deadline_s:g})")
     _lang(p)
     p.add_argument("--to", metavar="NODE", help="migrate drill: the target node (default: the next node)")
+    p.add_argument("--watch", action="store_true", help="show the live status view (as status --watch) above the "
+                   "drill's progress while it runs (on a terminal)")
     p.add_argument("--yes", action="store_true",
                    help="do not ask before hard-stopping nested nodes (needed when not run on a terminal)")
     p.set_defaults(func=cmd_drill)
@@ -198,12 +200,18 @@ def cmd_drill(args) -> int:
         return _fail(exc.message)
     lang = args.lang or default_lang()
     progress = translating((lambda line: print(line, file=sys.stderr)) if args.format == "json" else print, lang)
+    clock = None
+    if args.watch and args.format == "text":
+        view_client = nested_client(spec, args.nested_url, args.nested_ca,
+                                    Retry(attempts=1, request_timeout_s=min(args.request_timeout, 5.0)))
+        view = DrillView(view_client, sys.stdout, args.poll, translate=lambda text: translate(text, lang))
+        progress, clock = view.line, TickingClock(Clock(), view.tick)
     if args.kind == "partition":
-        report = run_partition(spec, outer, nested, timing, out=progress)
+        report = run_partition(spec, outer, nested, timing, clock, out=progress)
     elif args.kind == "migrate":
-        report = run_migrate(spec, outer, nested, timing, out=progress, target=args.to)
+        report = run_migrate(spec, outer, nested, timing, clock, out=progress, target=args.to)
     else:
-        report = run_drill(args.kind, spec, outer, nested, timing, out=progress)
+        report = run_drill(args.kind, spec, outer, nested, timing, clock, out=progress)
     print(drill_json(report) if args.format == "json" else translate(drill_text(report), lang))
     if report.still_stopped or report.still_cut:
         return EXIT_STILL_STOPPED
