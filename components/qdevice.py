@@ -86,7 +86,8 @@ class QDevice(pulumi.ComponentResource):
             description=f"pve-lab QDevice (corosync-qnetd) {plan.fqdn} for cluster {spec.cluster.name}",
             tags=sorted(set(spec.tags) | {"pve-lab-qdevice"}),
             machine="q35",
-            cpu=proxmoxve.VmLegacyCpuArgs(type="x86-64-v2-AES", cores=QDEVICE_CORES, sockets=1),
+            # `host` like the nodes: the lab sanity rules (policy pack) hold every outer VM of a lab to it
+            cpu=proxmoxve.VmLegacyCpuArgs(type="host", cores=QDEVICE_CORES, sockets=1),
             memory=proxmoxve.VmLegacyMemoryArgs(dedicated=QDEVICE_MEMORY_MIB),
             scsi_hardware="virtio-scsi-single",
             disks=[proxmoxve.VmLegacyDiskArgs(

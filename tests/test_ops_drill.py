@@ -321,6 +321,7 @@ def test_partition_drill_cuts_the_ha_node_off_and_heals_it(lab):
     assert "Ceph marked the isolated node's OSDs down: 2 of 3 up" in findings
     assert "pve1 rebooted during the drill" in findings  # its LRM held the watchdog: self-fenced
     assert [n for n, _ in lab.sim.resets] == ["pve1"]
+    assert report.cut == ["pve1"] and report.stopped == []
     # powered all along, links as before, no power action at all
     assert lab.outer_posts() == [] and lab.all_running()
     assert lab.nic() == ORIGINAL_NET0 and lab.outer.vm(9100).pending == {}

@@ -67,6 +67,7 @@ class DrillReport:
     downtime_ms: Optional[int] = None  # migrate drill: QEMU's switch-over pause
     findings: list[str] = field(default_factory=list)
     still_stopped: list[str] = field(default_factory=list)
+    cut: list[str] = field(default_factory=list)  # partition drill: nodes cut off the network
     still_cut: list[str] = field(default_factory=list)  # partition drill: links not restored
     error: Optional[str] = None
     started_at: Optional[float] = None  # UNIX time of the first stop (the timeline's +0)

@@ -85,7 +85,7 @@ class PartitionDrill(Drill):
         except DrillError:
             self.cut.remove(cut)
             raise
-        self.report.stopped.append(vm.plan.hostname)
+        self.report.cut.append(vm.plan.hostname)
         self.event(f"{vm.plan.hostname} cut off: link_down on {', '.join(sorted(original))} of outer VM "
                    f"{vm.plan.vmid} (the node keeps running)")
 
