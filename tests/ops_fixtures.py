@@ -130,6 +130,8 @@ class LabSim:
         self.preferred = ha_node
         self.ha_node, self.ha_state, self.ha_running = ha_node, "started", True
         self.vm_on: tuple = (ha_node, -1e9)  # (node, its boot time) the VM was started on
+        self.runs_history: list[tuple[float, bool]] = []  # (lab time, the HA VM runs) at every change
+        self.pings: dict[int, dict] = {}  # agent pid -> {"node", "address", "start", "stop"} (lab times)
         self.start_at = -1e9  # when the LRM of ha_node was asked to start the service
         self.migrate_at: Optional[float] = None
         self.migrated_at: Optional[float] = None
@@ -159,6 +161,13 @@ class LabSim:
             if name and self.powered[name] != on:
                 self.powered[name], self.since[name] = on, self.now()
                 self._leave(name)
+                self._note_runs(self.now())
+
+    def _note_runs(self, t: float) -> None:
+        """Keep the HA VM's running history at the moment it changed (for the ping)."""
+        runs = self.vm_runs()
+        if not self.runs_history or self.runs_history[-1][1] != runs:
+            self.runs_history.append((t, runs))
 
     def link(self, vmid: int, up: bool) -> None:
         """The node's NICs on the outer host (link_down): a cut node keeps running, alone."""
@@ -229,6 +238,23 @@ class LabSim:
                 return {"exited": 1, "exitcode": 0}
             return {"exited": 1, "exitcode": 127, "err-data": f"{argv[0]}: command not found\n"}
 
+    def ping_output(self, run: dict) -> str:
+        """`ping -D -O -i 0.5` lines from run["start"] to run["stop"]: a reply while the HA VM ran and the
+        pinging node was up, "no answer yet" otherwise (the VM answers at its address wherever it runs)."""
+        self.sync()
+        end = run["stop"] if run["stop"] is not None else self.now()
+        wall_now, lab_now = time.time(), self.now()
+        lines, seq, t = [], 1, run["start"]
+        while t <= end:
+            runs = next((r for at, r in reversed(self.runs_history) if at <= t), True)
+            stamp = wall_now - (lab_now - t) * self.scale
+            if runs:
+                lines.append(f"[{stamp:.6f}] 64 bytes from {run['address']}: icmp_seq={seq} ttl=64 time=0.41 ms")
+            else:
+                lines.append(f"[{stamp:.6f}] no answer yet for icmp_seq={seq}")
+            seq, t = seq + 1, t + 0.5
+        return "\n".join(lines) + "\n"
+
     def say(self, node: str, unit: str, text: str) -> None:
         self.log.append((self.now(), node, unit, text))
 
@@ -251,6 +277,7 @@ class LabSim:
                 self._manager(t)
             self._start_vm(t)
             self._publish()
+            self._note_runs(t)
 
     def _watchdogs(self, t: float) -> None:
         quorate = self.quorate()
@@ -366,8 +393,10 @@ class LabSim:
         node = self.ha_node
         if self.vm_on == (node, self.since[node]) or self.ha_state != "started" or not self.up(node):
             return
-        if self.node_quorate(node) and t >= max(self.since[node] + self.boot_after, self.start_at) + self.start_after:
+        started = max(self.since[node] + self.boot_after, self.start_at) + self.start_after
+        if self.node_quorate(node) and t >= started:
             self.vm_on = (node, self.since[node])
+            self._note_runs(started if not self.runs_history or self.runs_history[-1][0] <= started else t)
 
     def service_state(self) -> str:
         """The verbose state `ha-manager status` shows (pve-ha-manager Tools.pm get_verbose_service_state)."""
@@ -516,9 +545,24 @@ class OuterFake(FakePve):
             raise PveError(500, "QEMU guest agent is not running")
         if name and command == "exec-status":
             vm = self.find(values["node"], values["vmid"])
-            argv = vm.agent_execs.get(int(values["pid"]), [])
-            return self.sim.guest_command(name, argv)
-        return await super()._agent_call(match, values)
+            pid = int(values["pid"])
+            if pid in self.sim.pings:
+                run = self.sim.pings[pid]
+                if run["stop"] is None:
+                    return {"exited": 0}
+                return {"exited": 1, "exitcode": 0, "out-data": self.sim.ping_output(run)}
+            return self.sim.guest_command(name, vm.agent_execs.get(pid, []))
+        answer = await super()._agent_call(match, values)
+        if name and command == "exec":
+            argv = list(values["command"])
+            if argv[:2] == ["sh", "-c"] and "exec ping " in argv[2]:
+                self.sim.pings[answer["pid"]] = {"node": name, "address": argv[2].split()[-1],
+                                                 "start": self.sim.now(), "stop": None}
+            elif argv[:2] == ["sh", "-c"] and argv[2].startswith("kill -INT"):
+                for run in self.sim.pings.values():
+                    if run["node"] == name and run["stop"] is None:
+                        run["stop"] = self.sim.now()
+        return answer
 
     # power actions reach the simulated nested nodes
     async def _do_stop(self, vm, user, p):

@@ -35,16 +35,16 @@ class Lab:
         self.ca = ca
         self.lines: list[str] = []
 
-    def run(self, kind, raw=None, timing=TIMING, clock=None):
+    def run(self, kind, raw=None, timing=TIMING, clock=None, ping=None):
         spec = parse_spec(raw or lab_raw())
         outer = outer_client(spec, self.outer.url, self.ca, FAST, token=TOKEN)
         nested = nested_client(spec, nested_urls(self.nested), self.ca, FAST, password=ROOT_PASSWORD)
         if kind == "partition":
-            return run_partition(spec, outer, nested, timing, clock, out=self.lines.append)
+            return run_partition(spec, outer, nested, timing, clock, out=self.lines.append, ping=ping)
         if kind.startswith("migrate"):
             target = kind.partition(":")[2] or None
-            return run_migrate(spec, outer, nested, timing, clock, out=self.lines.append, target=target)
-        return run_drill(kind, spec, outer, nested, timing, clock, out=self.lines.append)
+            return run_migrate(spec, outer, nested, timing, clock, out=self.lines.append, target=target, ping=ping)
+        return run_drill(kind, spec, outer, nested, timing, clock, out=self.lines.append, ping=ping)
 
     def nic(self, vmid=9100):
         return self.outer.vm(vmid).config["net0"]
@@ -476,3 +476,55 @@ def test_cli_drill_with_watch_off_a_terminal_prints_the_progress(lab, tmp_path, 
     out = capsys.readouterr().out
     assert "pve1 の電源断（外側 VM 9100 を強制停止）" in out and "ドリル ha: 完了" in out
     assert "\x1b[H" not in out  # not a terminal: no redraw
+
+
+def test_ha_drill_pings_the_test_vm_and_reports_the_downtime_a_client_sees(lab):
+    lab = lab(master="pve2")
+    report = lab.run("ha", ping="10.10.10.50")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert "pinging 10.10.10.50 from pve2 every 0.5 s (ping -D -O, through the guest agent)" in lab.lines
+    p = report.ping
+    assert p["address"] == "10.10.10.50" and p["from_node"] == "pve2" and p["sent"] > p["answered"] > 0
+    # the VM stops with its node (+0) and answers again once it runs on pve2 (fence 60 + lock 120 + start 40)
+    assert p["first_lost_s"] < 10 * SCALE + 0.2 and p["downtime_s"] >= 150 * SCALE
+    assert p["answered_again_s"] <= report.recovery_s + 0.2
+    whats = [e.what for e in report.events]
+    lost = whats.index("ping 10.10.10.50: no answer (from pve2)")
+    assert whats.index("pve1 powered off (outer VM 9100 stopped hard)") <= lost + 1
+    assert any(w.startswith("ping 10.10.10.50: answers again after ") for w in whats)
+    assert [e.t for e in report.events] == sorted(e.t for e in report.events)
+    assert any(f.startswith("a client saw 10.10.10.50 down for ") for f in report.findings)
+    pinged = [(c, a) for c, a in lab.outer.vm(9101).agent_requests if c == "exec"]
+    assert pinged[0][1]["command"][2].startswith("echo $$ > /run/pvelab-ping.pid; exec ping -D -O -n -i 0.5 -W 1")
+    assert pinged[-1][1]["command"][2].startswith("kill -INT")
+    assert json.loads(render_json(report))["ping"]["downtime_s"] == p["downtime_s"]
+
+
+def test_migrate_drill_ping_sees_no_downtime(lab):
+    lab = lab()
+    report = lab.run("migrate", ping="10.10.10.50")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert report.ping["outages"] == [] and report.ping["answered"] == report.ping["sent"] > 0
+    assert any("answered every ping" in f for f in report.findings)
+
+
+def test_ping_takes_only_an_ip_address(capsys):
+    from pvelab.ops.ping import start_argv
+
+    with pytest.raises(ValueError):
+        start_argv("10.0.0.1; reboot", 10)
+    with pytest.raises(SystemExit):
+        main(["drill", "ha", "--ping", "$(reboot)"])
+    assert "argument --ping: '$(reboot)' is not an IP address" in capsys.readouterr().err
+
+
+def test_ping_output_parsing():
+    from pvelab.ops.ping import parse
+
+    text = ("[1000.0] 64 bytes from 10.0.0.5: icmp_seq=1 ttl=64 time=0.3 ms\n"
+            "[1000.5] no answer yet for icmp_seq=2\n[1001.0] no answer yet for icmp_seq=3\n"
+            "[1003.5] 64 bytes from 10.0.0.5: icmp_seq=8 ttl=64 time=0.3 ms\n"
+            "[1010.0] no answer yet for icmp_seq=21\n")
+    rep = parse(text, "10.0.0.5", "pve2", 1000.0)
+    assert (rep.sent, rep.answered, rep.first_lost_s, rep.answered_again_s, rep.downtime_s) == (5, 2, 0.5, 3.5, 3.0)
+    assert rep.outages == [[0.5, 3.5], [10.0, -1]]

@@ -18,7 +18,8 @@ def table_rows() -> list[list[str]]:
         if line.startswith("#"):
             break
         if line.startswith("|") and not line.startswith("|---"):
-            rows.append([c.strip() for c in line.strip("|").split("|")])
+            cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))  # a cell may hold an escaped \|
+            rows.append([c.strip() for c in cells])
     return rows[1:]  # without the header
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 
 from ..stackfile import SECRET_ENV, load_stack
@@ -27,6 +28,14 @@ def seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds")
     return value
+
+
+def ip_address(text: str) -> str:
+    """argparse type: an IPv4 or IPv6 address."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IP address") from None
 
 
 def count(text: str) -> int:
@@ -117,6 +126,9 @@ def register(sub) -> None:
                         f"(default {d.settle_deadline_s:g})")
     _lang(p)
     p.add_argument("--to", metavar="NODE", help="migrate drill: the target node (default: the next node)")
+    p.add_argument("--ping", type=ip_address, metavar="ADDRESS",
+                   help="ping this address (the HA test VM's, if it runs an OS with an address on the nested "
+                        "vmbr0) from a node the drill leaves alone, and report the downtime a client sees")
     p.add_argument("--watch", action="store_true", help="show the live status view (as status --watch) above the "
                    "drill's progress while it runs (on a terminal)")
     p.add_argument("--yes", action="store_true",
@@ -194,7 +206,8 @@ def cmd_drill(args) -> int:
                          observe_s=args.observe, settle_deadline_s=args.settle_timeout)
     try:
         # migrate powers nothing off and cuts nothing: it needs no outer host (nor its token)
-        outer = None if args.kind == "migrate" else outer_client(spec, args.outer_url, args.outer_ca, _retry(args))
+        outer = (None if args.kind == "migrate" and not args.ping
+                 else outer_client(spec, args.outer_url, args.outer_ca, _retry(args)))
         nested = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
@@ -207,11 +220,11 @@ def cmd_drill(args) -> int:
         view = DrillView(view_client, sys.stdout, args.poll, translate=lambda text: translate(text, lang))
         progress, clock = view.line, TickingClock(Clock(), view.tick)
     if args.kind == "partition":
-        report = run_partition(spec, outer, nested, timing, clock, out=progress)
+        report = run_partition(spec, outer, nested, timing, clock, out=progress, ping=args.ping)
     elif args.kind == "migrate":
-        report = run_migrate(spec, outer, nested, timing, clock, out=progress, target=args.to)
+        report = run_migrate(spec, outer, nested, timing, clock, out=progress, target=args.to, ping=args.ping)
     else:
-        report = run_drill(args.kind, spec, outer, nested, timing, clock, out=progress)
+        report = run_drill(args.kind, spec, outer, nested, timing, clock, out=progress, ping=args.ping)
     print(drill_json(report) if args.format == "json" else translate(drill_text(report), lang))
     if report.still_stopped or report.still_cut:
         return EXIT_STILL_STOPPED

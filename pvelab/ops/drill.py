@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from ..spec import LabSpec, NodePlan
+from . import ping
 from .api import ApiError, Clock, PveClient, WaitTimeout, poll
 from .logs import DRILL_UNITS, is_key_line, journal
 from .status import LRM_HOLDS_WATCHDOG, cluster_facts, ha_facts, ha_service
@@ -72,6 +73,7 @@ class DrillReport:
     error: Optional[str] = None
     started_at: Optional[float] = None  # UNIX time of the first stop (the timeline's +0)
     log_lines: list[dict] = field(default_factory=list)  # key journal lines since then: {"node", "line"}
+    ping: Optional[dict] = None  # --ping ADDRESS: the test VM's downtime as a client saw it (ping.PingReport)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,10 @@ class OuterVm:
 
 class Drill:
     def __init__(self, spec: LabSpec, outer: PveClient, nested: PveClient, timing: DrillTiming = DrillTiming(),
-                 clock: Optional[Clock] = None, out: Callable[[str], None] = print):
+                 clock: Optional[Clock] = None, out: Callable[[str], None] = print, ping: Optional[str] = None):
         self.spec, self.outer, self.nested, self.timing = spec, outer, nested, timing
+        self.ping_address = ping
+        self.pinger: Optional[tuple[OuterVm, int]] = None  # (node VM, agent pid) of the running ping
         self.clock = clock or Clock()
         self.out = out
         self.stopped: list[OuterVm] = []  # stopped by us and not yet started again
@@ -106,6 +110,69 @@ class Drill:
         ev = Event(round(self.elapsed(), 1), what)
         self.report.events.append(ev)
         self.out(f"  +{ev.t:7.1f} s  {what}")
+
+    def event_at(self, t: float, what: str) -> None:
+        """An event found afterwards (the ping's lines): placed on the timeline where it happened."""
+        ev = Event(round(t, 1), what)
+        self.report.events.append(ev)
+        self.report.events.sort(key=lambda e: e.t)
+        self.out(f"  +{ev.t:7.1f} s  {what}")
+
+    # ---------------------------------------------------------------- the client's view (--ping)
+    def start_ping(self, avoid: set[str]) -> None:
+        """Ping the test VM from a node the drill leaves alone, through the outer host's guest agent."""
+        if not self.ping_address or self.outer is None:
+            return
+        node = next((p for p in self.spec.node_plans if p.hostname not in avoid), None)
+        if node is None:
+            return
+        vm = self.outer_vm(node)
+        budget = int(self.timing.recovery_deadline_s + self.timing.rejoin_deadline_s + self.timing.settle_deadline_s
+                     + 2 * self.timing.task_deadline_s + self.timing.observe_s)
+        try:
+            answer = self.outer.post(f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/agent/exec",
+                                     command=ping.start_argv(self.ping_address, budget))
+        except ApiError as exc:
+            self.report.findings.append(f"could not start the ping from {node.hostname}: {exc.message}")
+            return
+        self.pinger = (vm, int(answer["pid"]))
+        if self.t0 is None:
+            self.t0, self.report.started_at = self.clock.now(), self.clock.wall()
+        self.out(f"pinging {self.ping_address} from {node.hostname} every {ping.INTERVAL_S:g} s (ping -D -O, "
+                 f"through the guest agent)")
+
+    def finish_ping(self) -> None:
+        if self.pinger is None:
+            return
+        vm, pid = self.pinger
+        self.pinger = None
+        path = f"nodes/{vm.outer_node}/qemu/{vm.plan.vmid}/agent"
+        try:
+            self.outer.post(f"{path}/exec", command=ping.STOP_ARGV)
+            status = poll(self.clock, self.timing.task_deadline_s, min(self.timing.poll_s, 1.0),
+                          lambda: (lambda st: st if st.get("exited") else None)(
+                              self.outer.get(f"{path}/exec-status", pid=pid)),
+                          f"the ping on {vm.plan.hostname} to end")
+        except (ApiError, WaitTimeout) as exc:
+            msg = exc.message if isinstance(exc, ApiError) else str(exc)
+            self.report.findings.append(f"the ping's results could not be read from {vm.plan.hostname}: {msg}")
+            return
+        rep = ping.parse(str(status.get("out-data") or ""), self.ping_address, vm.plan.hostname,
+                         self.report.started_at or self.clock.wall())
+        self.report.ping = asdict(rep)
+        for lost, back in rep.outages:
+            self.event_at(lost, f"ping {self.ping_address}: no answer (from {vm.plan.hostname})")
+            if back >= 0:
+                self.event_at(back, f"ping {self.ping_address}: answers again after {back - lost:.1f} s")
+        if rep.downtime_s is not None:
+            self.report.findings.append(f"a client saw {self.ping_address} down for {rep.downtime_s:.1f} s "
+                                        f"({rep.answered} of {rep.sent} pings answered, from {vm.plan.hostname})")
+        elif rep.outages:
+            self.report.findings.append(f"{self.ping_address} did not answer again before the drill ended "
+                                        f"(from {vm.plan.hostname})")
+        else:
+            self.report.findings.append(f"{self.ping_address} answered every ping ({rep.answered} of {rep.sent}, "
+                                        f"from {vm.plan.hostname}): no downtime a client could see")
 
     def plan_of(self, hostname: str) -> NodePlan:
         for p in self.spec.node_plans:
@@ -278,6 +345,8 @@ class Drill:
             if self.stopped:
                 self.out("starting the stopped node(s) again ...")
                 self.restore_after_failure()
+        if not (self.report.error or "").startswith("interrupted"):
+            self.finish_ping()
         self.collect_key_lines()
         return self.report
 
@@ -317,6 +386,7 @@ class Drill:
         self.out(f"drill ha: {sid} runs on {victim.plan.hostname}; stopping that node hard (outer VM "
                  f"{victim.plan.vmid} on {victim.outer_node}) and watching HA through the other nodes")
         self.event(f"{sid} {svc['state']} on {svc['node']}")
+        self.start_ping({victim.plan.hostname})
         self.stop(victim)
         moved, seen = self.watch_recovery(sid, svc, victim.plan.hostname)
         self.note_fence_skipped(sid, seen, master, victim.plan.hostname)
@@ -616,6 +686,7 @@ def render_json(report: DrillReport) -> str:
 
 
 def run_drill(kind: str, spec: LabSpec, outer: PveClient, nested: PveClient, timing: DrillTiming = DrillTiming(),
-              clock: Optional[Clock] = None, out: Callable[[str], None] = print) -> DrillReport:
-    return Drill(spec, outer, nested, timing, clock, out).run(kind)
+              clock: Optional[Clock] = None, out: Callable[[str], None] = print,
+              ping: Optional[str] = None) -> DrillReport:
+    return Drill(spec, outer, nested, timing, clock, out, ping=ping).run(kind)
 

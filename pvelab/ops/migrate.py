@@ -60,6 +60,7 @@ class MigrateDrill(Drill):
         vmid = int(sid.split(":")[1])
         self.out(f"drill migrate: live-migrating {sid} from {source} to {target} (ha-manager migrate {sid} {target})")
         self.t0, self.report.started_at = self.clock.now(), self.clock.wall()
+        self.start_ping(set())
         self.event(f"{sid} started on {source}")
         answer = self.nested.post(f"cluster/ha/resources/{sid}/migrate", node=target) or {}
         if answer.get("blocking-resources"):
@@ -116,6 +117,6 @@ class MigrateDrill(Drill):
 
 
 def run_migrate(spec, outer, nested, timing: DrillTiming = DrillTiming(), clock=None, out=print,
-                target: Optional[str] = None):
+                target: Optional[str] = None, ping: Optional[str] = None):
     """`drill migrate` (the same arguments as drill.run_drill, and the target node)."""
-    return MigrateDrill(spec, outer, nested, timing, clock, out, target=target).run("migrate")
+    return MigrateDrill(spec, outer, nested, timing, clock, out, target=target, ping=ping).run("migrate")

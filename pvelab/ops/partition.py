@@ -232,6 +232,7 @@ class PartitionDrill(Drill):
                  f"a majority")
         if svc:
             self.event(f"{sid} {svc['state']} on {svc['node']}")
+        self.start_ping({target})
         self.cut_links(vm, original)
         self.majority_keeps_quorum(target)
         self.isolated_view(vm)
@@ -253,6 +254,6 @@ class PartitionDrill(Drill):
         self.check_resets(uptimes)
 
 
-def run_partition(spec, outer, nested, timing=None, clock=None, out=print):
+def run_partition(spec, outer, nested, timing=None, clock=None, out=print, ping=None):
     """`drill partition` (the same arguments as drill.run_drill)."""
-    return PartitionDrill(spec, outer, nested, timing or DrillTiming(), clock, out).run("partition")
+    return PartitionDrill(spec, outer, nested, timing or DrillTiming(), clock, out, ping=ping).run("partition")
