@@ -70,3 +70,11 @@ def test_drill_report_in_japanese_keeps_every_fact():
     assert ("300 秒間 HA による復旧なし: vm:100 は started on pve1 のまま（HA はクォーラムがないとフェンスも復旧も"
             "できません）。HA 自身の表示: master pve1 'old timestamp - dead?'") in ja
     assert translate(render_text(report), "en") == render_text(report)
+
+
+def test_ping_and_qdevice_narration_in_japanese():
+    assert translate("  - a client saw 10.0.0.5 down for 160.5 s (300 of 620 pings answered, from pve2)", "ja") == \
+        "  - クライアントから見た 10.0.0.5 の停止時間: 160.5 秒（pve2 から、ping 620 回中 300 回応答）"
+    assert translate("  +  12.0 s  quorum kept: 1 of 2 members online, plus the QDevice's vote", "ja") == \
+        "  +  12.0 s  クォーラム維持: 2 台中 1 台がオンライン + QDevice の 1 票"
+    assert translate("  +   1.0 s  ping 10.0.0.5: no answer (from pve2)", "ja") == "  +   1.0 s  ping 10.0.0.5: 応答なし（pve2 から）"

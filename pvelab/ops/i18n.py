@@ -139,6 +139,19 @@ JA: list[tuple[str, str]] = [
     (r"live migration (\S+) -> (\S+) in ([\d.]+) s; the VM kept running except for (\d+) ms .*",
      r"ライブマイグレーション \1 → \2: \3 秒。VM は \4 ミリ秒を除いて動き続けました（ディスクが共有ストレージの Ceph "
      r"にあるため、移すのはメモリだけです）"),
+    (r"^pinging (\S+) from (\S+) every (\S+) s \(ping -D -O, through the guest agent\)",
+     r"\2 から \1 へ \3 秒ごとに ping を送ります（ping -D -O、ゲストエージェント経由）"),
+    (r"ping (\S+): no answer \(from (\S+)\)", r"ping \1: 応答なし（\2 から）"),
+    (r"ping (\S+): answers again after ([\d.]+) s", r"ping \1: \2 秒後に応答が戻りました"),
+    (r"a client saw (\S+) down for ([\d.]+) s \((\d+) of (\d+) pings answered, from (\S+)\)",
+     r"クライアントから見た \1 の停止時間: \2 秒（\5 から、ping \4 回中 \3 回応答）"),
+    (r"(\S+) answered every ping \((\d+) of (\d+), from (\S+)\): no downtime a client could see",
+     r"\1 はすべての ping に応答（\4 から \3 回中 \2 回）: クライアントから見た停止はありません"),
+    (r"quorum kept: (\d+) of (\d+) members online, plus the QDevice's vote",
+     r"クォーラム維持: \2 台中 \1 台がオンライン + QDevice の 1 票"),
+    (r"(\S+): still quorate with (\d+) of (\d+) nodes: the QDevice casts the tie-breaking vote .*",
+     r"\1: \3 台中 \2 台でもクォーラムを維持: QDevice が決定票を投じるため（pvecm status: 'Flags: Quorate "
+     r"Qdevice'）、偶数台のクラスタでも半数を失って動き続けます"),
     (r"unexpected: ", "想定外: "),
     (r"the nested cluster is not healthy before the drill", "ドリル開始前の入れ子クラスタが正常ではありません"),
 ]
