@@ -13,6 +13,7 @@ import pulumi
 import pulumi_proxmoxve as proxmoxve
 
 from pvelab.inner_api import inner_endpoint
+from pvelab.qdevice import qdevice_plan
 from pvelab.spec import LabSpec
 
 from .ceph import CephCluster, CephClusterArgs
@@ -21,6 +22,7 @@ from .credentials import LabCredentials, LabCredentialsArgs
 from .ha import HaTestVms, HaTestVmsArgs
 from .nested_node import NestedPveNode, NestedPveNodeArgs
 from .rolling_restart import RollingRestart, RollingRestartArgs
+from .qdevice import QDevice, QDeviceArgs
 
 
 @dataclass
@@ -66,6 +68,8 @@ class PveLab(pulumi.ComponentResource):
                                   PveClusterArgs(spec=spec, members=members, root_password=creds.root_password),
                                   opts=child)
 
+        self.qdevice = self._qdevice(name, spec, members, image_file_id, bridge, vlan_tag, pool_id)
+
         self.inner_provider = None
         self.ceph = None
         self.ha = None
@@ -105,6 +109,17 @@ class PveLab(pulumi.ComponentResource):
                 spec=spec, nodes=self.nodes, outer_api_token=args.outer_api_token, after=complete), opts=child)
 
         self.register_outputs({"cluster_name": spec.cluster.name, "nodes": [p.hostname for p in spec.node_plans]})
+
+    def _qdevice(self, name, spec, members, image_file_id, bridge, vlan_tag, pool_id):
+        """Even node counts with nodes.qdevice: the QNetd VM and `pvecm qdevice setup` (components/qdevice.py)."""
+        plan = qdevice_plan(spec)
+        if plan is None:
+            return None
+        creds = self.credentials
+        return QDevice(f"{name}-qdevice", QDeviceArgs(
+            spec=spec, plan=plan, members=members, quorate=self.cluster.quorate, image_file_id=image_file_id,
+            ssh_private_key=creds.ssh_private_key, ssh_public_key=creds.ssh_public_key, bridge=bridge,
+            vlan_tag=vlan_tag, pool_id=pool_id), opts=pulumi.ResourceOptions(parent=self))
 
     def _image(self, name: str, spec: LabSpec) -> pulumi.Input[str]:
         """The Debian cloud image on the outer host: downloaded once per lab, or one shared by a class."""

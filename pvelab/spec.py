@@ -79,6 +79,7 @@ class NodeSize:
     ceph_disk_gib: int = 32
     bios: str = "seabios"
     acknowledge_even_count: bool = False
+    qdevice: bool = False  # even counts: a small QDevice VM (corosync-qnetd) casts the tie-breaking vote
 
 
 @dataclass(frozen=True)
@@ -511,15 +512,21 @@ def _check_range(net, first, count: int, path: str, problems: list[str], avoid: 
 
 def _check_quorum(spec: LabSpec, problems: list[str]) -> None:
     n = spec.nodes
-    if n.count < 3 and not n.acknowledge_even_count:
+    if n.qdevice and n.count % 2 == 1:
+        problems.append(
+            f"{_key('nodes.qdevice')}: a QDevice is for an even node count, and nodes.count is {n.count} "
+            f"(`pvecm qdevice setup` refuses: \"Clusters with an odd node count are not officially supported!\"); "
+            f"use 2 or 4 nodes, or remove nodes.qdevice"
+        )
+    elif n.count < 3 and not (n.acknowledge_even_count or n.qdevice):
         problems.append(
             f"{_key('nodes.count')}: {n.count} node(s) cannot keep quorum when one fails; use 3 or more, "
             f"or set nodes.acknowledgeEvenCount: true to build it anyway"
         )
-    elif n.count % 2 == 0 and not n.acknowledge_even_count:
+    elif n.count % 2 == 0 and not (n.acknowledge_even_count or n.qdevice):
         problems.append(
             f"{_key('nodes.count')}: {n.count} is even; losing half the nodes loses quorum. Use an odd count "
-            f"(3, 5, ...) or set nodes.acknowledgeEvenCount: true"
+            f"(3, 5, ...), add a QDevice (nodes.qdevice: true) or set nodes.acknowledgeEvenCount: true"
         )
 
 
@@ -537,8 +544,9 @@ def _check_sizing(spec: LabSpec, problems: list[str]) -> None:
             + (f" + {ha.test_vms} HA test VM(s)" if ha.enabled else "")
             + f"; need at least {need} MiB"
         )
-    if not (PVE_VMID_MIN <= spec.vmid_base and spec.vmid_base + n.count - 1 <= PVE_VMID_MAX):
-        problems.append(f"{_key('vmidBase')}: {spec.vmid_base} is out of range (allowed: 100..{PVE_VMID_MAX - n.count + 1})")
+    vms = n.count + (1 if n.qdevice else 0)  # the QDevice VM takes the VMID and address after the nodes
+    if not (PVE_VMID_MIN <= spec.vmid_base and spec.vmid_base + vms - 1 <= PVE_VMID_MAX):
+        problems.append(f"{_key('vmidBase')}: {spec.vmid_base} is out of range (allowed: 100..{PVE_VMID_MAX - vms + 1})")
 
 
 def _check_lab_network(spec: LabSpec, problems: list[str]):
@@ -557,7 +565,8 @@ def _check_lab_network(spec: LabSpec, problems: list[str]):
     if lab_net and first and first not in lab_net:
         problems.append(f"{_key('network.firstAddress')}: {first} is outside {lab_net}")
     elif count >= 1:
-        _check_range(lab_net, first, count, "network.firstAddress", problems, {"the gateway": gw})
+        vms = count + (1 if spec.nodes.qdevice else 0)  # the QDevice VM takes the address after the nodes
+        _check_range(lab_net, first, vms, "network.firstAddress", problems, {"the gateway": gw})
     if not net.dns:
         problems.append(f"{_key('network.dns')}: give at least one DNS server")
     for i, d in enumerate(net.dns):

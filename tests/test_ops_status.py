@@ -25,6 +25,12 @@ def cluster(serve):
     return serve(NestedFake(sim))
 
 
+
+@pytest.fixture(autouse=True)
+def english_locale(monkeypatch):
+    """The text assertions below are English: the locale must not pick Japanese (see test_ops_i18n.py)."""
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+
 def client_for(fake, ca, urls=None, password=ROOT_PASSWORD):
     return nested_client(SPEC, urls or nested_urls(fake), ca, FAST, password=password)
 
@@ -39,7 +45,14 @@ def test_healthy_cluster(cluster, ca):
     assert report["ha"]["quorum"] == "OK" and report["ha"]["master"]["node"] == "pve1"
     (svc,) = report["ha"]["services"]
     assert (svc["sid"], svc["node"], svc["state"]) == ("vm:100", "pve1", "started")
+    # PVE 9 puts `ceph mon dump` in monmap (no num_mons): the monitors are counted from its list
+    assert report["ceph"]["mons"] == 3
+    # lrm entries carry their state only inside `status` (API2/HA/Status.pm)
+    assert [(x["node"], x["state"]) for x in report["ha"]["lrm"]] == [
+        ("pve1", "active"), ("pve2", "idle"), ("pve3", "idle")]
+    assert report["ha"]["master"]["state"] == "active"
     text = render_text(report)
+    assert "mons 3 (quorum pve1,pve2,pve3)" in text and "mons None" not in text
     assert "Cluster pve-lab: quorate yes, 3 of 3 members online" in text
     assert "Ceph: HEALTH_OK" in text and "Healthy." in text
     assert json.loads(render_json(report))["healthy"] is True
@@ -98,7 +111,7 @@ def test_service_state_parsed_from_the_status_line():
     # older ha-manager answers carry node and state only inside `status`
     assert parse_service({"id": "service:vm:100", "type": "service", "status": "vm:100 (pve2, recovery)"}) == {
         "sid": "vm:100", "node": "pve2", "state": "recovery", "request_state": None, "crm_state": None,
-        "status": "vm:100 (pve2, recovery)"}
+        "failback": None, "status": "vm:100 (pve2, recovery)"}
 
 
 def test_default_endpoints_are_the_nodes_addresses():
@@ -122,3 +135,66 @@ def test_cli_table_and_json(cluster, ca, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("PVE_LAB_ROOT_PASSWORD")
     assert main(args) == 2
     assert "PVE_LAB_ROOT_PASSWORD is not set" in capsys.readouterr().err
+
+
+def test_monitor_count_from_mon_dump_or_num_mons():
+    from pvelab.ops.status import monitor_count
+
+    assert monitor_count({"epoch": 3, "mons": [{"name": "pve1"}, {"name": "pve2"}]}) == 2
+    assert monitor_count({"epoch": 1, "num_mons": 1}) == 1  # fakepve's / older status shape
+    assert monitor_count({}) is None
+
+
+def test_agent_state_of_lrm_and_master_lines():
+    from pvelab.ops.status import agent_state
+
+    assert agent_state({"status": "pve1 (active, watchdog active, Mon Nov 30 12:00:00 2026)"}) == "active"
+    assert agent_state({"status": "pve2 (idle, Mon Nov 30 12:00:00 2026)"}) == "idle"  # before the watchdog note
+    assert agent_state({"status": "pve3 (old timestamp - dead?, Mon Nov 30 12:00:00 2026)"}) == "old timestamp - dead?"
+    assert agent_state({"status": "pve3 (unable to read lrm status)"}) == "unable to read lrm status"
+    assert agent_state({}) is None
+
+
+def test_a_task_with_warnings_succeeded():
+    from pvelab.ops.api import task_succeeded
+
+    assert task_succeeded("OK") and task_succeeded("WARNINGS: 2")
+    assert not task_succeeded("WARNINGS") and not task_succeeded("start failed: disk missing")
+    assert not task_succeeded(None)
+
+
+def test_logs_of_each_node_as_text_and_json(cluster, ca, tmp_path, monkeypatch, capsys):
+    cluster.sim.power(9102, False)  # pve3 down: the others log its link going down; its own log is unreachable
+    report = gather(client_for(cluster, ca), log_lines=3)
+    logs = report["logs"]
+    assert sorted(logs) == ["pve1", "pve2", "pve3"]
+    assert logs["pve3"]["error"].startswith("offline")
+    pve1 = logs["pve1"]["lines"]
+    assert len(pve1) == 3 and not any(line.startswith("s=") for line in pve1)  # cursor lines dropped
+    assert any(line.endswith("corosync[1101]: [KNET  ] host: host: 3 has no active links") for line in pve1)
+    units = [r for m, r, _ in cluster.requests if m == "GET" and "/journal" in r]
+    assert units, "read through GET /nodes/{node}/journal"
+    text = render_text(report)
+    assert "Logs (journalctl -u corosync -u pve-cluster -n 3, through the API):" in text
+    assert "  pve3: offline" in text
+
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    args = ["status", "-s", "t", "--nested-ca", ca, "--logs", "--lines", "2", "--format", "json"]
+    assert main(args + [f"--nested-url={u}" for u in nested_urls(cluster)]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["logs"]["pve2"]["lines"]) == 2 and data["log_lines"] == 2
+
+
+def test_journal_merges_units_in_time_order():
+    from pvelab.ops.logs import journal
+
+    class Fake:
+        def get(self, path, **params):
+            cursor = "s=ab;i=1;b=cd;m=1;t=2;x=3"
+            return {"corosync": [cursor, "Nov 30 10:00:05 pve1 corosync[1]: b", cursor],
+                    "pve-cluster": [cursor, "Nov 30 10:00:01 pve1 pmxcfs[2]: a", "Nov 30 10:00:09 pve1 pmxcfs[2]: c",
+                                    cursor]}[params["unit"]]
+
+    assert [x[-1] for x in journal(Fake(), "pve1", ("corosync", "pve-cluster"), 2)] == ["b", "c"]

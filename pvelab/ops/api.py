@@ -52,6 +52,10 @@ class Clock:
         if seconds > 0:
             time.sleep(seconds)
 
+    def wall(self) -> float:
+        """UNIX time, for what the nodes' logs are matched against."""
+        return time.time()
+
 
 @dataclass(frozen=True)
 class Retry:
@@ -265,8 +269,13 @@ class PveClient:
 
         what = what or f"task {upid} on {node}"
         st = poll(self.clock, deadline_s, interval_s, done, f"{what} to finish (task {upid})")
-        if st.get("exitstatus") != "OK":
+        if not task_succeeded(st.get("exitstatus")):
             raise ApiError(f"{what} failed: {st.get('exitstatus')} (task {upid})")
+
+
+def task_succeeded(exitstatus: Optional[str]) -> bool:
+    """'OK', or 'WARNINGS: N' (the task logged warnings but did its work): pve-common src/PVE/UPID.pm."""
+    return exitstatus == "OK" or bool(re.fullmatch(r"WARNINGS: \d+", str(exitstatus or "")))
 
 
 def poll(clock: Clock, deadline_s: float, interval_s: float, probe: Callable[[], Optional[T]], what: str,

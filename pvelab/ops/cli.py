@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import sys
 
 from ..formats import PVE_NODE_RE, show, url_problem
 from ..stackfile import SECRET_ENV, load_stack
-from .api import ApiError, Retry
+from .api import ApiError, Clock, Retry
 from .connect import ca_problem, nested_client, outer_client
 from .drill import DrillTiming, render_json as drill_json, render_text as drill_text, run_drill
+from .i18n import LANGS, default_lang, translate, translating
+from .migrate import run_migrate
+from .partition import run_partition
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
 from .status import gather, render_json as status_json, render_text as status_text
+from .watch import DrillView, TickingClock, watch
 
 EXIT_STILL_STOPPED = 3
 
@@ -29,6 +34,14 @@ def seconds(text: str) -> float:
     if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
         raise argparse.ArgumentTypeError(f"{show(text)} is not a number of seconds (more than 0, at most {MAX_SECONDS:g})")
     return value
+
+
+def ip_address(text: str) -> str:
+    """argparse type: an IPv4 or IPv6 address."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IP address") from None
 
 
 def count(text: str) -> int:
@@ -75,6 +88,12 @@ def _stack(p: argparse.ArgumentParser) -> None:
                    help="seconds for one API request (default: 10)")
 
 
+def _lang(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lang", choices=LANGS, default=None,
+                   help="language of the text output (default: from the locale, LANG=ja_JP.UTF-8 gives ja); "
+                        "JSON is the same in every language")
+
+
 def _outer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outer-url", metavar="URL", type=api_url, help="outer host API URL instead of outer.endpoint "
                    f"(token from ${SECRET_ENV['outerApiToken']})")
@@ -104,13 +123,26 @@ def register(sub) -> None:
                                    "nested cluster's API. Exit 1 when something is unhealthy.")
     _stack(p)
     _nested(p)
+    p.add_argument("--logs", action="store_true",
+                   help="also each node's recent corosync and pve-cluster log lines (journalctl -u corosync "
+                        "-u pve-cluster, through the API)")
+    p.add_argument("--lines", type=count, default=50, metavar="N", help="log lines per node (default 50)")
+    p.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C "
+                   "(JSON Lines with --format json)")
+    p.add_argument("--interval", type=seconds, default=5.0, metavar="S", help="--watch: seconds between frames "
+                   "(default 5)")
+    p.add_argument("--count", type=count, default=None, metavar="N", help="--watch: stop after N frames")
+    _lang(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("drill", help="HA failover / quorum-loss drill (stops nested nodes!)",
+    p = sub.add_parser("drill", help="HA failover / quorum-loss / partition drill (stops or cuts nested nodes!)",
                        description="ha: hard-stop the nested node running the HA test VM (through the outer "
                                    "host), time the failover, start the node again. quorum: stop a majority of "
-                                   "nodes, show the survivor without quorum, start them again.")
-    p.add_argument("kind", choices=("ha", "quorum"))
+                                   "nodes, show the survivor without quorum, start them again. partition: cut the "
+                                   "HA test VM's node off the network (link_down on its NICs), show both sides, "
+                                   "restore the links. migrate: live-migrate the HA test VM (ha-manager migrate) "
+                                   "and report the downtime.")
+    p.add_argument("kind", choices=("ha", "quorum", "partition", "migrate"))
     _stack(p)
     _outer(p)
     _nested(p)
@@ -124,6 +156,16 @@ def register(sub) -> None:
                    help=f"deadline for stopped nodes to rejoin with quorum (default {d.rejoin_deadline_s:g})")
     p.add_argument("--observe", type=seconds, default=d.observe_s, metavar="S",
                    help=f"quorum drill: how long to watch HA not recover (default {d.observe_s:g})")
+    p.add_argument("--settle-timeout", type=seconds, default=d.settle_deadline_s, metavar="S",
+                   help=f"deadline for the HA VM to run again (and fail back) after the nodes rejoined "
+                        f"(default {d.settle_deadline_s:g})")
+    _lang(p)
+    p.add_argument("--to", metavar="NODE", help="migrate drill: the target node (default: the next node)")
+    p.add_argument("--ping", type=ip_address, metavar="ADDRESS",
+                   help="ping this address (the HA test VM's, if it runs an OS with an address on the nested "
+                        "vmbr0) from a node the drill leaves alone, and report the downtime a client sees")
+    p.add_argument("--watch", action="store_true", help="show the live status view (as status --watch) above the "
+                   "drill's progress while it runs (on a terminal)")
     p.add_argument("--yes", action="store_true",
                    help="do not ask before hard-stopping nested nodes (needed when not run on a terminal)")
     p.set_defaults(func=cmd_drill)
@@ -159,8 +201,12 @@ def cmd_status(args) -> int:
         client = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
-    report = gather(client)
-    print(status_json(report) if args.format == "json" else status_text(report))
+    lang = args.lang or default_lang()
+    if args.watch:
+        return watch(client, sys.stdout, args.interval, args.count, args.format, args.lines if args.logs else None,
+                     translate=lambda text: translate(text, lang))
+    report = gather(client, args.lines if args.logs else None)
+    print(status_json(report) if args.format == "json" else translate(status_text(report), lang))
     return 0 if report["healthy"] else 1
 
 
@@ -169,11 +215,16 @@ def _confirm_drill(args, spec) -> bool:
     if args.yes:
         return True
     plans = spec.node_plans
-    what = ("the nested node that runs the HA test VM" if args.kind == "ha"
-            else f"{len(plans) // 2 + 1} of the {len(plans)} nested nodes")
+    if args.kind == "migrate":  # nothing is stopped or cut: the VM only moves (and may fail back)
+        return True
+    stop = len(plans) // 2 if spec.nodes.qdevice else len(plans) // 2 + 1
+    what = ("the nested node that runs the HA test VM" if args.kind in ("ha", "partition")
+            else f"{stop} of the {len(plans)} nested nodes")
     vmids = ", ".join(str(p.vmid) for p in plans)
-    question = (f"drill {args.kind} hard-stops {what} of stack '{args.stack}' (outer VMs {vmids} on "
-                f"{spec.outer.node}), then starts them again.")
+    action, undo = (("cuts the network links (link_down) of", "restores them") if args.kind == "partition"
+                    else ("hard-stops", "starts them again"))
+    question = (f"drill {args.kind} {action} {what} of stack '{args.stack}' (outer VMs {vmids} on "
+                f"{spec.outer.node}), then {undo}.")
     if not sys.stdin.isatty():
         print(f"{question} Not on a terminal: pass --yes to go ahead.", file=sys.stderr)
         return False
@@ -187,15 +238,29 @@ def cmd_drill(args) -> int:
         return 2
     timing = DrillTiming(poll_s=args.poll, task_deadline_s=args.task_timeout,
                          recovery_deadline_s=args.recovery_timeout, rejoin_deadline_s=args.rejoin_timeout,
-                         observe_s=args.observe)
+                         observe_s=args.observe, settle_deadline_s=args.settle_timeout)
     try:
-        outer = outer_client(spec, args.outer_url, args.outer_ca, _retry(args))
+        # migrate powers nothing off and cuts nothing: it needs no outer host (nor its token)
+        outer = (None if args.kind == "migrate" and not args.ping
+                 else outer_client(spec, args.outer_url, args.outer_ca, _retry(args)))
         nested = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
-    progress = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
-    report = run_drill(args.kind, spec, outer, nested, timing, out=progress)
-    print(drill_json(report) if args.format == "json" else drill_text(report))
-    if report.still_stopped:
+    lang = args.lang or default_lang()
+    progress = translating((lambda line: print(line, file=sys.stderr)) if args.format == "json" else print, lang)
+    clock = None
+    if args.watch and args.format == "text":
+        view_client = nested_client(spec, args.nested_url, args.nested_ca,
+                                    Retry(attempts=1, request_timeout_s=min(args.request_timeout, 5.0)))
+        view = DrillView(view_client, sys.stdout, args.poll, translate=lambda text: translate(text, lang))
+        progress, clock = view.line, TickingClock(Clock(), view.tick)
+    if args.kind == "partition":
+        report = run_partition(spec, outer, nested, timing, clock, out=progress, ping=args.ping)
+    elif args.kind == "migrate":
+        report = run_migrate(spec, outer, nested, timing, clock, out=progress, target=args.to, ping=args.ping)
+    else:
+        report = run_drill(args.kind, spec, outer, nested, timing, clock, out=progress, ping=args.ping)
+    print(drill_json(report) if args.format == "json" else translate(drill_text(report), lang))
+    if report.still_stopped or report.still_cut:
         return EXIT_STILL_STOPPED
     return 0 if report.ok else 1

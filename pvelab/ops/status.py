@@ -11,8 +11,14 @@ import re
 from typing import Any, Optional
 
 from .api import ApiError, PveClient
+from .logs import CHAPTER_UNITS, gather_logs, render_logs
 
 SERVICE_STATUS_RE = re.compile(r"^\s*(?P<sid>\S+)\s+\((?P<node>[^,()]+),\s*(?P<state>[^,()]+)")
+# lrm and master entries carry their state only in `status`: "pve1 (active, watchdog active, Mon ...)" on PVE 9
+# ("pve1 (idle, Mon ...)" before), "pve1 (old timestamp - dead?, ...)", "pve1 (unable to read lrm status)"
+# (pve-ha-manager src/PVE/API2/HA/Status.pm).
+AGENT_STATUS_RE = re.compile(r"^\s*(?P<node>\S+)\s+\((?P<state>[^,()]+)")
+LRM_HOLDS_WATCHDOG = ("active", "maintenance mode", "maintenance")
 
 
 def cluster_facts(client: PveClient) -> dict[str, Any]:
@@ -42,7 +48,14 @@ def parse_service(entry: dict) -> dict[str, Any]:
         node = node or m.group("node").strip()
         state = state or m.group("state").strip()
     return {"sid": sid, "node": node, "state": state, "request_state": entry.get("request_state"),
-            "crm_state": entry.get("crm_state"), "status": entry.get("status")}
+            "crm_state": entry.get("crm_state"), "failback": entry.get("failback"), "status": entry.get("status")}
+
+
+def agent_state(entry: dict) -> Optional[str]:
+    """The state word of a master or lrm entry: 'active', 'idle', 'wait_for_agent_lock', 'lost_agent_lock',
+    'maintenance mode', 'old timestamp - dead?', 'unable to read lrm status' ..."""
+    m = AGENT_STATUS_RE.match(str(entry.get("status") or ""))
+    return m.group("state").strip() if m else None
 
 
 def ha_facts(client: PveClient) -> dict[str, Any]:
@@ -53,8 +66,10 @@ def ha_facts(client: PveClient) -> dict[str, Any]:
     return {
         "quorum": quorum.get("status"),
         "quorate": bool(quorum.get("quorate", str(quorum.get("status", "")).upper() == "OK")) if quorum else None,
-        "master": {"node": master.get("node"), "status": master.get("status")} if master else None,
-        "lrm": [{"node": e.get("node"), "state": e.get("state"), "status": e.get("status")}
+        "master": ({"node": master.get("node"), "status": master.get("status"), "state": agent_state(master)}
+                   if master else None),
+        # the LRM holds its node's watchdog while 'active' (LRM.pm): without quorum such a node resets itself
+        "lrm": [{"node": e.get("node"), "state": agent_state(e), "status": e.get("status")}
                 for e in entries if e.get("type") == "lrm"],
         "services": [parse_service(e) for e in entries if e.get("type") == "service"],
     }
@@ -62,6 +77,14 @@ def ha_facts(client: PveClient) -> dict[str, Any]:
 
 def ha_service(client: PveClient, sid: str) -> Optional[dict[str, Any]]:
     return next((s for s in ha_facts(client)["services"] if s["sid"] == sid), None)
+
+
+def monitor_count(monmap: dict) -> Optional[int]:
+    """PVE puts `ceph mon dump` in monmap when `ceph status` has no mon list (Octopus and later, so always on
+    PVE 9: pve-manager PVE/Ceph/Tools.pm ceph_cluster_status): count its `mons`; older status had num_mons."""
+    if isinstance(monmap.get("mons"), list):
+        return len(monmap["mons"])
+    return monmap.get("num_mons")
 
 
 def ceph_facts(client: PveClient) -> dict[str, Any]:
@@ -76,7 +99,7 @@ def ceph_facts(client: PveClient) -> dict[str, Any]:
         "health": health.get("status"),
         "checks": sorted(f"{name}: {((c or {}).get('summary') or {}).get('message', '')}".rstrip(": ")
                          for name, c in checks.items()),
-        "mons": (st.get("monmap") or {}).get("num_mons"),
+        "mons": monitor_count(st.get("monmap") or {}),
         "quorum": st.get("quorum_names") or [],
         "osds": {k: osd.get(f"num_{k}_osds" if k != "total" else "num_osds") for k in ("total", "up", "in")},
         "pgs": pgmap.get("num_pgs"),
@@ -84,14 +107,36 @@ def ceph_facts(client: PveClient) -> dict[str, Any]:
     }
 
 
-def gather(client: PveClient) -> dict[str, Any]:
-    """Everything `status` shows; a part that cannot be read carries its error instead."""
+def guest_facts(client: PveClient, sids: list[str]) -> dict[str, Any]:
+    """What /cluster/resources says of each HA guest: HA's 'started' is the request, this is whether it runs."""
+    wanted = {sid for sid in sids if sid.startswith(("vm:", "ct:"))}
+    out: dict[str, Any] = {sid: {"status": "not listed", "node": None} for sid in sorted(wanted)}
+    for r in client.get("cluster/resources", type="vm"):
+        sid = f"{'ct' if r.get('type') == 'lxc' else 'vm'}:{r.get('vmid')}"
+        if sid in wanted:
+            out[sid] = {"status": r.get("status"), "node": r.get("node")}
+    return out
+
+
+def gather(client: PveClient, log_lines: Optional[int] = None) -> dict[str, Any]:
+    """Everything `status` shows; a part that cannot be read carries its error instead.
+
+    log_lines: also each member's last N corosync and pve-cluster journal lines (`logs`)."""
     report: dict[str, Any] = {}
     for key, read in (("cluster", cluster_facts), ("ceph", ceph_facts), ("ha", ha_facts)):
         try:
             report[key] = read(client)
         except ApiError as exc:
             report[key] = {"error": exc.message}
+    if "error" not in report["ha"] and report["ha"].get("services"):
+        try:
+            report["guests"] = guest_facts(client, [x["sid"] for x in report["ha"]["services"]])
+        except ApiError as exc:
+            report["guests"] = {"error": exc.message}
+    if log_lines:
+        members = [(n["name"], n["online"]) for n in report["cluster"].get("nodes", [])]
+        report["logs"] = gather_logs(client, members, log_lines)
+        report["log_lines"] = log_lines
     report["endpoint"] = client.last_endpoint.name if client.last_endpoint else None
     report["problems"] = problems(report)
     report["healthy"] = not report["problems"]
@@ -116,6 +161,7 @@ def problems(report: dict[str, Any]) -> list[str]:
         out.append(f"Ceph unreachable: {ceph['error']}")
     elif ceph.get("health") == "HEALTH_ERR":
         out.append("Ceph HEALTH_ERR: " + "; ".join(ceph.get("checks") or []))
+    guests = report.get("guests") or {}
     if "error" in ha:
         out.append(f"HA status unreadable: {ha['error']}")
     else:
@@ -123,6 +169,11 @@ def problems(report: dict[str, Any]) -> list[str]:
             if s["state"] not in ("started", "stopped", "ignored", "disabled") or (
                     s["state"] == "stopped" and s.get("request_state") == "started"):
                 out.append(f"HA service {s['sid']} is {s['state']} on {s['node']}")
+            elif s["state"] == "started" and isinstance(guests.get(s["sid"]), dict) and \
+                    guests[s["sid"]].get("status") != "running":
+                g = guests[s["sid"]]
+                out.append(f"HA service {s['sid']} is started on {s['node']} but its guest is {g.get('status')} "
+                           f"(not running yet, or frozen while quorum was lost)")
     return out
 
 
@@ -164,11 +215,20 @@ def render_text(report: dict[str, Any]) -> str:
         for lrm in ha.get("lrm", []):
             lines.append(f"  lrm {lrm['status'] or lrm['node']}")
         if ha.get("services"):
-            rows = [["SERVICE", "NODE", "STATE", "REQUESTED"]] + [
-                [s["sid"], s["node"] or "-", s["state"] or "-", s["request_state"] or "-"] for s in ha["services"]]
+            guests = report.get("guests") or {}
+
+            def runs(sid):
+                g = guests.get(sid)
+                return f"{g.get('status')} on {g.get('node') or '-'}" if isinstance(g, dict) and "status" in g else "-"
+
+            rows = [["SERVICE", "NODE", "STATE", "REQUESTED", "GUEST"]] + [
+                [s["sid"], s["node"] or "-", s["state"] or "-", s["request_state"] or "-", runs(s["sid"])]
+                for s in ha["services"]]
             lines += _table(rows)
         else:
             lines.append("  no HA services")
+    if report.get("logs") is not None:
+        lines += render_logs(report["logs"], report.get("log_lines") or 0, CHAPTER_UNITS)
     if report.get("endpoint"):
         lines.append(f"(read through {report['endpoint']})")
     if report["problems"]:

@@ -127,10 +127,28 @@ def members_up(data: dict) -> list[str]:
             if is_up(n) and cluster_of(n) == data["name"]]
 
 
+def qdevice_vote(data: dict) -> int:
+    """A configured QDevice (ffsplit, 1 vote) votes for the nodes that are up while its QNetd host is up."""
+    dev = data.get("qdevice")
+    if not dev or not members_up(data):
+        return 0
+    host = qnetd_node(dev["host"])
+    return dev.get("votes", 1) if host and is_up(host) else 0
+
+
+def qnetd_node(address: str, state: Path | None = None) -> str | None:
+    """The fake node at `address` (tests map addresses to names in cluster/hosts.json)."""
+    path = (state or state_dir()) / "cluster" / "hosts.json"
+    return json.loads(path.read_text()).get(address) if path.exists() else None
+
+
 def votes(data: dict) -> tuple[int, int, int]:
     """(expected votes, total votes of the nodes that are up, votes needed for quorum)."""
     expected = sum(i["quorum_votes"] for i in data["nodes"].values())
     total = sum(data["nodes"][n]["quorum_votes"] for n in members_up(data))
+    if data.get("qdevice"):
+        expected += data["qdevice"].get("votes", 1)
+        total += qdevice_vote(data)
     return expected, total, expected // 2 + 1
 
 
@@ -160,7 +178,12 @@ def render_corosync_conf(data: dict) -> str:
                   f"    quorum_votes: {info['quorum_votes']}"]
         lines += [f"    ring{link}_addr: {info[f'ring{link}_addr']}" for link in data["links"]]
         lines.append("  }")
-    lines += ["}", "", "quorum {", "  provider: corosync_votequorum", "}", "", "totem {",
+    lines += ["}", "", "quorum {", "  provider: corosync_votequorum"]
+    dev = data.get("qdevice")
+    if dev:  # pvecm.pm setup_qdevice: model net, tls on, host, algorithm ffsplit, votes 1
+        lines += ["  device {", "    model: net", "    net {", "      algorithm: ffsplit",
+                  f"      host: {dev['host']}", "      tls: on", "    }", f"    votes: {dev.get('votes', 1)}", "  }"]
+    lines += ["}", "", "totem {",
               f"  cluster_name: {data['name']}", f"  config_version: {data['config_version']}"]
     for link in data["links"]:
         lines += ["  interface {", f"    linknumber: {link}", "  }"]

@@ -54,6 +54,8 @@ PACKAGE_EFFECTS = {
     "postfix": {"units": ["postfix.service"]},
     "open-iscsi": {"units": ["iscsid.service"]},
     "qemu-guest-agent": {"units": ["qemu-guest-agent.service"], "static": True},
+    "corosync-qnetd": {"units": ["corosync-qnetd.service"]},  # Debian enables and starts it
+    "corosync-qdevice": {},  # started by `pvecm qdevice setup` on every node
 }
 
 

@@ -1,0 +1,117 @@
+"""QDevice: the tie-breaker of an even-sized lab (nodes.count 2 or 4 with nodes.qdevice: true).
+
+A small Debian VM on the outer host runs corosync-qnetd; every cluster node gets corosync-qdevice; then
+`pvecm qdevice setup <address>` on the first node (pve-cluster src/PVE/CLI/pvecm.pm) adds the device to
+corosync.conf and starts corosync-qdevice everywhere. That command logs in to the QNetd host as root with
+the first node's /root/.ssh/id_rsa (ssh-copy-id, then ssh/scp in BatchMode), so the first node's public key
+is authorized on the QDevice VM and its host key is pinned in the cluster's known_hosts first.
+Steps (each idempotent, see components/scripts/qdevice-*.sh):
+  first node: pubkey -> QDevice VM: qnetd (install, authorize the key, print the host key)
+  every node: packages -> first node: setup (after qnetd and all packages), verified with `pvecm status`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_proxmoxve as proxmoxve
+
+from pvelab.qdevice import QDEVICE_CORES, QDEVICE_DISK_GIB, QDEVICE_MEMORY_MIB, QDevicePlan
+from pvelab.spec import LabSpec
+
+from .cluster import ClusterMember
+from .node_step import NodeConnection, node_step
+
+POLL_S = 5
+
+
+@dataclass
+class QDeviceArgs:
+    spec: LabSpec
+    plan: QDevicePlan
+    members: Sequence[ClusterMember]
+    quorate: pulumi.Resource  # the cluster is formed and quorate
+    image_file_id: pulumi.Input[str]
+    ssh_private_key: pulumi.Output[str]
+    ssh_public_key: pulumi.Input[str]
+    bridge: pulumi.Input[str]
+    vlan_tag: pulumi.Input[Optional[int]] = None
+    pool_id: pulumi.Input[Optional[str]] = None
+
+
+class QDevice(pulumi.ComponentResource):
+    def __init__(self, name: str, args: QDeviceArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("pve-lab:index:QDevice", name, None, opts)
+        spec, plan, members = args.spec, args.plan, list(args.members)
+        first = members[0]
+        deadline = spec.timeouts.quorum_s
+        self.vm = self._vm(name, args)
+        self.connection = NodeConnection(plan.hostname, plan.ip, args.ssh_private_key)
+
+        self.pubkey = node_step(f"{name}-pubkey", first.connection, "qdevice-setup", parent=self, args=["pubkey"],
+                                depends_on=[args.quorate])
+        first_key = self.pubkey.stdout.apply(lambda s: (s or "").strip())
+        # The first dial waits for cloud-init to bring up SSH on the fresh VM.
+        self.qnetd = node_step(
+            f"{name}-qnetd", self.connection, "qdevice-qnetd", parent=self,
+            env={"AUTHORIZED_KEY": first_key, "DEADLINE_S": spec.timeouts.install_s, "POLL_S": POLL_S},
+            depends_on=[self.vm, self.pubkey], triggers=[self.vm.id],
+            dial_error_limit=max(10, spec.timeouts.ready_s // self.connection.per_dial_timeout))
+        host_key = self.qnetd.stdout.apply(lambda s: (s or "").strip())
+        self.packages = [
+            node_step(f"{name}-packages-{m.connection.hostname}", m.connection, "qdevice-setup", parent=self,
+                      args=["packages"], env={"DEADLINE_S": spec.timeouts.install_s}, depends_on=[args.quorate])
+            for m in members]
+        self.setup = node_step(
+            f"{name}-setup", first.connection, "qdevice-setup", parent=self, args=["setup"],
+            env={"QNETD_ADDRESS": plan.ip, "QNETD_HOST_KEY": host_key, "EXPECTED_NODES": len(members),
+                 "DEADLINE_S": deadline, "POLL_S": POLL_S},
+            depends_on=[self.qnetd, *self.packages],
+            # a replaced QDevice VM is a new QNetd (new certificates): set it up again
+            triggers=[self.vm.id])
+        self.status_text = self.setup.stdout.apply(lambda s: (s or "").strip())
+        self.register_outputs({"hostname": plan.hostname, "ip": plan.ip, "vmid": plan.vmid,
+                               "status": self.status_text})
+
+    def _vm(self, name: str, args: QDeviceArgs) -> proxmoxve.VmLegacy:
+        spec, plan = args.spec, args.plan
+        storage = spec.outer.storage
+        return proxmoxve.VmLegacy(
+            f"{name}-vm",
+            name=plan.hostname,
+            node_name=spec.outer.node,
+            vm_id=plan.vmid,
+            pool_id=args.pool_id,
+            description=f"pve-lab QDevice (corosync-qnetd) {plan.fqdn} for cluster {spec.cluster.name}",
+            tags=sorted(set(spec.tags) | {"pve-lab-qdevice"}),
+            machine="q35",
+            # `host` like the nodes: the lab sanity rules (policy pack) hold every outer VM of a lab to it
+            cpu=proxmoxve.VmLegacyCpuArgs(type="host", cores=QDEVICE_CORES, sockets=1),
+            memory=proxmoxve.VmLegacyMemoryArgs(dedicated=QDEVICE_MEMORY_MIB),
+            scsi_hardware="virtio-scsi-single",
+            disks=[proxmoxve.VmLegacyDiskArgs(
+                interface="scsi0", datastore_id=storage, import_from=args.image_file_id, size=QDEVICE_DISK_GIB,
+                discard="on", iothread=True, ssd=True, file_format="raw")],
+            network_devices=[proxmoxve.VmLegacyNetworkDeviceArgs(
+                bridge=args.bridge, model="virtio", vlan_id=args.vlan_tag, firewall=False)],
+            operating_system=proxmoxve.VmLegacyOperatingSystemArgs(type="l26"),
+            serial_devices=[proxmoxve.VmLegacySerialDeviceArgs(device="socket")],
+            initialization=proxmoxve.VmLegacyInitializationArgs(
+                datastore_id=storage,
+                upgrade=False,
+                ip_configs=[proxmoxve.VmLegacyInitializationIpConfigArgs(
+                    ipv4=proxmoxve.VmLegacyInitializationIpConfigIpv4Args(address=plan.cidr_address,
+                                                                          gateway=spec.network.gateway))],
+                dns=proxmoxve.VmLegacyInitializationDnsArgs(domain=spec.cluster.domain, servers=list(spec.network.dns)),
+                user_account=proxmoxve.VmLegacyInitializationUserAccountArgs(
+                    username="root", keys=[args.ssh_public_key]),
+            ),
+            on_boot=True,
+            started=True,
+            # destroy never waits on it: stop hard, delete with its disk
+            stop_on_destroy=True,
+            purge_on_destroy=True,
+            delete_unreferenced_disks_on_destroy=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
