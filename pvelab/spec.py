@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import re
 import typing
@@ -299,14 +300,19 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+@functools.lru_cache(maxsize=None)
+def _shape(cls: type) -> tuple[dict, dict]:
+    """A spec class's type hints and its fields by YAML key (computed once: get_type_hints is slow)."""
+    return typing.get_type_hints(cls), {_camel(f.name): f for f in dataclasses.fields(cls)}
+
+
 def _parse(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
         problems.append(f"{_key(path)}: expected a mapping, got {type(raw).__name__}")
         return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    hints, fields = _shape(cls)
     kwargs = {}
     for key, value in raw.items():
         sub = f"{path}.{key_name(key)}" if path else key_name(key)
@@ -447,6 +453,7 @@ def _field_values(spec: LabSpec, path: str) -> list[tuple[str, Any]]:
     return [] if value is None else [(path, value)]
 
 
+@functools.lru_cache(maxsize=None)
 def _snake(name: str) -> str:
     name = name.replace("MiB", "Mib").replace("GiB", "Gib")
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
