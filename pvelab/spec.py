@@ -715,8 +715,8 @@ def validate(spec: LabSpec) -> list[str]:
 # Roles that would let a student reach beyond their own VMs (other pools, users, the host, SDN config).
 ADMIN_ROLES = frozenset({"Administrator", "PVEAdmin", "PVEVMAdmin", "PVESysAdmin", "PVEUserAdmin", "PVEPoolAdmin",
                          "PVEDatastoreAdmin", "PVESDNAdmin", "PVEMappingAdmin"})
-ROLE_RE = ROLE_ID_RE
-USER_RE = USER_ID_RE
+# Older names of the formats (use them with fullmatch, as everything here does).
+ROLE_RE, USER_RE, POOL_NAME_RE, HA_RULE_RE, VNET_RE = ROLE_ID_RE, USER_ID_RE, STORAGE_ID_RE, CONFIG_ID_RE, SDN_ID_RE
 
 
 def validate_student(spec: LabSpec) -> list[str]:

@@ -9,7 +9,6 @@ import copy
 import http.server
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -709,12 +708,6 @@ def test_outer_client_refuses_an_empty_url():
 
 def test_show_keeps_messages_on_one_line():
     assert show("a\nb") == "'a\\nb'" and len(show("x" * 500)) == 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("secrets", [{"pve-lab:outerApiToken": TOKEN + "\n"},
