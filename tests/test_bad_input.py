@@ -252,6 +252,7 @@ STACK_FILES = [
     ("huge-string-int", "config: {pve-lab:lab: {nodes: {cores: '" + "9" * 5000 + "'}}}\n",
      "pve-lab:lab.nodes.cores: expected an integer"),
     ("newline-key", 'config: {pve-lab:lab: {"nodes\\nx": 1}}\n', "pve-lab:lab.'nodes\\nx': unknown key"),
+    ("same-key-twice", "config: {lab: {}, pve-lab:lab: {}}\n", "Pulumi.t.yaml: pve-lab:lab is given twice"),
 ]
 
 
