@@ -442,7 +442,10 @@ def test_a_stack_name_with_a_newline_is_refused(tmp_path):
 
 
 class _Html(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):  # noqa: N802 - http.server's naming; a login answered with a web page
+        self.do_GET()
+
+    def do_GET(self):  # noqa: N802
         body = b"<html><body>Welcome to nginx</body></html>"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -501,6 +504,19 @@ def test_a_200_html_answer_is_one_clear_failure(stack_t, http_server, capsys):
     captured = capsys.readouterr()
     assert code == 1 and "Traceback" not in captured.err
     assert "not the PVE API" in captured.out and TOKEN_SECRET not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("html_login", [True, False])
+def test_a_nested_login_to_a_web_server_is_not_blamed_on_the_password(stack_t, http_server, monkeypatch, capsys,
+                                                                     html_login):
+    server = http_server(tls=True)
+    if not html_login:  # the server refuses POST (HTTP 501) instead of answering a page
+        monkeypatch.delattr(_Html, "do_POST")
+    code = main(["status", "-s", "t", "--nested-url", f"https://127.0.0.1:{server.server_port}",
+                 "--nested-ca", server.cert, "--retries", "1"])
+    out = capsys.readouterr().out
+    assert code == 1 and "wrong credentials" not in out and "a-root-password" not in out
+    assert ("not JSON" if html_login else "answered HTTP 501, not like a PVE API") in out
 
 
 # ---------------------------------------------------------------- kind 6: CSV cells are text
