@@ -140,6 +140,29 @@ def test_roster_student_fields_refuse_a_trailing_newline(key, value):
     assert any(p.startswith(f"roster.students[0].{key}: ") for p in err.value.problems), err.value.problems
 
 
+@pytest.mark.parametrize("where,change", [
+    ("roster.class", lambda d: d.update({"class": "ha101\n"})),
+    ("roster.title", lambda d: d.update(title="Chapter 7\n")),
+    ("roster.outerNodes[0].name", lambda d: d.update(outerNodes=[{"name": "pve1\n"}])),
+    ("roster.outerNodes[0].storage", lambda d: d.update(outerNodes=[{"name": "pve1", "storage": "local\n"}])),
+    ("roster.outerNodes[0].imageStorage", lambda d: d.update(outerNodes=[{"name": "pve1", "imageStorage": "local\n"}])),
+    ("roster.limits.allowedNodes[0]", lambda d: d.update(limits={"allowedNodes": ["pve1\n"]})),
+    ("roster.limits.allowedStorages[0]", lambda d: d.update(limits={"allowedStorages": ["local\n"]})),
+    ("roster.allocation.network.bridge", lambda d: d["allocation"]["network"].update(bridge="vmbr1\n")),
+    ("roster.allocation.network.zone", lambda d: d["allocation"].update(network={"mode": "sdn", "zone": "z1\n"})),
+    ("roster.allocation.network.vnetPrefix", lambda d: d["allocation"].update(
+        network={"mode": "sdn", "zone": "z1", "vnetPrefix": "lab\n"})),
+    ("roster.allocation.network.mode", lambda d: d["allocation"]["network"].update(mode="vlan\n")),
+])
+def test_every_roster_text_field_refuses_a_trailing_newline(where, change):
+    doc = roster_doc()
+    change(doc)
+    with pytest.raises(RosterError) as err:
+        parse_roster(doc, Path("/nonexistent/c.yaml"))
+    assert any(p.startswith(f"{where}: ") for p in err.value.problems), err.value.problems
+    assert all("\n" not in p for p in err.value.problems)
+
+
 def test_admin_role_with_a_newline_is_refused_by_the_spec():
     problems = spec_problems(set_path(FULL_LAB, "student.role", "Administrator\n"))
     assert problems[0].startswith("pve-lab:lab.student.role: 'Administrator\\n' is not allowed")
