@@ -285,7 +285,7 @@ def test_apt_failure_is_reported_and_the_step_resumes(node):
     arm_fault(node.state, "apt-fail", times=1)
     r = run(node, "prepare")
     assert r.returncode == 1
-    assert "pve-lab: error: apt-get update failed (exit 100)" in r.stderr
+    assert "pve-lab: error: apt-get update could not read every repository (exit 100)" in r.stderr
     assert r.stderr.rstrip().splitlines()[-1].endswith("run this step again; it resumes where it stopped.")
     r = run(node, "prepare")
     assert r.returncode == 0, r.output
