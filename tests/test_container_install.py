@@ -16,7 +16,7 @@ import pytest
 
 from containers.fixtures import container_host, package_hosts, trixie_image  # noqa: F401 (fixtures)
 from containers.lab import APT_PROXY, LabNode
-from containers.program import node_commands
+from containers.program import node_commands, run_env
 from standins.proxmox_repo import PVE_KERNEL, PVE_MANAGER_VERSION
 
 STEPS = ("prepare", "reboot", "finish", "ready")
@@ -39,7 +39,7 @@ def commands(package_hosts):
 
 
 def new_node(workdir: Path, hosts, image, commands, name: str) -> LabNode:
-    fqdn = re.search(r"NODE_FQDN=(\S+)", commands[f"lab-{name}-prepare"]).group(1)
+    fqdn = run_env(commands[f"lab-{name}-prepare"])["NODE_FQDN"]
     return LabNode(name, fqdn, workdir, hosts, image)
 
 

@@ -23,11 +23,12 @@ SUITE = "trixie"
 # What a Debian 13 genericcloud VM has that the scripts use, and python3 for the stand-ins that remain.
 IMAGE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "ca-certificates", "curl", "python3", "iproute2",
                   "openssl", "procps", "openssh-server"]
-# What install-pve.sh later installs from Debian (with their dependencies): kept in the offline mirror.
-MIRROR_PACKAGES = ["chrony", "postfix", "open-iscsi", "qemu-guest-agent"]
+# What install-pve.sh later installs from Debian (with their dependencies; perl for pve-manager): kept in the
+# offline mirror.
+MIRROR_PACKAGES = ["chrony", "postfix", "open-iscsi", "qemu-guest-agent", "perl"]
 # The guest of the QEMU disk test: Debian's kernel and an initramfs with udev, lsblk and bash.
 KERNEL_PACKAGES = ["linux-image-amd64", "initramfs-tools", "busybox", "util-linux", "udev"]
-RECIPE = repr((SUITE, IMAGE_PACKAGES, MIRROR_PACKAGES, 2))
+RECIPE = repr((SUITE, IMAGE_PACKAGES, MIRROR_PACKAGES, 3))
 
 
 def cache_root() -> Path:
@@ -78,6 +79,15 @@ def _build_lock(cache: Path):
         yield
 
 
+def _remove_tree(path: Path) -> None:
+    """rm -rf of a build folder, after unmounting what an interrupted debootstrap left mounted in it."""
+    prefix = str(path.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def ensure_image() -> TrixieImage:
     """The cached image; built first when missing (a one-off per machine, about a minute)."""
     cache = cache_root()
@@ -92,7 +102,7 @@ def ensure_image() -> TrixieImage:
 
 def _build_image(image: TrixieImage) -> None:
     work = Path(str(image.folder) + ".build")
-    shutil.rmtree(work, ignore_errors=True)
+    _remove_tree(work)
     work.mkdir(parents=True)
     log = work / "build.log"
     root = work / "root"
@@ -173,7 +183,7 @@ def ensure_guest_kernel(image: TrixieImage) -> GuestKernel:
         if guest.initrd.exists():
             return guest
         work = Path(str(guest.folder) + ".build")
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_tree(work)
         root = work / "root"
         log = work / "build.log"
         image.unpack(root)

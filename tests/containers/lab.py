@@ -9,7 +9,6 @@ pointed at it for the package hosts only. What is a stand-in in there, and why, 
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import shutil
@@ -94,32 +93,21 @@ def make_package_hosts(folder: Path, image: TrixieImage) -> PackageHosts:
 
 def _test_tls(folder: Path) -> tuple[bytes, Path, Path]:
     """A throw-away CA and its certificate for enterprise.proxmox.com (what the nodes' curl and apt trust)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    ca_key, ca_cert = folder / "ca.key", folder / "ca.pem"
+    key, csr, cert = folder / "enterprise.key", folder / "enterprise.csr", folder / "enterprise.pem"
+    ext = folder / "enterprise.ext"
+    ext.write_text("subjectAltName=DNS:enterprise.proxmox.com\nbasicConstraints=CA:FALSE\n")
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pve-lab test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "enterprise.proxmox.com")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("enterprise.proxmox.com")]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    cert, key_file = folder / "enterprise.pem", folder / "enterprise.key"
-    cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return ca.public_bytes(serialization.Encoding.PEM), cert, key_file
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-subj", "/CN=pve-lab test CA", "-keyout", str(ca_key), "-out", str(ca_cert))
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-subj", "/CN=enterprise.proxmox.com", "-keyout", str(key), "-out", str(csr))
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-days", "2", "-extfile", str(ext), "-out", str(cert))
+    return ca_cert.read_bytes(), cert, key
 
 
 @dataclass
@@ -130,6 +118,8 @@ class LabNode:
     hosts: PackageHosts
     image: TrixieImage
     binds: tuple = ()
+    session_env: dict = field(default_factory=dict)  # e.g. the remaining stand-ins' STANDIN_* and PATH
+    files: dict = field(default_factory=dict)  # extra files written into the image before the first boot
     container: Container = field(init=False)
     server: Optional[subprocess.Popen] = field(default=None, init=False)
     requests_log: Path = field(init=False)
@@ -153,11 +143,11 @@ class LabNode:
             "usr/local/sbin/update-grub": UPDATE_GRUB,
             "etc/systemd/system/qemu-guest-agent.service": GUEST_AGENT_UNIT,
         }
-        for path, text in files.items():
+        for path, text in {**files, **self.files}.items():
             target = self.file(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
-            if "/bin/" in path or "/sbin/" in path:
+            if text.startswith("#!"):
                 target.chmod(0o755)
         with self.file("etc/ssl/certs/ca-certificates.crt").open("ab") as bundle:
             bundle.write(self.hosts.ca_cert)
@@ -204,7 +194,7 @@ class LabNode:
         self.server = None
 
     def run(self, command: str, stdin: str = "", timeout: float = 300) -> Result:
-        return self.container.run(command, stdin=stdin, timeout=timeout)
+        return self.container.run(command, stdin=stdin, timeout=timeout, env=self.session_env)
 
     def wait_for_reboot(self, timeout: float = 60) -> None:
         """The node rebooted by itself (its scheduled timer): boot it again, as the VM's firmware would."""

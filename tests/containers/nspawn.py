@@ -26,9 +26,9 @@ def container_support() -> Optional[str]:
     """None when this machine can boot containers, else why not (for a skip message)."""
     if os.geteuid() != 0:
         return "container tests need root (systemd-nspawn, debootstrap)"
-    for tool in ("systemd-nspawn", "debootstrap", "zstd", "nsenter", "dpkg-deb", "gpg"):
+    for tool in ("systemd-nspawn", "debootstrap", "zstd", "nsenter", "dpkg-deb", "dpkg-scanpackages", "gpg", "openssl"):
         if not shutil.which(tool):
-            return f"container tests need {tool} (apt-get install systemd-container debootstrap zstd gnupg)"
+            return f"container tests need {tool} (apt-get install systemd-container debootstrap zstd gnupg dpkg-dev openssl)"
     if not Path("/sys/fs/cgroup").is_dir():
         return "container tests need a cgroup file system at /sys/fs/cgroup"
     return None
@@ -137,3 +137,37 @@ class Container:
     def file(self, path: str) -> Path:
         """A path in the container's file tree, as seen from the host."""
         return self.root / path.lstrip("/")
+
+
+class LabNetwork:
+    """A private network the test creates: a bridge in a network namespace of its own (held by a sleeping
+    process, no name in /run/netns), and one veth link per container, named eth0 inside it. Nothing of it
+    touches the host's network namespace."""
+
+    def __init__(self) -> None:
+        # The bridge is made inside the new namespace before the holder sleeps: never in the host's.
+        self.holder = subprocess.Popen(
+            ["unshare", "--net", "sh", "-c", "ip link add br0 type bridge && ip link set br0 up && "
+             "ip link set lo up && echo ready && exec sleep infinity"], stdout=subprocess.PIPE, text=True)
+        self._links = 0
+        if self.holder.stdout.readline().strip() != "ready":
+            self.close()
+            raise RuntimeError("could not make the lab network (unshare --net, ip link add br0 type bridge)")
+        self.holder.stdout.close()
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["nsenter", "-t", str(self.holder.pid), "-n", "ip", *args], check=True, capture_output=True)
+
+    def attach(self, container: Container, address: str) -> None:
+        """Give the running container eth0 with ADDRESS (a.b.c.d/nn) on this network."""
+        self._links += 1
+        port = f"vh{self._links}"
+        self._ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", str(container.leader))
+        self._ip("link", "set", port, "master", "br0", "up")
+        for args in (["addr", "add", address, "dev", "eth0"], ["link", "set", "eth0", "up"]):
+            subprocess.run([*container.nsenter("-n"), "ip", *args], check=True, capture_output=True)
+
+    def close(self) -> None:
+        if self.holder.poll() is None:
+            self.holder.kill()
+        self.holder.wait()

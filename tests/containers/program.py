@@ -4,6 +4,8 @@ contract (pvelab/node_script.py) or of the environment the components pass.
 """
 from __future__ import annotations
 
+import shlex
+
 from harness import COMMAND, command_text, evaluate_lab
 
 
@@ -12,3 +14,9 @@ def node_commands(overrides: dict | None = None) -> dict[str, str]:
     ev = evaluate_lab(overrides or {})
     assert ev.error is None, ev.error
     return {r.name: command_text(r) for r in ev.records if r.type == COMMAND}
+
+
+def run_env(command: str) -> dict[str, str]:
+    """The variables of a command's run line (its last line: `env A=1 B=2 bash "$HOME/pve-lab/x.sh" ...`)."""
+    words = shlex.split(command.rstrip("\n").rsplit("\n", 1)[-1])
+    return dict(w.split("=", 1) for w in words[1:] if words[0] == "env" and "=" in w and not w.startswith("-"))

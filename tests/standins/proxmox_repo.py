@@ -124,7 +124,7 @@ def packages(keyring: bytes) -> list[Package]:
             "usr/lib/systemd/system/pve-cluster.service": (PVE_CLUSTER_UNIT, 0o644)},
             postinst=ENABLE_AND_START.format(unit="pve-cluster.service")),
         Package("pve-manager", PVE_MANAGER_VERSION, "amd64",
-                depends="pve-cluster, postfix | mail-transport-agent, proxmox-archive-keyring",
+                depends="perl, pve-cluster, postfix | mail-transport-agent, proxmox-archive-keyring",
                 files={"usr/bin/pveversion": (PVEVERSION, 0o755),
                        "usr/lib/pve-lab-standin/pveproxy": (PVEPROXY, 0o755),
                        "usr/lib/systemd/system/pveproxy.service": (PVEPROXY_UNIT, 0o644),
