@@ -7,14 +7,19 @@ and each node's /etc/pve is its folder in that state, as pmxcfs shares /etc/pve 
 """
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from containers.fixtures import container_host, package_hosts, trixie_image  # noqa: F401 (fixtures)
-from containers.lab import STANDINS, LabNode
+from containers import early
+from containers.fixtures import container_host  # noqa: F401 (fixture)
+from containers.image import TrixieImage
+from containers.lab import STANDINS, LabNode, PackageHosts, destroy_all
 from containers.nspawn import LabNetwork
 from containers.program import run_env
 from harness import evaluate_lab
@@ -27,6 +32,8 @@ PROXMOX_TOOLS = ("pvecm", "pvesh", "pveceph", "ceph", "ceph-volume")
 STANDIN_MOUNT = "/opt/pve-lab-standins"
 WRAPPERS = "/opt/pve-lab-test-bin"
 NODES = ("pve1", "pve2", "pve3")
+REACH_PVE1_SSH = ("python3 -c \"import socket; s = socket.socket(); s.settimeout(5); "
+                  "print(s.connect_ex(('10.10.10.11', 22)))\"")
 CLUSTER_STEPS = [("lab-cluster-create", "pve1"), ("lab-cluster-fingerprint", "pve1"),
                  ("lab-cluster-join-pve2", "pve2"), ("lab-cluster-join-pve3", "pve3"), ("lab-cluster-quorum", "pve1")]
 INSTALL_PVE = "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q proxmox-ve"
@@ -38,13 +45,19 @@ Signed-By: /usr/share/keyrings/proxmox-archive-keyring.gpg
 """
 
 
-@pytest.fixture(scope="module")
-def lab(package_hosts, trixie_image, tmp_path_factory):
+def prepare(hosts: PackageHosts, image: TrixieImage) -> tuple:
+    """Main thread: the program's commands (the default lab, evaluated on the mock runtime)."""
     ev = evaluate_lab()
     assert ev.error is None, ev.error
-    commands = {r.name: r for r in ev.records if r.type == "command:remote:Command"}
-    state = tmp_path_factory.mktemp("standin-state")
-    (state / "cluster").mkdir()
+    return hosts, image, {r.name: r for r in ev.records if r.type == "command:remote:Command"}
+
+
+def run_cluster(prepared: tuple) -> dict:
+    """Background thread: three nodes, the cluster steps twice; what they printed and left."""
+    hosts, image, commands = prepared
+    folder = Path(tempfile.mkdtemp(prefix="pve-lab-cluster-"))
+    state = folder / "standin-state"
+    (state / "cluster").mkdir(parents=True)
     # The program polls every 5 s: corosync "restarts" at once, so no step has to wait out a poll.
     (state / "cluster" / "instant-restart").write_text("")
     _cluster.set_root_password(state, "pve1", MOCK_ROOT_PASSWORD)
@@ -58,18 +71,32 @@ def lab(package_hosts, trixie_image, tmp_path_factory):
         pve.mkdir(parents=True)
         fqdn = run_env(unwrap(commands[f"lab-{name}-prepare"].inputs["create"]))["NODE_FQDN"]
         nodes[name] = LabNode(
-            name, fqdn, tmp_path_factory.mktemp(name), package_hosts, trixie_image,
+            name, fqdn, folder / name, hosts, image,
             binds=(f"--bind-ro={STANDINS}:{STANDIN_MOUNT}", f"--bind={state}:{state}", f"--bind={pve}:/etc/pve"),
             session_env={"PATH": f"{WRAPPERS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                          "STANDIN_STATE": str(state), "STANDIN_NODE": name},
             files={**wrappers, "etc/apt/sources.list.d/proxmox.sources": PROXMOX_SOURCES})
     network = LabNetwork()
     try:
-        yield start_lab(nodes, commands, network, package_hosts.keyring.read_bytes(), state)
+        lab = start_lab(nodes, commands, network, hosts.keyring.read_bytes(), state)
+        seen = {"reach": nodes["pve2"].run(REACH_PVE1_SSH)}
+        seen["first"] = run_steps(lab, CLUSTER_STEPS)
+        seen["conf_first"] = corosync_confs(lab)
+        seen["again"] = run_steps(lab, CLUSTER_STEPS)
+        seen["conf_again"] = corosync_confs(lab)
+        return seen
     finally:
-        for node in nodes.values():
-            node.destroy()
+        destroy_all(nodes.values())
         network.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+early.register(__name__, prepare, run_cluster)
+
+
+@pytest.fixture(scope="module")
+def seen(container_host):
+    return early.result(__name__)
 
 
 def start_lab(nodes, commands, network, keyring_bytes: bytes, state) -> dict:
@@ -110,21 +137,17 @@ def corosync_confs(lab) -> dict:
     return {n: node.run("cat /etc/pve/corosync.conf").stdout for n, node in lab["nodes"].items()}
 
 
-def test_the_nodes_reach_each_other_on_their_lab_addresses(lab):
-    r = lab["nodes"]["pve2"].run("python3 -c \"import socket; s = socket.socket(); s.settimeout(5); "
-                                 "print(s.connect_ex(('10.10.10.11', 22)))\"")
-    assert r.stdout.strip() == "0", r.output  # pve1's real sshd answers on its lab address
+def test_the_nodes_reach_each_other_on_their_lab_addresses(seen):
+    assert seen["reach"].stdout.strip() == "0", seen["reach"].output  # pve1's real sshd on its lab address
 
 
-def test_the_cluster_steps_form_a_quorate_cluster_and_a_rerun_changes_nothing(lab):
-    first = run_steps(lab, CLUSTER_STEPS)
-    for name, r in first.items():
+def test_the_cluster_steps_form_a_quorate_cluster_and_a_rerun_changes_nothing(seen):
+    for name, r in seen["first"].items():
         assert r.returncode == 0, f"{name}: {r.output[-3000:]}"
-    assert first["lab-cluster-fingerprint"].stdout.strip() == MOCK_FINGERPRINT
-    assert "Quorate:          Yes" in first["lab-cluster-quorum"].stdout
-    conf = corosync_confs(lab)
-    assert len(set(conf.values())) == 1 and "name: pve3" in conf["pve1"]
-    again = run_steps(lab, CLUSTER_STEPS)
-    for name, r in again.items():
+    assert seen["first"]["lab-cluster-fingerprint"].stdout.strip() == MOCK_FINGERPRINT
+    assert "Quorate:          Yes" in seen["first"]["lab-cluster-quorum"].stdout
+    conf = seen["conf_first"]
+    assert len(set(conf.values())) == 1 and "name: pve3" in conf["pve1"], conf
+    for name, r in seen["again"].items():
         assert r.returncode == 0, f"{name}: {r.output[-3000:]}"
-    assert corosync_confs(lab) == conf
+    assert seen["conf_again"] == conf

@@ -2,20 +2,25 @@
 systemd units and timers, against the stand-in Proxmox repository (tests/standins/proxmox_repo.py).
 
 Each node runs the program's own commands (the default lab's `remote.Command` texts, with the test key's
-sha256 as repository.keyringSha256). The scenarios run concurrently, one node each, in a module fixture;
-the tests assert on what each scenario saw. What is still a stand-in is listed in README.md.
+sha256 as repository.keyringSha256). The scenarios run concurrently, one node each, in the background
+from the session's start (tests/containers/early.py); the tests assert on what each scenario saw. What is
+still a stand-in is listed in README.md.
 """
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from containers.fixtures import container_host, package_hosts, trixie_image  # noqa: F401 (fixtures)
-from containers.lab import APT_PROXY, LabNode
+from containers import early
+from containers.fixtures import container_host  # noqa: F401 (fixture)
+from containers.image import TrixieImage
+from containers.lab import APT_PROXY, LabNode, PackageHosts, destroy_all
 from containers.program import node_commands, run_env
 from standins.proxmox_repo import PVE_KERNEL, PVE_MANAGER_VERSION
 
@@ -31,11 +36,6 @@ sha256sum < /var/lib/dpkg/status
 HOLD_LISTS_LOCK = ("systemd-run --unit=apt-daily-standin --quiet python3 -c 'import fcntl, time; "
                    "f = open(\"/var/lib/apt/lists/lock\", \"w\"); fcntl.lockf(f, fcntl.LOCK_EX); time.sleep({s})'")
 CLOUD_HOSTS_LOOPBACK = "127.0.1.1 {fqdn} {host}\n127.0.0.1 localhost\n"
-
-
-@pytest.fixture(scope="module")
-def commands(package_hosts):
-    return node_commands({"repository": {"keyringSha256": package_hosts.keyring_sha256}})
 
 
 def new_node(workdir: Path, hosts, image, commands, name: str) -> LabNode:
@@ -108,24 +108,40 @@ def half_configured(node: LabNode, commands: dict) -> dict:
     return seen
 
 
-@pytest.fixture(scope="module")
-def scenarios(commands, package_hosts, trixie_image, tmp_path_factory):
+def prepare(hosts: PackageHosts, image: TrixieImage) -> tuple:
+    """Main thread: the program's commands, with the test key's sha256 as the keyring's."""
+    return hosts, image, node_commands({"repository": {"keyringSha256": hosts.keyring_sha256}})
+
+
+def run_scenarios(prepared: tuple) -> dict:
+    """Background thread: the scenarios at once, one node each; what each saw (or its exception)."""
+    hosts, image, commands = prepared
     runs = {"happy": happy_path, "unreachable": unreachable_repository, "half": half_configured}
-    nodes = {key: new_node(tmp_path_factory.mktemp(key), package_hosts, trixie_image, commands, "pve1")
-             for key in runs}
+    folder = Path(tempfile.mkdtemp(prefix="pve-lab-install-"))
+    nodes = {key: new_node(folder / key, hosts, image, commands, "pve1") for key in runs}
     started = time.monotonic()
-    with ThreadPoolExecutor(len(runs)) as pool:
-        futures = {key: pool.submit(fn, nodes[key], commands) for key, fn in runs.items()}
-        results = {}
-        for key, future in futures.items():
-            try:
-                results[key] = future.result()
-            except Exception as e:  # reported by the test that needs it
-                results[key] = e
-    print(f"container install scenarios: {time.monotonic() - started:.0f}s")
-    yield results
-    for node in nodes.values():
-        node.destroy()
+    try:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            futures = {key: pool.submit(fn, nodes[key], commands) for key, fn in runs.items()}
+            results = {}
+            for key, future in futures.items():
+                try:
+                    results[key] = future.result()
+                except Exception as e:  # reported by the test that needs it
+                    results[key] = e
+        results["seconds"] = time.monotonic() - started
+        return results
+    finally:
+        destroy_all(nodes.values())
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+early.register(__name__, prepare, run_scenarios)
+
+
+@pytest.fixture(scope="module")
+def scenarios(container_host):
+    return early.result(__name__)
 
 
 def result(scenarios, key):

@@ -5,18 +5,22 @@ qemu-server (src/PVE/QemuServer/DriveDevice.pm, print_drivedevice_full) adds `de
 scsi-hd for machine versions from 10.0 (the switch to -blockdev), and `serial=` when the disk has one. The
 VM's disks and controller come from the program (the default lab, evaluated on the mock runtime). The guest
 runs `GUEST_DISK_FACTS` in its initramfs (udev settled) and powers off; the facts the OSD step's disk
-discovery relies on are asserted from its output.
+discovery relies on are asserted from its output. The guest boots in the background from the session's
+start (tests/containers/early.py).
 """
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from containers.fixtures import container_host, qemu_host, trixie_image  # noqa: F401 (fixtures)
+from containers import early
+from containers.fixtures import container_host, qemu_host  # noqa: F401 (fixtures)
 from containers.image import ensure_guest_kernel
 from harness import VM, evaluate_lab
 from pvelab.evaluate import unwrap
@@ -78,27 +82,37 @@ def cpio_newc(files: dict[str, tuple[bytes, int]]) -> bytes:
     return bytes(out)
 
 
-@pytest.fixture(scope="module")
-def guest_kernel(qemu_host, trixie_image):
-    return ensure_guest_kernel(trixie_image)
-
-
-@pytest.fixture(scope="module")
-def lab_disks() -> list[dict]:
-    """The VM's disks as the program declares them, with two Ceph data disks (scsi1, scsi2)."""
+def prepare(hosts, image) -> tuple:
+    """Main thread: the VM's disks as the program declares them, with two Ceph data disks (scsi1, scsi2)."""
     ev = evaluate_lab({"nodes": {"cephDisks": 2}})
     assert ev.error is None, ev.error
     vm = ev.of_type(VM)[0]
-    assert vm.inputs.get("scsiHardware") == "virtio-scsi-single"
-    return unwrap(vm.inputs["disks"])
+    return image, vm.inputs.get("scsiHardware"), unwrap(vm.inputs["disks"])
+
+
+def run_guest(prepared: tuple) -> dict:
+    """Background thread: one boot (software emulation is slow): scsi1 as on a machine version below 10.0,
+    scsi0 and scsi2 as from 10.0. Each device's identity comes only from its own options, so one guest
+    shows both cases."""
+    image, scsi_hardware, lab_disks = prepared
+    assert scsi_hardware == "virtio-scsi-single"
+    if not shutil.which("qemu-system-x86_64"):
+        raise RuntimeError("qemu-system-x86_64 is missing")
+    guest_kernel = ensure_guest_kernel(image)
+    disks = [(d, d["interface"] != "scsi1") for d in lab_disks]
+    folder = Path(tempfile.mkdtemp(prefix="pve-lab-qemu-"))
+    try:
+        return facts(boot_guest(guest_kernel, disks, folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+early.register(__name__, prepare, run_guest)
 
 
 @pytest.fixture(scope="module")
-def guest_facts(guest_kernel, lab_disks, tmp_path_factory) -> dict:
-    """One boot (software emulation is slow): scsi1 as on a machine version below 10.0, scsi0 and scsi2 as
-    from 10.0. Each device's identity comes only from its own options, so one guest shows both cases."""
-    disks = [(d, d["interface"] != "scsi1") for d in lab_disks]
-    return facts(boot_guest(guest_kernel, disks, tmp_path_factory.mktemp("qemu")))
+def guest_facts(qemu_host) -> dict:
+    return early.result(__name__)
 
 
 def boot_guest(guest_kernel, disks: list[tuple[dict, bool]], folder: Path) -> str:
