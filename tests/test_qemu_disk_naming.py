@@ -34,7 +34,7 @@ for dev in /dev/sd?; do
     echo "udev $dev $(udevadm info --query=property --name="$dev" | grep -E '^ID_(SCSI_SERIAL|SERIAL)=' | tr '\n' ' ')"
 done
 """
-GUEST_TIMEOUT_S = 120
+GUEST_TIMEOUT_S = 300  # software emulation: about 25 s on an idle 2-core machine, 2 min and more when it is busy
 
 
 def drive_device(disk: dict, machine_10: bool) -> str:
