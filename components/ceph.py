@@ -17,7 +17,7 @@ import pulumi_proxmoxve as proxmoxve
 from pvelab.spec import LabSpec
 
 from .cluster import ClusterMember
-from .nested_node import osd_device_paths
+from .nested_node import osd_serials
 from .node_step import node_step
 
 POLL_S = 5
@@ -67,10 +67,10 @@ class CephCluster(pulumi.ComponentResource):
                             depends_on=[previous])
             self.monitors.append(mon)
             previous = mon
-        devices = " ".join(osd_device_paths(spec))
+        serials = " ".join(osd_serials(spec))
         self.osds = [
             node_step(f"{name}-osd-{m.connection.hostname}", m.connection, "ceph-osd", parent=self,
-                      env={"NODE_NAME": m.connection.hostname, "OSD_DEVICES": devices,
+                      env={"NODE_NAME": m.connection.hostname, "OSD_SERIALS": serials,
                            "DEADLINE_S": STEP_DEADLINE_S, "POLL_S": POLL_S},
                       depends_on=[self.monitors[-1]])
             for m in members

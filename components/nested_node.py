@@ -20,9 +20,10 @@ DISK_INTERFACE = "scsi"
 OSD_SERIAL_PREFIX = "pvelab-osd"
 
 
-def osd_device_paths(spec: LabSpec) -> list[str]:
-    """Stable paths of the Ceph data disks inside a nested node (virtio-scsi disks with a serial)."""
-    return [f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_{OSD_SERIAL_PREFIX}{k}" for k in range(spec.nodes.ceph_disks)]
+def osd_serials(spec: LabSpec) -> list[str]:
+    """The serials of the Ceph data disks (scsi1...). The node finds them by serial (lsblk), not by a
+    /dev/disk/by-id name: that name depends on the outer host's QEMU (components/scripts/lib/disks.sh)."""
+    return [f"{OSD_SERIAL_PREFIX}{k}" for k in range(spec.nodes.ceph_disks)]
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """components/scripts/ceph-*.sh run for real (tests/node_runner.FakeNode) against the Ceph stand-ins.
 
 Three FakeNodes share one state dir: they are installed PVE 9 nodes of a formed cluster (no debian.json),
-each with one data disk `/dev/sdb` named /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd0. The full
+each with one data disk `/dev/sdb`, serial pvelab-osd0, attached as a PVE 9 outer host (QEMU machine 10) does:
+named /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_drive-scsi1 (the serial is only in lsblk's SERIAL). The full
 sequence runs once per module (`templates`); tests copy its state after install + init or when built.
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ MUTATING = re.compile(r": (pveceph |apt-get |ceph .*config set)")
 
 
 def disk(k: int) -> str:
-    return f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd{k}"
+    """The by-id name of data disk k (scsi{k+1}) on a PVE 9 outer host."""
+    return f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_drive-scsi{k + 1}"
 
 
 def make_lab(state: Path, disks: int = 1) -> dict[str, FakeNode]:
@@ -58,8 +60,8 @@ def mon(n: FakeNode, **env: str) -> Result:
 
 
 def osd(n: FakeNode, disks: int = 1, **env: str) -> Result:
-    devices = " ".join(disk(k) for k in range(disks))
-    return n.run_script("ceph-osd", env={"NODE_NAME": n.name, "OSD_DEVICES": devices, **FAST, **env})
+    serials = " ".join(f"pvelab-osd{k}" for k in range(disks))
+    return n.run_script("ceph-osd", env={"NODE_NAME": n.name, "OSD_SERIALS": serials, **FAST, **env})
 
 
 def health(n: FakeNode, osds: int = 3, **env: str) -> Result:
@@ -297,17 +299,47 @@ def test_monitor_that_never_joins_the_quorum_times_out(prepared):
 def test_missing_disk_names_the_serial_then_rerun(built):
     state, n = built["pve2"].state, built["pve2"]
     err = failed(osd(n, disks=2))
-    assert f"OSD disk {disk(1)} is missing on pve2" in err and "serial 'pvelab-osd1'" in err
+    assert "no disk with serial 'pvelab-osd1' on pve2" in err
     _ceph.add_disk(state, "pve2", n.root, "pvelab-osd1", "sdc")
     ok(osd(n, disks=2))
     assert len(ceph_state(state)["osds"]) == 4
+
+
+@pytest.mark.parametrize("qemu_machine, by_id", [
+    (10, "/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_drive-scsi2"),  # PVE 9 outer host: device_id=drive-scsiN
+    (9, "/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd1"),   # PVE 8.4 outer host: the serial
+], ids=["qemu-10", "qemu-9"])
+def test_data_disks_are_found_by_serial_whatever_the_outer_qemu(built, qemu_machine, by_id):
+    state, n = built["pve1"].state, built["pve1"]
+    _ceph.add_disk(state, "pve1", n.root, "pvelab-osd1", "sdc", {"content": "ext4"}, qemu_machine=qemu_machine)
+    assert (n.root / by_id.lstrip("/")).is_symlink()
+    assert n.run("lsblk -dno PATH,SERIAL").stdout.splitlines()[1:] == ["/dev/sdb pvelab-osd0", "/dev/sdc pvelab-osd1"]
+    err = failed(osd(n, disks=2))
+    # The zap command names the stable name the disk really has on this host.
+    assert f"ceph-volume lvm zap --destroy {by_id} ;" in err
+    _ceph.add_disk(state, "pve1", n.root, "pvelab-osd1", "sdc", qemu_machine=qemu_machine)  # wiped
+    r = ok(osd(n, disks=2))
+    assert f"creating an OSD on {by_id} (/dev/sdc, serial pvelab-osd1)" in r.stderr
+    assert sorted(o["device"] for o in ceph_state(state)["osds"].values() if o["host"] == "pve1") == ["/dev/sdb", "/dev/sdc"]
+
+
+def test_two_disks_with_one_serial_are_refused(built):
+    state, n = built["pve2"].state, built["pve2"]
+    _ceph.add_disk(state, "pve2", n.root, "pvelab-osd0", "sdc")
+    err = failed(osd(n))
+    assert "2 disks have the serial 'pvelab-osd0' on pve2: /dev/sdb /dev/sdc" in err
+
+
+def test_a_serial_that_is_not_one_is_named(built):
+    err = failed(osd(built["pve1"], OSD_SERIALS="pvelab-osd0 /dev/sdb"))
+    assert "OSD_SERIALS entry '/dev/sdb' is not a disk serial" in err
 
 
 def test_disk_in_use_by_something_else_is_refused_with_the_zap_command(built):
     state, n = built["pve1"].state, built["pve1"]
     _ceph.add_disk(state, "pve1", n.root, "pvelab-osd1", "sdc", {"content": "ext4"})
     err = failed(osd(n, disks=2))
-    assert f"{disk(1)} (/dev/sdc) on pve1 is already in use" in err
+    assert f"{disk(1)} (/dev/sdc, serial pvelab-osd1) on pve1 is already in use" in err
     assert f"ceph-volume lvm zap --destroy {disk(1)}" in err
     _ceph.add_disk(state, "pve1", n.root, "pvelab-osd1", "sdc")  # wiped
     ok(osd(n, disks=2))
@@ -321,12 +353,12 @@ def test_disk_with_an_osd_of_another_cluster_is_refused(built):
                     "osd_fsid": "5a1b2c3d-0000-4000-8000-000000000007"})
     start = len(standin_log(state))
     err = failed(osd(n, disks=2))
-    assert f"{disk(1)} (/dev/sdc) on pve3 holds osd.7 of another Ceph cluster (fsid 0e3f1c2a-" in err
+    assert f"{disk(1)} (/dev/sdc, serial pvelab-osd1) on pve3 holds osd.7 of another Ceph cluster (fsid 0e3f1c2a-" in err
     assert f"ceph-volume lvm zap --destroy {disk(1)}" in err
     assert not [c for c in calls_since(state, start) if "pveceph osd create" in c]
     _ceph.add_disk(state, "pve3", n.root, "pvelab-osd1", "sdc")  # zapped
     ok(osd(n, disks=2))
-    assert [c for c in calls_since(state, start) if "pveceph osd create" in c] == [f"pve3: pveceph osd create {disk(1)}"]
+    assert [c for c in calls_since(state, start) if "pveceph osd create" in c] == ["pve3: pveceph osd create /dev/sdc"]
 
 
 def test_second_disk_per_node_adds_one_osd_each_and_skips_the_first(built):
@@ -336,9 +368,9 @@ def test_second_disk_per_node_adds_one_osd_each_and_skips_the_first(built):
     start = len(standin_log(state))
     for n in built.values():
         r = ok(osd(n, disks=2))
-        assert f"{disk(0)} (/dev/sdb) already holds osd." in r.stderr
+        assert f"{disk(0)} (/dev/sdb, serial pvelab-osd0) already holds osd." in r.stderr
     creates = [c for c in calls_since(state, start) if "pveceph osd create" in c]
-    assert creates == [f"{n}: pveceph osd create {disk(1)}" for n in NODES]
+    assert creates == [f"{n}: pveceph osd create /dev/sdc" for n in NODES]
     assert "osd: 6 osds: 6 up" in ok(health(built["pve1"], osds=6)).stdout
     assert sorted(o["device"] for o in ceph_state(state)["osds"].values()) == ["/dev/sdb"] * 3 + ["/dev/sdc"] * 3
 
@@ -385,8 +417,8 @@ def test_scripts_are_shellcheck_clean():
     scripts = sorted(str(p) for p in folder.glob("ceph-*.sh"))
     assert len(scripts) == 5
     shellcheck = Path(sys.executable).parent / "shellcheck"
-    # -x: follow `source lib/common.sh`, so the helpers are checked as the scripts use them.
-    r = subprocess.run([str(shellcheck), "-x", "-S", "style", *scripts, str(folder / "lib/common.sh")],
+    # -x: follow `source lib/*.sh`, so the helpers are checked as the scripts use them.
+    r = subprocess.run([str(shellcheck), "-x", "-S", "style", *scripts, *map(str, sorted(folder.glob("lib/*.sh")))],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -115,6 +115,15 @@ def test_fingerprint_prints_only_the_first_nodes_certificate_fingerprint(lab):
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}\n", result.stdout)
 
 
+def test_fingerprint_parses_stdout_only_and_logs_pvesh_warnings(lab):
+    assert lab.create().returncode == 0
+    arm_fault(lab.state, "stderr-warning")
+    result = lab.fingerprint()
+    assert result.returncode == 0, result.output
+    assert result.stdout == _cluster.fingerprint("pve1", lab.state) + "\n"
+    assert "pvesh said on stderr: Use of uninitialized value" in result.stderr
+
+
 def test_fingerprint_before_the_cluster_exists_fails_clearly(lab):
     result = lab.nodes["pve1"].run_script("cluster-fingerprint", env=SHORT)
     assert result.returncode == 1 and result.stdout == ""

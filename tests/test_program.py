@@ -156,7 +156,10 @@ def test_ceph_starts_after_quorum_and_serializes_monitors(default_lab):
     health, pool = ev.named("lab-ceph-health"), ev.named("lab-ceph-pool")
     assert all(ev.depends_on(health, o) for o in osds)
     assert ev.depends_on(pool, health)
-    assert "OSD_DEVICES=/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd0" in command_text(osds[0])
+    assert "OSD_SERIALS=pvelab-osd0" in command_text(osds[0])
+    # ceph-osd finds disks by serial: lib/disks.sh is shipped with it (and only with scripts that source it).
+    assert 'cat > "$HOME/pve-lab/lib/disks.sh"' in command_text(osds[0])
+    assert 'lib/disks.sh' not in command_text(mons[0])
     assert "EXPECTED_OSDS=3" in command_text(health)
 
 

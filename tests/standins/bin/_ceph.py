@@ -8,14 +8,16 @@ next `peering` status/health queries report HEALTH_WARN (PGs peering) before HEA
 tests that cannot afford a sleep between polls set them to 0 with `set_delays`.
 
 Per-node disks: $STANDIN_STATE/nodes/<node>/disks.json, keyed by kernel device (`/dev/sdb`): what a disk
-holds (`{"content": "ceph-osd", "cluster_fsid", "osd_id", "osd_fsid"}`, or e.g. `{"content": "ext4"}`).
-The disk itself is a file in the node's tree, `dev/sdb`, with its stable name
-`dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_<serial>` a relative symlink to it (`add_disk`).
+holds (`{"content": "ceph-osd", "cluster_fsid", "osd_id", "osd_fsid"}`, or e.g. `{"content": "ext4"}`);
+nodes/<node>/blockdevs.json: each disk's serial (what lsblk shows). The disk itself is a file in the node's
+tree, `dev/sdb`, with its by-id name a relative symlink to it (`add_disk`; the name depends on the outer
+host's QEMU machine version, see `by_id_name`).
 Installed packages live in the node's Debian state (`_debian.debian_state`), plus `ceph_release`.
 """
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -78,15 +80,40 @@ def load_disks() -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def add_disk(state: Path, name: str, node_root: Path, serial: str, kernel_name: str, content: dict | None = None) -> None:
-    """Give node `name` a disk `/dev/<kernel_name>` with stable name ...HARDDISK_<serial>, holding `content`."""
+def by_id_name(serial: str, kernel_name: str, qemu_machine: int) -> str:
+    """The udev by-id name of a virtio-scsi disk `scsiN` (N from sdX: sda is scsi0) with that serial.
+
+    qemu-server (src/PVE/QemuServer/DriveDevice.pm) sets device_id=drive-scsiN from machine version 10 on;
+    QEMU (hw/scsi/scsi-disk.c) uses device_id for the VPD 0x83 identifier and falls back to the serial only
+    without it. udev's scsi_id turns that identifier into ID_SERIAL `0QEMU_QEMU_HARDDISK_<identifier>`.
+    """
+    index = ord(kernel_name[2]) - ord("a")
+    return f"{BY_ID}drive-scsi{index}" if qemu_machine >= 10 else f"{BY_ID}{serial}"
+
+
+def add_disk(state: Path, name: str, node_root: Path, serial: str, kernel_name: str, content: dict | None = None,
+             qemu_machine: int = 10) -> None:
+    """Give node `name` a disk `/dev/<kernel_name>` with this serial, holding `content` (None: blank).
+
+    Its by-id link is what the outer host's QEMU machine version gives (`by_id_name`: 10 and later is PVE 9,
+    the default; 9 is PVE 8.4); lsblk shows the serial either way (nodes/<node>/blockdevs.json).
+    """
     (node_root / "dev").mkdir(parents=True, exist_ok=True)
     (node_root / "dev" / kernel_name).write_text("")
-    link = node_root / f"{BY_ID}{serial}"
-    link.parent.mkdir(parents=True, exist_ok=True)
+    by_id = node_root / "dev/disk/by-id"
+    by_id.mkdir(parents=True, exist_ok=True)
+    for old in by_id.iterdir():  # the kernel name's previous stable names (another serial or QEMU)
+        if old.is_symlink() and os.readlink(old) == f"../../{kernel_name}":
+            old.unlink()
+    link = node_root / by_id_name(serial, kernel_name, qemu_machine)
     if link.is_symlink():
         link.unlink()
     link.symlink_to(f"../../{kernel_name}")
+    blockdevs = (state / "nodes" / name / "blockdevs.json")
+    blockdevs.parent.mkdir(parents=True, exist_ok=True)
+    devs = json.loads(blockdevs.read_text()) if blockdevs.exists() else {}
+    devs[f"/dev/{kernel_name}"] = {"serial": serial, "size": "32G"}
+    blockdevs.write_text(json.dumps(devs, indent=1, sort_keys=True))
     path = disks_path(state, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     disks = json.loads(path.read_text()) if path.exists() else {}
@@ -95,6 +122,18 @@ def add_disk(state: Path, name: str, node_root: Path, serial: str, kernel_name: 
     else:
         disks[f"/dev/{kernel_name}"] = content
     path.write_text(json.dumps(disks, indent=1, sort_keys=True))
+
+
+def remove_disk(state: Path, name: str, node_root: Path, kernel_name: str) -> None:
+    """Detach /dev/<kernel_name> from node `name` (device node, by-id links, lsblk entry)."""
+    for link in (node_root / "dev/disk/by-id").iterdir():
+        if link.is_symlink() and os.readlink(link) == f"../../{kernel_name}":
+            link.unlink()
+    (node_root / "dev" / kernel_name).unlink(missing_ok=True)
+    blockdevs = state / "nodes" / name / "blockdevs.json"
+    devs = json.loads(blockdevs.read_text()) if blockdevs.exists() else {}
+    devs.pop(f"/dev/{kernel_name}", None)
+    blockdevs.write_text(json.dumps(devs, indent=1, sort_keys=True))
 
 
 def resolve_device(path: str) -> str | None:
