@@ -45,7 +45,7 @@ class CephCluster(pulumi.ComponentResource):
         installs = [
             node_step(f"{name}-install-{m.connection.hostname}", m.connection, "ceph-install", parent=self,
                       env={"CEPH_RELEASE": ceph.release, "CEPH_REPOSITORY": ceph.repository,
-                           "NODE_NAME": m.connection.hostname},
+                           "NODE_NAME": m.connection.hostname, "DEADLINE_S": spec.timeouts.install_s},
                       depends_on=[args.quorate])
             for m in members
         ]
@@ -55,7 +55,7 @@ class CephCluster(pulumi.ComponentResource):
         osd_memory = ceph.osd_memory_target_mib * MIB
         init = node_step(f"{name}-init", first.connection, "ceph-init", parent=self,
                          env={"CEPH_NETWORK": spec.ceph_network, "CEPH_CLUSTER_NETWORK": cluster_network,
-                              "NODE_NAME": first.connection.hostname},
+                              "NODE_NAME": first.connection.hostname, "DEADLINE_S": STEP_DEADLINE_S},
                          depends_on=installs)
         # osd_memory_target goes to the monitors' config database, so the monitor step sets it (init has none yet).
         previous: pulumi.Resource = init

@@ -44,8 +44,9 @@ def make_lab(state: Path, disks: int = 1) -> dict[str, FakeNode]:
     return nodes
 
 
-def install(n: FakeNode, release: str = "squid", repository: str = "no-subscription") -> Result:
-    return n.run_script("ceph-install", env={"CEPH_RELEASE": release, "CEPH_REPOSITORY": repository, "NODE_NAME": n.name})
+def install(n: FakeNode, release: str = "squid", repository: str = "no-subscription", **env: str) -> Result:
+    return n.run_script("ceph-install", env={"CEPH_RELEASE": release, "CEPH_REPOSITORY": repository, "NODE_NAME": n.name,
+                                            **env})
 
 
 def init(n: FakeNode, network: str = NETWORK, cluster_network: str | None = None) -> Result:
@@ -387,12 +388,68 @@ def test_health_timeout_shows_ceph_s_and_health_detail_then_rerun(built):
     n = built["pve1"]
     arm_fault(n.state, "health-stays-warn")
     err = failed(health(n, DEADLINE_S="0"))
-    assert "Ceph did not become healthy within 0s on pve1; last seen: HEALTH_WARN, 3/3 monitors in quorum" in err
+    assert "Ceph did not become ready within 0s on pve1; last seen: HEALTH_WARN (MON_CLOCK_SKEW), 3/3 monitors in quorum" in err
     assert "pve-lab: ceph -s:" in err and "  cluster:" in err and "health: HEALTH_WARN" in err
     assert "pve-lab: ceph health detail:" in err and "[WRN] MON_CLOCK_SKEW: clock skew detected on mon.pve3" in err
     assert err.rstrip().endswith("then run this step again.")
     (n.state / "faults/health-stays-warn").unlink()
     assert "health: HEALTH_OK" in ok(health(n)).stdout
+
+
+@pytest.mark.parametrize("fault, code", [("slow-op-alert", "BLUESTORE_SLOW_OP_ALERT"),
+                                         ("recent-crash", "RECENT_CRASH")])
+def test_long_lived_benign_warnings_are_accepted_and_printed(built, fault, code):
+    n = built["pve1"]
+    arm_fault(n.state, fault)
+    r = ok(health(n))
+    assert "health: HEALTH_WARN" in r.stdout
+    assert f"pve-lab: accepted health warnings (benign for a lab, see ceph-health.sh): {code}" in r.stderr
+
+
+def test_a_benign_warning_does_not_hide_a_real_one(built):
+    n = built["pve1"]
+    arm_fault(n.state, "slow-op-alert")
+    arm_fault(n.state, "health-stays-warn")
+    err = failed(health(n, DEADLINE_S="0"))
+    assert "last seen: HEALTH_WARN (MON_CLOCK_SKEW), 3/3 monitors in quorum" in err
+
+
+def test_with_a_benign_warning_it_still_waits_for_clean_pgs(built):
+    n = built["pve1"]
+    arm_fault(n.state, "slow-op-alert")
+    data = ceph_state(n.state)
+    data["peering_polls"] = 3
+    _ceph.cluster_path(n.state).write_text(__import__("json").dumps(data))
+    start = len(standin_log(n.state))
+    r = ok(health(n))
+    polls = [c for c in calls_since(n.state, start) if "status -f json" in c]
+    assert len(polls) == 4, polls  # three answers with the PG peering, then active+clean
+    assert "pgs:     1 active+clean" in r.stdout
+
+
+def test_ceph_warnings_on_stderr_are_not_parsed(built):
+    """The client can print warnings on stderr: the fsid, quorum, OSD and health reads parse stdout only."""
+    state = built["pve1"].state
+    arm_fault(state, "stderr-warning")
+    r = ok(osd(built["pve2"]))
+    assert "ceph fsid said on stderr: 2026-11-30T10:00:00.000+0000" in r.stderr
+    ok(mon(built["pve3"]))
+    ok(health(built["pve1"]))
+
+
+@pytest.mark.parametrize("step", ["install", "osd"])
+def test_a_pveceph_call_that_hangs_is_stopped_at_the_deadline(request, step):
+    import time
+
+    n = request.getfixturevalue("fresh" if step == "install" else "built")["pve1"]
+    if step == "osd":
+        _ceph.add_disk(n.state, "pve1", n.root, "pvelab-osd1", "sdc")
+    arm_fault(n.state, "pveceph-hangs")
+    started = time.monotonic()
+    r = install(n, DEADLINE_S="1") if step == "install" else osd(n, disks=2, DEADLINE_S="1")
+    assert time.monotonic() - started < 20
+    err = failed(r)
+    assert "did not finish within 1s on pve1 and was stopped" in err
 
 
 def test_pool_create_can_exit_0_without_a_pool(built):

@@ -195,6 +195,12 @@ def health(data: dict) -> tuple[str, list[tuple[str, str, str]]]:
     elif total and data["peering_polls"] > 0:
         checks.append(("PG_AVAILABILITY", "Reduced data availability: 1 pg peering",
                        "    pg 1.0 is stuck peering for 61s, current state peering, last acting [0,1,2]"))
+    if fault("slow-op-alert"):  # BlueStore's wording (src/os/bluestore/BlueStore.cc), kept for 24 h
+        checks.append(("BLUESTORE_SLOW_OP_ALERT", "1 OSD(s) experiencing slow operations in BlueStore",
+                       "     osd.0 observed slow operation indications in BlueStore"))
+    if fault("recent-crash"):  # the mgr crash module (src/pybind/mgr/crash/module.py), kept for two weeks
+        checks.append(("RECENT_CRASH", "1 daemons have recently crashed",
+                       "    mgr.pve1 crashed on host pve1 at 2026-11-30T09:58:01.123456Z"))
     if fault("health-stays-warn"):
         other = mons[-1] if mons else "pve1"
         checks.append(("MON_CLOCK_SKEW", f"clock skew detected on mon.{other}",
@@ -207,6 +213,14 @@ def health_polled(data: dict) -> None:
     total, up, _ = osd_counts(data)
     if total and up == total and data["peering_polls"] > 0:
         data["peering_polls"] -= 1
+
+
+def pg_state(data: dict) -> str:
+    """The one PG's state (the .mgr pool's): peering right after OSDs came up, then active+clean."""
+    total, up, _ = osd_counts(data)
+    if up < total:
+        return "undersized+degraded+peered"
+    return "peering" if data["peering_polls"] > 0 else "active+clean"
 
 
 def status_json(data: dict) -> dict:
@@ -226,7 +240,7 @@ def status_json(data: dict) -> dict:
                    "num_mons": len(data["mons"])},
         "osdmap": {"epoch": 4 + 3 * total, "num_osds": total, "num_up_osds": up, "osd_up_since": 0,
                    "num_in_osds": num_in, "osd_in_since": 0, "num_remapped_pgs": 0},
-        "pgmap": {"pgs_by_state": [{"state_name": "active+clean", "count": 1}] if total else [],
+        "pgmap": {"pgs_by_state": [{"state_name": pg_state(data), "count": 1}] if total else [],
                   "num_pgs": 1 if total else 0, "num_pools": 1 if total else 0, "num_objects": 2 if total else 0},
         "mgrmap": {"available": bool(data["mgrs"]), "num_standbys": max(len(data["mgrs"]) - 1, 0),
                    "modules": ["iostat", "nfs", "restful"], "services": {}},
@@ -248,7 +262,7 @@ def status_text(data: dict) -> str:
         lines.append("    mgr: no daemons active")
     lines.append(f"    osd: {total} osds: {up} up (since 30s), {num_in} in (since 30s)")
     lines += [" ", "  data:", f"    pools:   {1 if total else 0} pools, {1 if total else 0} pgs",
-              f"    pgs:     {'1 active+clean' if total else ''}".rstrip(), ""]
+              f"    pgs:     {'1 ' + pg_state(data) if total else ''}".rstrip(), ""]
     return "\n".join(lines) + "\n"
 
 
