@@ -202,11 +202,33 @@ def test_install_apt_failure_then_rerun(fresh):
     assert ok(install(n)).stdout.startswith("ceph version 19.2")
 
 
-def test_tentacle_is_installed_as_a_tech_preview(fresh):
+@pytest.mark.parametrize("pve_manager, note", [("9.1.5", True), ("9.1.12", True), ("9.1.13", False), ("9.2.11", False)])
+def test_tentacle_is_a_tech_preview_from_9_1_5_and_the_default_from_9_1_13(fresh, pve_manager, note):
     n = fresh["pve1"]
-    assert ok(install(n, "tentacle")).stdout == _ceph.version_line("tentacle") + "\n"
+    _ceph.set_pve_manager_version(n.state, "pve1", pve_manager)
+    r = ok(install(n, "tentacle"))
+    assert r.stdout == _ceph.version_line("tentacle") + "\n"
+    assert ("NOTE: installing experimental/tech-preview Ceph release 20.2 Tentacle!" in r.stderr) is note
     assert "pve1: pveceph install --repository no-subscription --version tentacle --allow-experimental 1" \
         in standin_log(n.state)
+
+
+def test_pveceph_refuses_the_tentacle_preview_without_the_flag_and_offers_no_tentacle_before_9_1_5(fresh):
+    n = fresh["pve1"]
+    _ceph.set_pve_manager_version(n.state, "pve1", "9.1.12")
+    refused = n.run("pveceph install --repository no-subscription --version tentacle </dev/null")
+    assert refused.returncode == 255
+    assert "Refusing to install tech-preview Ceph release 20.2 Tentacle without 'allow-experimental' parameter!" \
+        in refused.stderr
+    _ceph.set_pve_manager_version(n.state, "pve1", "9.1.4")
+    err = failed(install(n, "tentacle"))
+    assert "this node's pve-manager does not offer Ceph tentacle (pveceph offers: 'squid')" in err
+    assert "needs pve-manager 9.1.5 or later" in err
+    # Without --version, pveceph installs its default: squid before 9.1.13, tentacle from 9.1.13.
+    for version, default in (("9.1.12", "squid"), ("9.1.13", "tentacle")):
+        _ceph.set_pve_manager_version(n.state, "pve1", version)
+        assert ok(n.run("echo y | pveceph install --repository no-subscription"))
+        assert ok(n.run("ceph --version")).stdout == _ceph.version_line(default) + "\n"
 
 
 def test_bundled_ceph_client_alone_does_not_count_as_installed(fresh):

@@ -54,15 +54,23 @@ main() {
     APT_ANSWERS="$(mktemp)"
     trap 'rm -f "$APT_ANSWERS"' EXIT
     printf '%s\n' 'APT::Get::Assume-Yes "true";' 'DPkg::Lock::Timeout "300";' >"$APT_ANSWERS"
-    # tentacle is a tech preview before pve-manager 9.2: without this, pveceph refuses it off a terminal.
+    # tentacle is a tech preview in pve-manager 9.1.5 to 9.1.12 (pveceph refuses it off a terminal without
+    # this flag); from 9.1.13 it is the default and the flag changes nothing; before 9.1.5 there is no tentacle
+    # (pve-manager PVE/Ceph/Releases.pm, debian/changelog).
     if [[ "$CEPH_RELEASE" == tentacle ]]; then
         args+=(--allow-experimental 1)
     fi
     log "installing Ceph $CEPH_RELEASE from the $CEPH_REPOSITORY repository on $NODE_NAME: pveceph ${args[*]}"
-    APT_CONFIG="$APT_ANSWERS" bounded "$START" pveceph "${args[@]}" </dev/null >&2 || rc=$?
+    local output
+    output="$(APT_CONFIG="$APT_ANSWERS" bounded "$START" pveceph "${args[@]}" </dev/null 2>&1)" || rc=$?
+    printf '%s\n' "$output" >&2
     if timed_out "$rc"; then
         fail "pveceph ${args[*]} did not finish within ${DEADLINE_S}s on $NODE_NAME and was stopped" \
             "Check that $NODE_NAME reaches the Ceph repository and that no other apt/dpkg run holds its lock ('ps -C apt-get,dpkg'); 'dpkg --configure -a' repairs an interrupted install. Then run this step again."
+    fi
+    if [[ "$output" == *"version: value '$CEPH_RELEASE' does not have a value in the enumeration"* ]]; then
+        fail "this node's pve-manager does not offer Ceph $CEPH_RELEASE (pveceph offers: ${output##*enumeration })" \
+            "Ceph tentacle needs pve-manager 9.1.5 or later ('pveversion'; 'apt full-upgrade' updates it), or set ceph.release to squid."
     fi
     ((rc == 0)) ||
         fail "pveceph ${args[*]} failed on $NODE_NAME (exit $rc): see its messages above" \

@@ -21,15 +21,19 @@ import os
 import uuid
 from pathlib import Path
 
-from _debian import debian_state, die, fault, load, locked_json, log_call, node, root, state_dir  # noqa: F401
+from _debian import (PVE_MANAGER_VERSION, debian_state, die, fault, load, locked_json, log_call, node,  # noqa: F401
+                     root, state_dir)
 
 VERSIONS = {"squid": "19.2.3", "tentacle": "20.2.0"}
 COMMITS = {"squid": "c92aebb279828e9c3c1f5d24613efca272649e62", "tentacle": "7a3b5c1e9d2f4a6b8c0d1e3f5a7b9c1d3e5f7a9b"}
 # PVE 9 ships ceph-common (the `ceph` CLI) from its own repository: `ceph --version` answers before any
 # `pveceph install`, naming squid, although no monitor/OSD/manager package is installed.
 PVE_CLIENT_RELEASE = "squid"
-# The stand-in PVE is 9.1 (_debian.PVE_MANAGER_VERSION): tentacle is still a tech preview there.
-TECH_PREVIEW = {"tentacle"}
+# pve-manager's Ceph releases (PVE/Ceph/Releases.pm, debian/changelog): tentacle was added as a preview
+# ("unsupported": pveceph install refuses it off a terminal without --allow-experimental) in 9.1.5, and
+# became the default, no longer gated, in 9.1.13. Before 9.1.5 PVE 9 offers squid only.
+TENTACLE_PREVIEW_FROM = (9, 1, 5)
+TENTACLE_DEFAULT_FROM = (9, 1, 13)
 CEPH_PACKAGES = ["ceph", "ceph-base", "ceph-common", "ceph-fuse", "ceph-mds", "ceph-mgr", "ceph-mon", "ceph-osd",
                  "ceph-volume", "gdisk", "nvme-cli", "python3-ceph-argparse", "librados2", "librbd1"]
 DEFAULT_DELAYS = {"mon_quorum": 1, "osd_up": 1, "peering": 2}
@@ -145,6 +149,31 @@ def resolve_device(path: str) -> str | None:
 
 
 # --- packages ----------------------------------------------------------------------------------------
+
+def pve_manager_version() -> tuple[int, ...]:
+    """This node's pve-manager version: debian.json's `pve_manager_version`, else _debian.PVE_MANAGER_VERSION."""
+    text = load().get("pve_manager_version") or PVE_MANAGER_VERSION
+    return tuple(int(part) for part in text.split("/")[0].split("."))
+
+
+def set_pve_manager_version(state: Path, name: str, version: str) -> None:
+    """Tests: make node `name` run pve-manager `version` (e.g. "9.1.13")."""
+    with_state = load(state, name)
+    with_state["pve_manager_version"] = version
+    path = state / "nodes" / name / "debian.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(with_state, indent=1, sort_keys=True))
+
+
+def ceph_releases() -> tuple[list[str], str, set[str]]:
+    """(releases pveceph install offers, its default, the experimental ones) on this node's pve-manager."""
+    version = pve_manager_version()
+    if version >= TENTACLE_DEFAULT_FROM:
+        return ["squid", "tentacle"], "tentacle", set()
+    if version >= TENTACLE_PREVIEW_FROM:
+        return ["squid", "tentacle"], "squid", {"tentacle"}
+    return ["squid"], "squid", set()
+
 
 def installed_packages() -> set[str]:
     return set(load()["packages"])
