@@ -2,7 +2,8 @@
 
 Steps (each a remote.Command, each idempotent; see components/scripts/install-pve.sh):
 prepare (hosts, NTP, repo, kernel) -> reboot (only when not yet on the PVE kernel) -> finish
-(proxmox-ve, Debian kernel removed) -> ready (polls pveversion and the API on 8006 with a deadline).
+(proxmox-ve, Debian kernel removed) -> ready (polls pveversion and the API on 8006 with a deadline) ->
+network (components/scripts/node-network.sh: the node's address on vmbr0, for nested guests' NICs).
 """
 from __future__ import annotations
 
@@ -17,7 +18,19 @@ from pvelab.spec import LabSpec, NodePlan
 from .node_step import NodeConnection, node_step
 
 DISK_INTERFACE = "scsi"
+# The bridge node-network.sh puts each node's address on: nested guests' NICs attach to it.
+GUEST_BRIDGE = "vmbr0"
 OSD_SERIAL_PREFIX = "pvelab-osd"
+
+
+def network_env(spec: LabSpec, plan: NodePlan) -> dict[str, object]:
+    """node-network.sh's variables: the node's address and gateway, the link1 address, DNS."""
+    env: dict[str, object] = {"NODE_IP": plan.ip, "NODE_PREFIX": plan.cidr_address.split("/")[1],
+                              "GATEWAY": spec.network.gateway, "DNS_SERVERS": " ".join(spec.network.dns),
+                              "SEARCH_DOMAIN": spec.cluster.domain}
+    if spec.network.link1 is not None and plan.link1_ip:
+        env.update(LINK1_IP=plan.link1_ip, LINK1_PREFIX=spec.network.link1.cidr.split("/")[1])
+    return env
 
 
 def osd_serials(spec: LabSpec) -> list[str]:
@@ -68,9 +81,12 @@ class NestedPveNode(pulumi.ComponentResource):
         finish = node_step(f"{name}-finish", self.connection, "install-pve", parent=self, args=["finish"],
                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[reboot], triggers=triggers,
                            dial_error_limit=max(10, t.reboot_s // self.connection.per_dial_timeout))
-        self.ready = node_step(f"{name}-ready", self.connection, "install-pve", parent=self, args=["ready"],
-                               env={**env, "DEADLINE_S": t.ready_s}, depends_on=[finish], triggers=triggers)
-        self.pveversion = self.ready.stdout.apply(lambda s: (s or "").strip())
+        installed = node_step(f"{name}-ready", self.connection, "install-pve", parent=self, args=["ready"],
+                              env={**env, "DEADLINE_S": t.ready_s}, depends_on=[finish], triggers=triggers)
+        self.pveversion = installed.stdout.apply(lambda s: (s or "").strip())
+        # Everything after the install (cluster, Ceph, HA) waits for the node's final network: vmbr0.
+        self.ready = node_step(f"{name}-network", self.connection, "node-network", parent=self,
+                               env=network_env(spec, plan), depends_on=[installed], triggers=triggers)
         self.hostname = pulumi.Output.from_input(plan.hostname)
         self.ip = pulumi.Output.from_input(plan.ip)
         self.register_outputs({

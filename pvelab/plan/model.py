@@ -505,6 +505,7 @@ COMMAND_TITLES = {
     "install-pve:reboot": ("install", "install PVE: reboot"),
     "install-pve:finish": ("install", "install PVE: proxmox-ve"),
     "install-pve:ready": ("install", "install PVE: ready"),
+    "node-network": ("install", "network: address on vmbr0"),
     "cluster-create": ("cluster", "pvecm create {CLUSTER_NAME}"),
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
     "cluster-join": ("cluster", "pvecm add (join as node {EXPECTED_NODES})"),
