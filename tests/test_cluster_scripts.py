@@ -205,6 +205,26 @@ def test_join_of_a_node_with_the_clusters_config_but_not_in_its_node_list_fails_
     assert not [c for c in lab.calls() if ": pvecm add" in c]
 
 
+def test_create_refuses_a_name_pvecm_would_refuse(lab):
+    result = lab.create(CLUSTER_NAME="lab-")
+    assert result.returncode == 1 and "not ending in '-'" in result.stderr
+    assert not [c for c in lab.calls() if MUTATING.match(c)]
+    assert lab.nodes["pve1"].run("pvecm create lab- --link0 10.10.10.11").stderr.startswith(
+        "400 Parameter verification failed.\nclustername: value does not look like a valid node name")
+
+
+def test_a_create_that_hangs_is_stopped_at_the_deadline(lab):
+    hang = lab.state / "hang-bin"
+    hang.mkdir()
+    (hang / "pvecm").write_text("#!/bin/sh\n[ \"$1\" = create ] && sleep 60\nexec " + str(STANDIN_BIN / "pvecm") + " \"$@\"\n")
+    (hang / "pvecm").chmod(0o755)
+    lab.nodes["pve1"].extra_env["PATH"] = f"{hang}:{lab.nodes['pve1'].env()['PATH']}"
+    started = time.monotonic()
+    result = lab.create(DEADLINE_S="1")
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1 and "pvecm create did not finish within 1s and was stopped" in result.stderr
+
+
 def test_create_whose_task_failed_with_exit_0_is_caught(lab):
     arm_fault(lab.state, "create-task-failed", times=1)
     result = lab.create()
@@ -459,6 +479,7 @@ def test_quorum_on_a_node_without_cluster_fails_at_once(lab):
     ({"LINK0": "pve2"}, "LINK0='pve2' is not an IPv4 address"),
     ({"EXPECTED_NODES": "two"}, "EXPECTED_NODES='two' must be a whole number of nodes"),
     ({"CLUSTER_NAME": "Pve_Lab"}, "CLUSTER_NAME='Pve_Lab' is not allowed"),
+    ({"CLUSTER_NAME": "lab-"}, "CLUSTER_NAME='lab-' is not allowed"),  # pvecm would refuse it (pve-node format)
 ])
 def test_join_input_errors_name_the_variable(lab, env, message):
     result = lab.join("pve2", 2, **env)

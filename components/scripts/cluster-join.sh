@@ -21,8 +21,8 @@ LINK1="${LINK1:-}"
 require_env() {
     require_vars "Run as: CLUSTER_NAME=pve-lab FIRST_IP=10.10.10.11 LINK0=10.10.10.12 FINGERPRINT=AA:BB:... EXPECTED_NODES=2 bash cluster-join.sh <<<\"\$ROOT_PASSWORD\"" \
         CLUSTER_NAME FIRST_IP LINK0 FINGERPRINT EXPECTED_NODES
-    [[ "$CLUSTER_NAME" =~ ^[a-z][a-z0-9-]{0,14}$ ]] ||
-        fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter"
+    [[ "$CLUSTER_NAME" =~ ^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$ ]] ||
+        fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter, not ending in '-' (pve-common JSONSchema.pm pve_verify_node_name)"
     require_ipv4 FIRST_IP LINK0 LINK1
     [[ "$FINGERPRINT" =~ ^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$ ]] ||
         fail "FINGERPRINT='$FINGERPRINT' is not a SHA-256 fingerprint (32 hex pairs joined by ':')" \
