@@ -106,6 +106,15 @@ def test_a_second_run_changes_nothing(node):
     assert_bridged(net(node))
 
 
+def test_a_changed_gateway_on_a_bridged_node_is_applied(node):
+    assert node.run_script("node-network", env=ENV).returncode == 0
+    r = node.run_script("node-network", env={**ENV, "GATEWAY": "10.10.10.254"})
+    assert r.returncode == 0, r.output
+    assert "applied the changed /etc/network/interfaces" in r.stderr
+    assert "    gateway 10.10.10.254\n" in (node.root / "etc/network/interfaces").read_text()
+    assert [r["via"] for r in net(node)["routes"] if r["dst"] == "default"] == ["10.10.10.254"]
+
+
 def test_when_vmbr0_does_not_come_up_the_old_network_is_put_back(node):
     arm_fault(node.state, "ifreload-fails", times=1)
     r = node.run_script("node-network", env=ENV)

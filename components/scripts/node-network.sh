@@ -24,6 +24,7 @@ CLOUD_RENDERED=("/etc/netplan/50-cloud-init.yaml" "/etc/network/interfaces.d/50-
 BACKUP_DIR="/var/backups/pve-lab-network"
 WRITTEN_BY="# Written by pve-lab (node-network.sh)"
 NETWORKD_STOPPED=""
+INTERFACES_CHANGED=""
 
 require_env() {
     require_vars "Run as: NODE_IP=10.10.10.11 NODE_PREFIX=24 GATEWAY=10.10.10.1 bash node-network.sh" \
@@ -116,7 +117,9 @@ write_configuration() {
         cp -p "$ROOT$INTERFACES" "$ROOT$BACKUP_DIR$INTERFACES"
     fi
     printf '%s\n' "network: {config: disabled}" | write_file "$CLOUD_NETWORK_OFF" 0644 || true
-    desired_interfaces "$uplink" "$link1_nic" | write_file "$INTERFACES" 0644 || true
+    if desired_interfaces "$uplink" "$link1_nic" | write_file "$INTERFACES" 0644; then
+        INTERFACES_CHANGED=1
+    fi
     local rendered
     for rendered in "${CLOUD_RENDERED[@]}"; do
         keep_backup "$rendered"
@@ -202,6 +205,12 @@ main() {
     if [[ "$current" == "$BRIDGE" ]]; then
         stop_networkd
         log "$BRIDGE already holds $NODE_IP (port $uplink): nothing to move"
+        if [[ -n "$INTERFACES_CHANGED" ]]; then
+            # A changed gateway or link1 address on a bridged node: apply it (the address stays on vmbr0).
+            ifreload -a >&2 || fail "ifreload -a failed after $INTERFACES changed" \
+                "Check $INTERFACES and 'ip -br addr' on this node, then run this step again."
+            log "applied the changed $INTERFACES"
+        fi
     else
         switch_to_bridge "$uplink"
     fi
