@@ -24,7 +24,8 @@ main() {
     node="${node%%.*}" # the PVE node name: the host name up to the first dot
     # Right after the create, pmxcfs may still be restarting: poll until the API answers. Only stdout is
     # JSON: pvesh's warnings on stderr are logged, never parsed.
-    until split_output join_info errors pvesh get /cluster/config/join --output-format json; do
+    # Each call is bounded too: pvesh waits as long as pmxcfs does.
+    until split_output join_info errors bounded "$start" pvesh get /cluster/config/join --output-format json; do
         if deadline_passed "$start"; then
             fail "no join information from 'pvesh get /cluster/config/join' within ${DEADLINE_S}s: ${errors//$'\n'/ }" \
                 "Is this node the cluster's first node, with the cluster created ('pvecm status')? Then run this step again."
