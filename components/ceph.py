@@ -17,7 +17,7 @@ import pulumi_proxmoxve as proxmoxve
 from pvelab.spec import LabSpec
 
 from .cluster import ClusterMember
-from .nested_node import osd_device_paths
+from .nested_node import osd_serials
 from .node_step import node_step
 
 POLL_S = 5
@@ -47,7 +47,7 @@ class CephCluster(pulumi.ComponentResource):
         installs = [
             node_step(f"{name}-install-{m.connection.hostname}", m.connection, "ceph-install", parent=self,
                       env={"CEPH_RELEASE": ceph.release, "CEPH_REPOSITORY": ceph.repository,
-                           "NODE_NAME": m.connection.hostname},
+                           "NODE_NAME": m.connection.hostname, "DEADLINE_S": spec.timeouts.install_s},
                       depends_on=[args.quorate], triggers=[m.connection.instance])
             for m in members
         ]
@@ -57,7 +57,7 @@ class CephCluster(pulumi.ComponentResource):
         osd_memory = ceph.osd_memory_target_mib * MIB
         init = node_step(f"{name}-init", first.connection, "ceph-init", parent=self,
                          env={"CEPH_NETWORK": spec.ceph_network, "CEPH_CLUSTER_NETWORK": cluster_network,
-                              "NODE_NAME": first.connection.hostname},
+                              "NODE_NAME": first.connection.hostname, "DEADLINE_S": STEP_DEADLINE_S},
                          depends_on=installs)
         # osd_memory_target goes to the monitors' config database, so the monitor step sets it (init has none yet).
         previous: pulumi.Resource = init
@@ -70,10 +70,10 @@ class CephCluster(pulumi.ComponentResource):
                             depends_on=[previous], triggers=[m.connection.instance])
             self.monitors.append(mon)
             previous = mon
-        devices = " ".join(osd_device_paths(spec))
+        serials = " ".join(osd_serials(spec))
         self.osds = [
             node_step(f"{name}-osd-{m.connection.hostname}", m.connection, "ceph-osd", parent=self,
-                      env={"NODE_NAME": m.connection.hostname, "OSD_DEVICES": devices,
+                      env={"NODE_NAME": m.connection.hostname, "OSD_SERIALS": serials,
                            "DEADLINE_S": STEP_DEADLINE_S, "POLL_S": POLL_S},
                       depends_on=[self.monitors[-1]], triggers=[m.connection.instance])
             for m in members

@@ -1,8 +1,10 @@
 """NestedPveNode: one VM on the outer host with nested virtualization, and PVE 9 installed in it over SSH.
 
 Steps (each a remote.Command, each idempotent; see components/scripts/install-pve.sh):
-scripts (every node script shipped to the node once) -> prepare (hosts, NTP, repo, kernel) -> reboot (only when not yet on the PVE kernel) -> finish
-(proxmox-ve, Debian kernel removed) -> ready (polls pveversion and the API on 8006 with a deadline).
+scripts (every node script and lib/*.sh shipped to the node once) -> prepare (hosts, NTP, repo, kernel) ->
+reboot (only when not yet on the PVE kernel) -> finish (proxmox-ve, Debian kernel removed) -> ready (polls
+pveversion and the API on 8006 with a deadline) -> network (components/scripts/node-network.sh: the node's
+address on vmbr0, for nested guests' NICs).
 """
 from __future__ import annotations
 
@@ -17,12 +19,25 @@ from pvelab.spec import LabSpec, NodePlan
 from .node_step import NodeConnection, node_scripts, node_step
 
 DISK_INTERFACE = "scsi"
+# The bridge node-network.sh puts each node's address on: nested guests' NICs attach to it.
+GUEST_BRIDGE = "vmbr0"
 OSD_SERIAL_PREFIX = "pvelab-osd"
 
 
-def osd_device_paths(spec: LabSpec) -> list[str]:
-    """Stable paths of the Ceph data disks inside a nested node (virtio-scsi disks with a serial)."""
-    return [f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_{OSD_SERIAL_PREFIX}{k}" for k in range(spec.nodes.ceph_disks)]
+def network_env(spec: LabSpec, plan: NodePlan) -> dict[str, object]:
+    """node-network.sh's variables: the node's address and gateway, the link1 address, DNS."""
+    env: dict[str, object] = {"NODE_IP": plan.ip, "NODE_PREFIX": plan.cidr_address.split("/")[1],
+                              "GATEWAY": spec.network.gateway, "DNS_SERVERS": " ".join(spec.network.dns),
+                              "SEARCH_DOMAIN": spec.cluster.domain}
+    if spec.network.link1 is not None and plan.link1_ip:
+        env.update(LINK1_IP=plan.link1_ip, LINK1_PREFIX=spec.network.link1.cidr.split("/")[1])
+    return env
+
+
+def osd_serials(spec: LabSpec) -> list[str]:
+    """The serials of the Ceph data disks (scsi1...). The node finds them by serial (lsblk), not by a
+    /dev/disk/by-id name: that name depends on the outer host's QEMU (components/scripts/lib/disks.sh)."""
+    return [f"{OSD_SERIAL_PREFIX}{k}" for k in range(spec.nodes.ceph_disks)]
 
 
 def instance_identity(vm: proxmoxve.VmLegacy) -> pulumi.Output[str]:
@@ -84,9 +99,12 @@ class NestedPveNode(pulumi.ComponentResource):
         finish = node_step(f"{name}-finish", self.connection, "install-pve", parent=self, args=["finish"],
                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[reboot], triggers=triggers,
                            dial_error_limit=max(10, t.reboot_s // self.connection.per_dial_timeout))
-        self.ready = node_step(f"{name}-ready", self.connection, "install-pve", parent=self, args=["ready"],
-                               env={**env, "DEADLINE_S": t.ready_s}, depends_on=[finish], triggers=triggers)
-        self.pveversion = self.ready.stdout.apply(lambda s: (s or "").strip())
+        installed = node_step(f"{name}-ready", self.connection, "install-pve", parent=self, args=["ready"],
+                              env={**env, "DEADLINE_S": t.ready_s}, depends_on=[finish], triggers=triggers)
+        self.pveversion = installed.stdout.apply(lambda s: (s or "").strip())
+        # Everything after the install (cluster, Ceph, HA) waits for the node's final network: vmbr0.
+        self.ready = node_step(f"{name}-network", self.connection, "node-network", parent=self,
+                               env=network_env(spec, plan), depends_on=[installed], triggers=triggers)
         self.hostname = pulumi.Output.from_input(plan.hostname)
         self.ip = pulumi.Output.from_input(plan.ip)
         self.register_outputs({

@@ -115,6 +115,25 @@ def test_install_steps_depend_only_on_their_own_vm(default_lab, node):
         assert f'install-pve.sh" {step.name.rsplit("-", 1)[1]}' in command_text(step)
 
 
+@pytest.mark.parametrize("node", NODES)
+def test_the_node_network_step_follows_the_install_and_everything_else_waits_for_it(default_lab, node):
+    ev = default_lab
+    network, installed = ev.named(f"lab-{node}-network"), ev.named(f"lab-{node}-ready")
+    assert ev.depends_on(network, installed)
+    run = command_text(network).splitlines()[-1]
+    ip = f"10.10.10.1{NODES.index(node) + 1}"
+    assert run == (f"env DNS_SERVERS=10.10.10.1 GATEWAY=10.10.10.1 NODE_IP={ip} NODE_PREFIX=24 "
+                   'SEARCH_DOMAIN=lab.internal bash "$HOME/pve-lab/node-network.sh"')
+    assert network.plain("triggers") == installed.plain("triggers")  # a replaced VM gets its bridge again
+    first_cluster_step = ev.named("lab-cluster-create" if node == "pve1" else f"lab-cluster-join-{node}")
+    assert ev.depends_on(first_cluster_step, network)
+
+
+def test_the_ha_test_vm_has_a_nic_on_the_nodes_bridge(default_lab):
+    vm = default_lab.named("lab-ha-vm-100")
+    assert vm.plain("networkDevices") == [{"bridge": "vmbr0", "model": "virtio", "firewall": False}]
+
+
 def test_install_re_runs_when_the_vm_is_replaced(default_lab):
     step = default_lab.named("lab-pve2-prepare")
     # the VMID alone stays the same for a VM re-created outside Pulumi: its MAC address is new
@@ -160,7 +179,15 @@ def test_ceph_starts_after_quorum_and_serializes_monitors(default_lab):
     health, pool = ev.named("lab-ceph-health"), ev.named("lab-ceph-pool")
     assert all(ev.depends_on(health, o) for o in osds)
     assert ev.depends_on(pool, health)
-    assert "OSD_DEVICES=/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd0" in command_text(osds[0])
+    assert "OSD_SERIALS=pvelab-osd0" in command_text(osds[0])
+    # ceph-osd finds disks by serial: lib/disks.sh reaches every node in its scripts step, before the OSD step;
+    # the OSD step itself is the one run line (no script text in a step that can fail).
+    for n, osd in zip(NODES, osds):
+        bundle = ev.named(f"lab-{n}-scripts")
+        assert 'cat > "$HOME/pve-lab/lib/disks.sh.tmp"' in unwrap(bundle.inputs["stdin"])
+        assert ev.depends_on(osd, bundle)
+    assert command_text(osds[0]).endswith('bash "$HOME/pve-lab/ceph-osd.sh"')
+    assert 'lib/disks.sh' not in command_text(osds[0]) and 'lib/disks.sh' not in command_text(mons[0])
     assert "EXPECTED_OSDS=3" in command_text(health)
 
 
@@ -266,6 +293,8 @@ def test_link1_adds_a_second_nic_and_corosync_link():
     assert vm.plain("initialization")["ipConfigs"][1] == {"ipv4": {"address": "10.10.20.12/24"}}
     assert "LINK1=10.10.20.11" in command_text(ev.named("lab-cluster-create"))
     assert "LINK1=10.10.20.13" in command_text(ev.named("lab-cluster-join-pve3"))
+    # node-network.sh keeps the link1 NIC as a static interface beside vmbr0.
+    assert "LINK1_IP=10.10.20.12 LINK1_PREFIX=24" in command_text(ev.named("lab-pve2-network"))
 
 
 def test_five_nodes_extend_the_join_chain():

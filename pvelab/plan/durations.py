@@ -38,6 +38,7 @@ STEP_DURATIONS: dict[str, Duration] = {
     "install-pve:finish": Duration(
         480, "apt install proxmox-ve postfix open-iscsi chrony: ~1 GB of packages, the longest apt run (estimate)"),
     "install-pve:ready": Duration(30, "pveversion and the API on :8006 answer shortly after the install"),
+    "node-network": Duration(10, "write /etc/network/interfaces, move the address onto vmbr0 (ifreload -a) (estimate)"),
     # Cluster (pve9-cli.md "Cluster (pvecm)").
     "cluster-create": Duration(30, "pvecm create, then pmxcfs/corosync up with a quorum of one (estimate)"),
     "cluster-fingerprint": Duration(5, "one pvesh call on the first node"),

@@ -49,7 +49,7 @@ OUTER_HOST_RESERVE_MIB = 2048
 # Variables of a node script that may be shown even when the command text is secret as a whole.
 SHOWABLE_ENV = frozenset({"CLUSTER_NAME", "EXPECTED_NODES", "EXPECTED_OSDS", "EXPECTED_MONS", "LINK0", "LINK1",
                           "FIRST_IP", "NODE_NAME", "CEPH_RELEASE", "CEPH_NETWORK", "CEPH_CLUSTER_NETWORK",
-                          "OSD_DEVICES", "PVE_SUITE"})
+                          "OSD_SERIALS", "PVE_SUITE"})
 SCRIPT_RUN_RE = re.compile(r'bash "\$HOME/pve-lab/([A-Za-z0-9_.-]+)\.sh"')
 # The `create` of the per-node step that ships every script (pvelab/node_script.bundle_run_line).
 BUNDLE_RE = re.compile(r"^bash -s -- pve-lab-scripts [0-9a-f]+$")
@@ -511,6 +511,7 @@ COMMAND_TITLES = {
     "install-pve:reboot": ("install", "install PVE: reboot"),
     "install-pve:finish": ("install", "install PVE: proxmox-ve"),
     "install-pve:ready": ("install", "install PVE: ready"),
+    "node-network": ("install", "network: address on vmbr0"),
     "cluster-create": ("cluster", "pvecm create {CLUSTER_NAME}"),
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
     "node-scripts": ("install", "ship the node scripts"),
@@ -687,7 +688,7 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
             parts_by_id[r.name] = parts
             kind = f"{parts.script}:{parts.args[0]}" if parts.args else parts.script
             if parts.script == "ceph-osd":
-                units = len(parts.env.get("OSD_DEVICES", "").split()) or 1
+                units = len(parts.env.get("OSD_SERIALS", "").split()) or 1
             phase, template = COMMAND_TITLES.get(kind, ("other", kind or r.name))
             title = template.format_map(_Missing(parts.env, osd_count=units))
             detail = " ".join([f"{parts.script}.sh", *parts.args]) if parts.script else ""
@@ -766,7 +767,7 @@ def _ceph_and_links(plan: Plan, parts_by_id: dict[str, CommandParts]) -> None:
         elif parts.script == "ceph-mon":
             node.ceph_roles += [r for r in ("MON", "MGR") if r not in node.ceph_roles]
         elif parts.script == "ceph-osd":
-            node.osd_count += len(parts.env.get("OSD_DEVICES", "").split()) or 1
+            node.osd_count += len(parts.env.get("OSD_SERIALS", "").split()) or 1
     for node in plan.nodes:
         if node.osd_count:
             node.ceph_roles.append(f"OSD x{node.osd_count}")
