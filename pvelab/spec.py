@@ -76,6 +76,7 @@ class NodeSize:
     ceph_disk_gib: int = 32
     bios: str = "seabios"
     acknowledge_even_count: bool = False
+    source: str = "apt"  # apt: install every node from the internet | template: clone a golden node template
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,15 @@ class RepositorySpec:
 
 
 @dataclass(frozen=True)
+class TemplateSpec:
+    """The golden node template (nodes.source: template); see pvelab/node_template.py."""
+
+    builder_address: Optional[str] = None  # the builder VM's lab address; default: the one after the last node
+    linked_clones: bool = True  # false: full clones (storages without linked clones: LVM thick, raw on dir)
+    seal_timeout_s: int = 600  # how long the builder may take to power off after sealing
+
+
+@dataclass(frozen=True)
 class Timeouts:
     install_s: int = 1800
     reboot_s: int = 600
@@ -202,6 +212,7 @@ class LabSpec:
     image: ImageSpec = field(default_factory=ImageSpec)
     repository: RepositorySpec = field(default_factory=RepositorySpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    template: TemplateSpec = field(default_factory=TemplateSpec)
     tags: tuple[str, ...] = ("pve-lab",)
     student: Optional[StudentSpec] = None
 
@@ -598,6 +609,9 @@ def validate(spec: LabSpec) -> list[str]:
             problems.append(f"{_key(f'tags[{i}]')}: '{t}' is not a PVE tag (lowercase letters, digits, _ . + -)")
     if spec.student is not None:
         problems += validate_student(spec)
+    from .node_template import validate_template  # its own module; imports this one
+
+    problems += validate_template(spec)
     return problems
 
 

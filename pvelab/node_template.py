@@ -1,0 +1,104 @@
+"""The golden node template's pure logic: its key, the builder's name and address, validation.
+
+Pure Python (no Pulumi import): the component (components/node_template.py), `plan`, the benchmark and the
+tests share it. The key names what is baked into the template (PVE version and repository, Ceph release
+and repository, the base image, and the text of every script that runs on the builder), so any change to
+one of them builds a new template instead of reusing a stale one.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import shlex
+from typing import TYPE_CHECKING, Mapping, Optional
+
+from .node_script import HEREDOC_MARK, LIBRARY, library_text, script_text
+
+if TYPE_CHECKING:
+    from .spec import LabSpec
+
+SOURCES = ("apt", "template")
+# Every script whose text ends up in the template (and the seal marker's reader).
+BAKED_SCRIPTS = ("install-pve", "ceph-install", "node-seal", "node-firstboot")
+KEY_LENGTH = 10
+BUILDER_PREFIX = "pvelab-builder"
+
+
+def template_key(spec: "LabSpec") -> str:
+    """A short content hash of everything the template holds; a new key means a new template."""
+    ceph = spec.ceph
+    facts = {
+        "pve_version": spec.pve_version, "repository": spec.repository.component,
+        "keyring": spec.repository.keyring_sha256 or "", "image": spec.image.file_id or spec.image.url,
+        "image_checksum": spec.image.checksum or "",
+        "ceph": [ceph.release, ceph.repository] if ceph.enabled else None,
+        "scripts": {name: script_text(name) for name in BAKED_SCRIPTS} | {LIBRARY: library_text()},
+    }
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+    return digest[:KEY_LENGTH]
+
+
+def builder_hostname(spec: "LabSpec") -> str:
+    """The builder's host name: never a lab node's name, and it names the key (visible in the outer UI)."""
+    return f"{BUILDER_PREFIX}-{template_key(spec)[:6]}"
+
+
+def builder_ip(spec: "LabSpec") -> str:
+    """The builder's lab address: template.builderAddress, or the one after the last node."""
+    if spec.template.builder_address:
+        return spec.template.builder_address
+    return str(ipaddress.ip_address(spec.network.first_address) + spec.nodes.count)
+
+
+def validate_template(spec: "LabSpec") -> list[str]:
+    """Problems with nodes.source and the template.* keys, each naming its key."""
+    from .spec import _key  # one wording for every key
+
+    problems: list[str] = []
+    source, tpl = spec.nodes.source, spec.template
+    if source not in SOURCES:
+        problems.append(f"{_key('nodes.source')}: '{source}' (allowed: {', '.join(SOURCES)})")
+    if not (60 <= tpl.seal_timeout_s <= 7200):
+        problems.append(f"{_key('template.sealTimeoutS')}: {tpl.seal_timeout_s} is out of range (allowed: 60..7200)")
+    if source != "template":
+        return problems
+    try:
+        net = ipaddress.ip_network(spec.network.cidr, strict=False)
+        first = ipaddress.ip_address(spec.network.first_address)
+        address = ipaddress.ip_address(builder_ip(spec))
+    except ValueError:
+        if tpl.builder_address:
+            problems.append(f"{_key('template.builderAddress')}: '{tpl.builder_address}' is not an IPv4 address")
+        return problems  # network.* problems are reported by their own checks
+    key = "template.builderAddress" if tpl.builder_address else "network.firstAddress"
+    nodes = range(int(first), int(first) + spec.nodes.count)
+    if address not in net or address in (net.network_address, net.broadcast_address):
+        problems.append(f"{_key(key)}: the template builder's address {address} is not a usable host of {net}; "
+                        f"set template.builderAddress to a free address in the lab network")
+    elif int(address) in nodes or str(address) == spec.network.gateway:
+        problems.append(f"{_key(key)}: the template builder's address {address} is taken by a node or the gateway; "
+                        f"set template.builderAddress to a free address in the lab network")
+    return problems
+
+
+def local_script_command(name: str, args: tuple[str, ...] = ()) -> str:
+    """The command that runs components/scripts/<name>.sh on the machine running pulumi (a local step).
+
+    Like node_script.script_command, but in a private temporary folder that is removed afterwards: a local
+    step leaves nothing in the user's HOME. Its variables come from the command's environment (secrets too).
+    """
+    run = " ".join(["bash", '"$d/' + name + '.sh"', *map(shlex.quote, args)])
+    return (
+        'd="$(mktemp -d)" && trap \'rm -rf "$d"\' EXIT && mkdir -p "$d/lib" && '
+        + f"cat > \"$d/{LIBRARY}\" <<'{HEREDOC_MARK}'\n{library_text()}{HEREDOC_MARK}\n"
+        + f"cat > \"$d/{name}.sh\" <<'{HEREDOC_MARK}'\n{script_text(name)}{HEREDOC_MARK}\n"
+        + f"{run}\n"
+    )
+
+
+def template_env(spec: "LabSpec", endpoint: Optional[str] = None) -> Mapping[str, str]:
+    """The plain (non-secret) variables of the outer-template step."""
+    return {"PVE_ENDPOINT": endpoint or spec.outer.endpoint, "PVE_NODE": spec.outer.node,
+            "PVE_INSECURE": "true" if spec.outer.insecure else "false",
+            "DEADLINE_S": str(spec.template.seal_timeout_s), "POLL_S": "5"}
