@@ -14,7 +14,7 @@ outer = proxmoxve.Provider(
     api_token=settings.outer_api_token,
     insecure=spec.outer.insecure,
 )
-lab = PveLab("lab", PveLabArgs(spec=spec, credentials=settings.credentials),
+lab = PveLab("lab", PveLabArgs(spec=spec, credentials=settings.credentials, outer_api_token=settings.outer_api_token),
              opts=pulumi.ResourceOptions(providers=[outer]))
 
 pulumi.export("clusterName", spec.cluster.name)

@@ -7,7 +7,7 @@ prepare (hosts, NTP, repo, kernel) -> reboot (only when not yet on the PVE kerne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pulumi
 import pulumi_proxmoxve as proxmoxve
@@ -15,6 +15,9 @@ import pulumi_proxmoxve as proxmoxve
 from pvelab.spec import LabSpec, NodePlan
 
 from .node_step import NodeConnection, node_step
+
+if TYPE_CHECKING:
+    from .node_template import TemplateRef
 
 DISK_INTERFACE = "scsi"
 OSD_SERIAL_PREFIX = "pvelab-osd"
@@ -36,6 +39,8 @@ class NestedPveNodeArgs:
     bridge: pulumi.Input[str]
     vlan_tag: pulumi.Input[Optional[int]] = None
     pool_id: pulumi.Input[Optional[str]] = None
+    # nodes.source template: the VM is a clone of this template and gets its identity on first boot.
+    template: Optional["TemplateRef"] = None
 
 
 class NestedPveNode(pulumi.ComponentResource):
@@ -57,6 +62,23 @@ class NestedPveNode(pulumi.ComponentResource):
                "KEYRING_URL": spec.repository.keyring_url, "KEYRING_SHA256": spec.repository.keyring_sha256}
         # A new VM (replacement) must get a fresh install: every step re-runs when the VM id changes.
         triggers = [self.vm.id]
+        if args.template is not None:
+            from .node_template import first_boot_steps
+
+            self.ready = first_boot_steps(name, self.connection, env, args.template, spec, parent=self,
+                                          depends_on=[self.vm], triggers=triggers)
+        else:
+            self.ready = self._install_steps(name, env, spec, triggers)
+        self.pveversion = self.ready.stdout.apply(lambda s: (s or "").strip())
+        self.hostname = pulumi.Output.from_input(plan.hostname)
+        self.ip = pulumi.Output.from_input(plan.ip)
+        self.register_outputs({
+            "hostname": plan.hostname, "ip": plan.ip, "vmid": plan.vmid, "web_url": plan.web_url,
+            "ssh_command": plan.ssh_command, "pveversion": self.pveversion,
+        })
+
+    def _install_steps(self, name: str, env: dict, spec: LabSpec, triggers: list) -> pulumi.Resource:
+        t = spec.timeouts
         # The first dial waits for cloud-init to bring up SSH on a fresh VM.
         prepare = node_step(f"{name}-prepare", self.connection, "install-pve", parent=self, args=["prepare"],
                             env={**env, "DEADLINE_S": t.install_s}, depends_on=[self.vm], triggers=triggers,
@@ -67,21 +89,16 @@ class NestedPveNode(pulumi.ComponentResource):
         finish = node_step(f"{name}-finish", self.connection, "install-pve", parent=self, args=["finish"],
                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[reboot], triggers=triggers,
                            dial_error_limit=max(10, t.reboot_s // self.connection.per_dial_timeout))
-        self.ready = node_step(f"{name}-ready", self.connection, "install-pve", parent=self, args=["ready"],
-                               env={**env, "DEADLINE_S": t.ready_s}, depends_on=[finish], triggers=triggers)
-        self.pveversion = self.ready.stdout.apply(lambda s: (s or "").strip())
-        self.hostname = pulumi.Output.from_input(plan.hostname)
-        self.ip = pulumi.Output.from_input(plan.ip)
-        self.register_outputs({
-            "hostname": plan.hostname, "ip": plan.ip, "vmid": plan.vmid, "web_url": plan.web_url,
-            "ssh_command": plan.ssh_command, "pveversion": self.pveversion,
-        })
+        return node_step(f"{name}-ready", self.connection, "install-pve", parent=self, args=["ready"],
+                         env={**env, "DEADLINE_S": t.ready_s}, depends_on=[finish], triggers=triggers)
 
     def _vm(self, name: str, args: NestedPveNodeArgs) -> proxmoxve.VmLegacy:
         spec, plan, n = args.spec, args.plan, args.spec.nodes
         storage = spec.outer.storage
+        template = args.template
         disks = [proxmoxve.VmLegacyDiskArgs(
-            interface=f"{DISK_INTERFACE}0", datastore_id=storage, import_from=args.image_file_id,
+            interface=f"{DISK_INTERFACE}0", datastore_id=storage,
+            import_from=args.image_file_id if template is None else None,
             size=n.system_disk_gib, discard="on", iothread=True, ssd=True, file_format="raw",
         )]
         for k in range(n.ceph_disks):
@@ -136,11 +153,16 @@ class NestedPveNode(pulumi.ComponentResource):
                 user_account=proxmoxve.VmLegacyInitializationUserAccountArgs(
                     username="root", keys=[args.ssh_public_key], password=args.root_password),
             ),
+            # A linked clone shares the template's base volume (LVM-thin, ZFS, Ceph, qcow2); a full one copies it.
+            clone=proxmoxve.VmLegacyCloneArgs(vm_id=template.vm_id, full=not template.linked, node_name=spec.outer.node)
+            if template is not None else None,
             on_boot=True,
             started=True,
             # Destroy must not wait on a hung or broken node: stop hard, then delete with its disks.
             stop_on_destroy=True,
             purge_on_destroy=True,
             delete_unreferenced_disks_on_destroy=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            # A clone of a new template keeps its VMID: the old VM must go before the new one is made.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=template is not None,
+                                        depends_on=[template.ready] if template is not None and template.ready else None),
         )

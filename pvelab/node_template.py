@@ -61,8 +61,10 @@ def validate_template(spec: "LabSpec") -> list[str]:
         problems.append(f"{_key('nodes.source')}: '{source}' (allowed: {', '.join(SOURCES)})")
     if not (60 <= tpl.seal_timeout_s <= 7200):
         problems.append(f"{_key('template.sealTimeoutS')}: {tpl.seal_timeout_s} is out of range (allowed: 60..7200)")
-    if source != "template":
-        return problems
+    if tpl.vm_id is not None and not (100 <= tpl.vm_id <= 999_999_999):
+        problems.append(f"{_key('template.vmId')}: {tpl.vm_id} is not a VMID (allowed: 100..999999999)")
+    if source != "template" or tpl.vm_id is not None:
+        return problems  # no builder here: its address does not matter
     try:
         net = ipaddress.ip_network(spec.network.cidr, strict=False)
         first = ipaddress.ip_address(spec.network.first_address)

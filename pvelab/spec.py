@@ -164,6 +164,8 @@ class TemplateSpec:
     builder_address: Optional[str] = None  # the builder VM's lab address; default: the one after the last node
     linked_clones: bool = True  # false: full clones (storages without linked clones: LVM thick, raw on dir)
     seal_timeout_s: int = 600  # how long the builder may take to power off after sealing
+    # An existing template on outer.node (e.g. made by the class-images stack): clone it, build none here.
+    vm_id: Optional[int] = None
 
 
 @dataclass(frozen=True)
