@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     rend.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="where Pulumi.<stack>.yaml files go")
     rend.set_defaults(func=cmd_render)
 
+    from .reset_cli import add_reset_commands  # baseline, reset: every student's lab (pvelab/ops/reset.py)
+
+    add_reset_commands(sub)
     try:
         from . import run_cli
     except ModuleNotFoundError as exc:
