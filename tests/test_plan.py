@@ -208,8 +208,11 @@ def test_critical_path_is_the_longest_chain(default_plan):
     assert sum(steps[k].estimate_s for k in path) == default_plan.estimate_s
     assert default_plan.estimate_s == max(s.finish_s for s in steps.values())
     assert not steps[path[0]].waits_for
-    # the install chain of one node and the serial joins and monitors are all on it
-    assert {"lab-pve1-finish", "lab-cluster-join-pve3", "lab-ceph-mon-pve3", "lab-ceph-health"} <= set(path)
+    # the install chain of one node, its Ceph install (longer than forming the cluster, which runs beside
+    # it) and the serial monitors are all on it
+    assert {"lab-pve1-finish", "lab-ceph-mon-pve3", "lab-ceph-health"} <= set(path)
+    assert any(k.startswith("lab-ceph-install-") for k in path)
+    assert not any(k.startswith("lab-cluster-join-") for k in path)
 
 
 def test_every_default_step_has_a_documented_duration(default_plan):
