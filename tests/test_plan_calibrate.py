@@ -119,3 +119,17 @@ def test_template_path_steps_get_their_own_kinds(tmp_path):
     assert len(measured["install-pve:prepare@clone"].steps) == 3  # the clones' /etc/hosts step
     assert len(measured["ceph-install@clone"].steps) == 3 and len(measured["ceph-install"].steps) == 1
     assert {"vm:builder", "vm:outer@clone", "outer-template", "node-seal", "node-firstboot:identity"} <= set(measured)
+
+
+def test_automation_events_are_written_back_as_an_event_log(tmp_path, two_osds):
+    """The real-host test records its run through the Automation API's typed events."""
+    from pulumi.automation.events import EngineEvent
+
+    from pvelab.plan.calibrate import EventLogWriter
+
+    raw = [json.loads(line) for line in write_log(tmp_path / "up.json", two_osds).read_text().splitlines()]
+    writer = EventLogWriter(tmp_path / "again.json")
+    for data in raw:
+        writer(EngineEvent.from_json(data))
+    assert {k: m.median_s for k, m in learn(tmp_path / "again.json").items()} == \
+        {k: m.median_s for k, m in learn(tmp_path / "up.json").items()}

@@ -191,3 +191,47 @@ def render_calibration(measured: dict[str, Measured], source: str) -> str:
 
 def calibration_json(measured: dict[str, Measured]) -> dict:
     return {k: {"median_s": m.median_s, "seconds": m.seconds, "steps": m.steps} for k, m in sorted(measured.items())}
+
+
+def _state_json(state: Any) -> Optional[dict]:
+    if state is None:
+        return None
+    return {"type": state.type, "urn": state.urn, "id": state.id, "parent": state.parent, "custom": state.custom,
+            "provider": state.provider, "inputs": state.inputs or {}, "outputs": {}}
+
+
+def _step_json(metadata: Any) -> dict:
+    op = getattr(metadata.op, "value", metadata.op)
+    return {"op": op, "urn": metadata.urn, "type": metadata.type, "provider": metadata.provider,
+            "old": _state_json(metadata.old), "new": _state_json(metadata.new)}
+
+
+def event_json(event: Any) -> Optional[dict]:
+    """An Automation API EngineEvent (pulumi.automation.events) back in the event log's JSON shape, for the
+    kinds calibration reads (step starts, ends, failures, the summary); None for the others."""
+    base = {"sequence": event.sequence, "timestamp": event.timestamp}
+    if event.resource_pre_event is not None:
+        return base | {"resourcePreEvent": {"metadata": _step_json(event.resource_pre_event.metadata),
+                                            "planning": bool(event.resource_pre_event.planning)}}
+    if event.res_outputs_event is not None:
+        return base | {"resOutputsEvent": {"metadata": _step_json(event.res_outputs_event.metadata),
+                                           "planning": bool(event.res_outputs_event.planning)}}
+    if event.res_op_failed_event is not None:
+        return base | {"resOpFailedEvent": {"metadata": _step_json(event.res_op_failed_event.metadata)}}
+    if event.summary_event is not None:
+        return base | {"summaryEvent": {"durationSeconds": event.summary_event.duration_seconds}}
+    return None
+
+
+class EventLogWriter:
+    """`on_event` for the Automation API's `stack.up`: appends each step event to an event log file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.write_text("")
+
+    def __call__(self, event: Any) -> None:
+        data = event_json(event)
+        if data is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(data, default=str) + "\n")
