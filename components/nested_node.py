@@ -14,6 +14,7 @@ import pulumi_proxmoxve as proxmoxve
 
 from pvelab.spec import LabSpec, NodePlan
 
+from .apt_proxy import apt_proxy_step
 from .node_step import NodeConnection, node_step
 
 if TYPE_CHECKING:
@@ -80,9 +81,10 @@ class NestedPveNode(pulumi.ComponentResource):
     def _install_steps(self, name: str, env: dict, spec: LabSpec, triggers: list) -> pulumi.Resource:
         t = spec.timeouts
         # The first dial waits for cloud-init to bring up SSH on a fresh VM.
+        proxy = apt_proxy_step(name, self.connection, spec, parent=self, depends_on=[self.vm], triggers=triggers,
+                               dial_error_limit=max(10, t.ready_s // self.connection.per_dial_timeout))
         prepare = node_step(f"{name}-prepare", self.connection, "install-pve", parent=self, args=["prepare"],
-                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[self.vm], triggers=triggers,
-                            dial_error_limit=max(10, t.ready_s // self.connection.per_dial_timeout))
+                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[proxy], triggers=triggers)
         reboot = node_step(f"{name}-reboot", self.connection, "install-pve", parent=self, args=["reboot"],
                            env=env, depends_on=[prepare], triggers=triggers)
         # The reboot step stops sshd before it reboots, so this dial waits for the node to come back.

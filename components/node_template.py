@@ -23,6 +23,7 @@ import pulumi_proxmoxve as proxmoxve
 from pvelab.node_template import builder_hostname, builder_ip, local_script_command, template_env, template_key
 from pvelab.spec import LabSpec
 
+from .apt_proxy import apt_proxy_step
 from .node_step import NodeConnection, node_step
 
 TEMPLATE_TAG = "pve-lab-template"
@@ -70,9 +71,10 @@ class NodeTemplate(pulumi.ComponentResource):
                "KEYRING_URL": spec.repository.keyring_url, "KEYRING_SHA256": spec.repository.keyring_sha256}
         triggers = [self.builder.id]
         step_name = f"{name}-{self.key}"
+        proxy = apt_proxy_step(step_name, conn, spec, parent=self, depends_on=[self.builder], triggers=triggers,
+                               dial_error_limit=max(10, t.ready_s // conn.per_dial_timeout))
         prepare = node_step(f"{step_name}-prepare", conn, "install-pve", parent=self, args=["prepare"],
-                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[self.builder], triggers=triggers,
-                            dial_error_limit=max(10, t.ready_s // conn.per_dial_timeout))
+                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[proxy], triggers=triggers)
         reboot = node_step(f"{step_name}-reboot", conn, "install-pve", parent=self, args=["reboot"], env=env,
                            depends_on=[prepare], triggers=triggers)
         finish = node_step(f"{step_name}-finish", conn, "install-pve", parent=self, args=["finish"],
@@ -170,8 +172,9 @@ def first_boot_steps(name: str, conn: NodeConnection, env: dict, template: Templ
     identity = node_step(f"{name}-identity", conn, "node-firstboot", parent=parent, args=["identity"],
                          env={**node_env, "DEADLINE_S": t.ready_s}, depends_on=depends_on, triggers=triggers,
                          dial_error_limit=max(10, t.ready_s // conn.per_dial_timeout))
+    proxy = apt_proxy_step(name, conn, spec, parent=parent, depends_on=[identity], triggers=triggers)
     hosts = node_step(f"{name}-prepare", conn, "install-pve", parent=parent, args=["prepare"],
-                      env={**env, "DEADLINE_S": t.install_s}, depends_on=[identity], triggers=triggers)
+                      env={**env, "DEADLINE_S": t.install_s}, depends_on=[proxy], triggers=triggers)
     pve = node_step(f"{name}-pve", conn, "node-firstboot", parent=parent, args=["pve"],
                     env={**node_env, "DEADLINE_S": t.ready_s}, depends_on=[hosts], triggers=triggers)
     return node_step(f"{name}-ready", conn, "node-firstboot", parent=parent, args=["ready"],

@@ -215,6 +215,7 @@ class LabSpec:
     repository: RepositorySpec = field(default_factory=RepositorySpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
     template: TemplateSpec = field(default_factory=TemplateSpec)
+    apt_proxy: Optional[str] = None  # http://host:port of the class's package cache (pvelab/apt_proxy.py)
     tags: tuple[str, ...] = ("pve-lab",)
     student: Optional[StudentSpec] = None
 
@@ -611,9 +612,10 @@ def validate(spec: LabSpec) -> list[str]:
             problems.append(f"{_key(f'tags[{i}]')}: '{t}' is not a PVE tag (lowercase letters, digits, _ . + -)")
     if spec.student is not None:
         problems += validate_student(spec)
-    from .node_template import validate_template  # its own module; imports this one
+    from .apt_proxy import validate_apt_proxy  # their own modules; they import this one
+    from .node_template import validate_template
 
-    problems += validate_template(spec)
+    problems += validate_template(spec) + validate_apt_proxy(spec)
     return problems
 
 

@@ -94,7 +94,20 @@ class Preflight:
             self.guard(name, step)
         self.guard("VMIDs", self.check_vmids)
         self.guard("API token privileges", self.check_privileges)
+        if self.spec.apt_proxy:
+            self.guard("apt proxy", self.check_apt_proxy)
         return self.results
+
+    def check_apt_proxy(self) -> None:
+        from ..apt_proxy import probe
+
+        url = self.spec.apt_proxy
+        problem = probe(url)
+        if problem is None:
+            self.add("apt proxy", "pass", f"{url} answers HTTP (checked from here; the nodes must reach it too)")
+        else:
+            self.add("apt proxy", "fail", f"{url} does not answer: {problem}",
+                     "start the package cache (e.g. apt-cacher-ng on port 3142), or remove aptProxy from the lab config")
 
     def guard(self, name: str, step: Callable[[], None]) -> None:
         try:

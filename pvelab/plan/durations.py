@@ -30,6 +30,7 @@ STEP_DURATIONS: dict[str, Duration] = {
         120, "Debian 13 genericcloud qcow2 is ~400 MB: ~2 min at ~30 Mbit/s to cloud.debian.org (estimate)"),
     "vm:outer": Duration(
         60, "import the image into the VM disk, allocate the Ceph disks, first boot to SSH via cloud-init (estimate)"),
+    "apt-proxy": Duration(3, "one apt.conf.d file written or removed (components/scripts/apt-proxy.sh)"),
     # install-pve.sh (components/scripts/install-pve.sh, pve9-cli.md "Install PVE 9 on Debian 13").
     "install-pve:prepare": Duration(
         360, "apt full-upgrade of the cloud image + proxmox-default-kernel (~150 MB of packages) (estimate)"),

@@ -509,6 +509,7 @@ COMMAND_TITLES = {
     "node-firstboot:identity": ("install", "clone: own name, machine-id, SSH keys"),
     "node-firstboot:pve": ("install", "clone: pmxcfs + node certificate"),
     "node-firstboot:ready": ("install", "clone: ready (identity, API)"),
+    "apt-proxy": ("install", "apt proxy setting (aptProxy)"),
     "node-seal": ("template", "seal the builder (no identity left), power off"),
     "cluster-create": ("cluster", "pvecm create {CLUSTER_NAME}"),
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
