@@ -48,11 +48,11 @@ DOWNLOAD_BYTES = {
 }
 INSTALL_KINDS = {"install-pve:prepare": "Debian upgrade + PVE kernel", "install-pve:finish": "proxmox-ve",
                  "ceph-install": "Ceph"}
-TEMPLATE_VMID_BASE = 9000  # the template on outer node k has VMID 9000 + k (what the class-images stack would make)
 
 
-def class_students(students: int, outer_nodes: int, tmp: Path):
+def class_plan(students: int, outer_nodes: int, tmp: Path, source: str):
     doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["lab"].setdefault("nodes", {})["source"] = source
     doc["outerNodes"] = [{"name": f"pve{i}", "cores": 1024, "memoryGiB": 4096, "diskGiB": 80000}
                          for i in range(1, outer_nodes + 1)]
     doc["students"] = [{"id": f"s{i:03d}", "name": f"Student {i}"} for i in range(1, students + 1)]
@@ -60,7 +60,7 @@ def class_students(students: int, outer_nodes: int, tmp: Path):
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     plan = allocate(load_roster(path))
     assert plan.ok, plan.problems
-    return plan.students
+    return plan
 
 
 def plan_of(lab: dict, stack: str):
@@ -73,14 +73,6 @@ def plan_of(lab: dict, stack: str):
 def internet_steps(plan) -> Counter:
     """Step kinds that fetch from the internet (clones' @clone steps download nothing)."""
     return Counter(s.kind for s in plan.steps if s.kind in DOWNLOAD_BYTES)
-
-
-def with_source(lab: dict, source: str, template_vmid: int | None = None) -> dict:
-    lab = json.loads(json.dumps(lab))
-    lab.setdefault("nodes", {})["source"] = source
-    if template_vmid is not None:
-        lab["template"] = {**lab.get("template", {}), "vmId": template_vmid}
-    return lab
 
 
 def builder_part(plan) -> float:
@@ -105,15 +97,16 @@ def main() -> int:
     uplink = args.uplink_mbit * 1_000_000
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        students = class_students(args.students, args.outer_nodes, Path(tmp))
+        apt_class = class_plan(args.students, args.outer_nodes, Path(tmp), "apt")
+        tpl_class = class_plan(args.students, args.outer_nodes, Path(tmp), "template")
+    students = apt_class.students
     nodes = sorted({s.outer_node for s in students})
-    template_vmid = {node: TEMPLATE_VMID_BASE + k for k, node in enumerate(nodes)}
 
-    apt_plans = [plan_of(with_source(s.lab, "apt"), s.stack) for s in students]
-    clone_plans = [plan_of(with_source(s.lab, "template", template_vmid[s.outer_node]), s.stack) for s in students]
-    # one template build per outer node: the graph of a stack that builds its own (the builder part of it)
-    first_on = {node: next(s for s in students if s.outer_node == node) for node in nodes}
-    build_plans = {node: plan_of(with_source(first_on[node].lab, "template"), f"{node}-template") for node in nodes}
+    apt_plans = [plan_of(s.lab, s.stack) for s in students]
+    # the classroom tools give every student template.vmId of their node's class template: nothing to build
+    clone_plans = [plan_of(s.lab, s.stack) for s in tpl_class.students]
+    # the class-images stack's builds, one per outer node: each as the lone lab that builds its own template
+    build_plans = {b.node: plan_of(b.lab, f"{b.node}-template") for b in tpl_class.template_builds}
 
     apt_steps = sum((internet_steps(p) for p in apt_plans), Counter())
     tpl_steps = sum((internet_steps(p) for p in clone_plans), Counter())

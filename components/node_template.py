@@ -40,6 +40,9 @@ class NodeTemplateArgs:
     bridge: pulumi.Input[str]
     vlan_tag: pulumi.Input[Optional[int]] = None
     pool_id: pulumi.Input[Optional[str]] = None
+    # A fixed VMID (a class's template, which the students' stacks name in template.vmId): then a new key
+    # replaces the builder in place, which PVE refuses while linked clones of it exist (take the class down first).
+    vm_id: Optional[int] = None
 
 
 @dataclass
@@ -62,7 +65,9 @@ class NodeTemplate(pulumi.ComponentResource):
         self.ip = builder_ip(spec)
         self.linked = spec.template.linked_clones
         fqdn = f"{self.hostname}.{spec.cluster.domain}"
-        self.builder = self._builder(f"{name}-{self.key}", args, fqdn)
+        # Keyed names: a new key is a new builder and template beside the old one (deleted after the re-clone).
+        step_name = f"{name}-{self.key}" if args.vm_id is None else name
+        self.builder = self._builder(step_name, args, fqdn)
         conn = NodeConnection(self.hostname, self.ip, args.ssh_private_key)
         t = spec.timeouts
         env = {"NODE_HOSTNAME": self.hostname, "NODE_FQDN": fqdn, "NODE_IP": self.ip,
@@ -70,7 +75,6 @@ class NodeTemplate(pulumi.ComponentResource):
                "PVE_REPO_COMPONENT": spec.repository.component,
                "KEYRING_URL": spec.repository.keyring_url, "KEYRING_SHA256": spec.repository.keyring_sha256}
         triggers = [self.builder.id]
-        step_name = f"{name}-{self.key}"
         proxy = apt_proxy_step(step_name, conn, spec, parent=self, depends_on=[self.builder], triggers=triggers,
                                dial_error_limit=max(10, t.ready_s // conn.per_dial_timeout))
         prepare = node_step(f"{step_name}-prepare", conn, "install-pve", parent=self, args=["prepare"],
@@ -120,7 +124,8 @@ class NodeTemplate(pulumi.ComponentResource):
             f"{name}-builder",
             name=self.hostname,
             node_name=spec.outer.node,
-            # No fixed VMID: a new key is a new builder while the old template still exists (PVE's next free id).
+            # No fixed VMID (unless given): a new key is a new builder while the old template still exists.
+            vm_id=args.vm_id,
             pool_id=args.pool_id,
             description=f"pve-lab golden node template {self.key} (PVE {spec.pve_version}"
                         + (f", Ceph {spec.ceph.release}" if spec.ceph.enabled else "") + f"), built as {fqdn}",
@@ -155,7 +160,11 @@ class NodeTemplate(pulumi.ComponentResource):
             stop_on_destroy=True,
             purge_on_destroy=True,
             delete_unreferenced_disks_on_destroy=True,
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["template", "started"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=["template", "started"],
+                # with a fixed VMID the key lives in the description: a new key replaces the builder in place
+                replace_on_changes=["description"] if args.vm_id is not None else None,
+                delete_before_replace=args.vm_id is not None),
         )
 
 
