@@ -84,6 +84,19 @@ def validate_template(spec: "LabSpec") -> list[str]:
     return problems
 
 
+# Storages whose raw volumes qemu-server can clone linked (has_feature 'clone' on a base volume):
+# LVM-thin and ZFS (thin snapshots), Ceph RBD (layering). File storages need qcow2, LVM thick cannot.
+LINKED_CLONE_TYPES = ("lvmthin", "zfspool", "rbd")
+
+
+def linked_clone_problem(storage: str, storage_type: str) -> Optional[str]:
+    """Why linked clones of the template cannot live on this storage (None when they can)."""
+    if storage_type in LINKED_CLONE_TYPES:
+        return None
+    return (f"storage {storage} is of type {storage_type or 'unknown'}: no linked clones of the template's raw "
+            f"disk there (only {', '.join(LINKED_CLONE_TYPES)})")
+
+
 def local_script_command(name: str, args: tuple[str, ...] = ()) -> str:
     """The command that runs components/scripts/<name>.sh on the machine running pulumi (a local step).
 

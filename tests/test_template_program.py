@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness import COMMAND, VM, command_text, deep_merge, evaluate_lab, lab_raw, leaked_secrets
+from ops_fixtures import ca, ops_servers, serve  # noqa: F401
 from pvelab.evaluate import MOCK_NEXT_VMID, SECRET_SIG, SIG_KEY, unwrap
 from pvelab.node_template import builder_hostname, template_key
 from pvelab.provider_types import check_all
@@ -181,3 +182,23 @@ def test_plan_knows_every_template_step(tpl):
     assert kinds["lab-ceph-install-pve1"] == "ceph-install@clone"
     assert any(k == "outer-template" for k in kinds.values()) and any(k == "vm:builder" for k in kinds.values())
     assert any(s.endswith("-convert") for s in plan.critical_path)
+
+
+def test_preflight_checks_that_the_storage_can_hold_linked_clones(serve, ca):
+    from ops_fixtures import FAST, TOKEN, outer_fake
+    from pvelab.ops.connect import outer_client
+    from pvelab.ops.preflight import run_preflight
+
+    fake = serve(outer_fake())
+    fake.storages["local"]["content"] += ",images"
+
+    def check(overrides):
+        spec = parse_spec(deep_merge(TEMPLATE_RAW(), overrides))
+        results = run_preflight(spec, outer_client(spec, fake.url, ca, FAST, token=TOKEN))
+        return next(r for r in results if r.name == "node template")
+
+    assert check({}).status == "pass"  # local-lvm: LVM-thin
+    bad = check({"outer": {"storage": "local"}})
+    assert bad.status == "fail" and "storage local is of type dir: no linked clones" in bad.detail
+    assert "template.linkedClones: false" in bad.fix
+    assert check({"outer": {"storage": "local"}, "template": {"linkedClones": False}}).status == "pass"
