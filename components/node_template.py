@@ -27,6 +27,8 @@ from .apt_proxy import apt_proxy_step
 from .node_step import NodeConnection, node_step
 
 TEMPLATE_TAG = "pve-lab-template"
+BUILDER_FROZEN = ["template", "started", "cpu", "memory", "disks", "networkDevices", "initialization", "agent",
+                  "tags", "onBoot", "poolId"]
 
 
 @dataclass
@@ -161,7 +163,9 @@ class NodeTemplate(pulumi.ComponentResource):
             purge_on_destroy=True,
             delete_unreferenced_disks_on_destroy=True,
             opts=pulumi.ResourceOptions(
-                parent=self, ignore_changes=["template", "started"],
+                # Once it is a template, the provider must not try to undo that (bpg refuses template -> VM) or
+                # start it, and its own settings no longer matter (clones set theirs): only a new key rebuilds.
+                parent=self, ignore_changes=BUILDER_FROZEN,
                 # with a fixed VMID the key lives in the description: a new key replaces the builder in place
                 replace_on_changes=["description"] if args.vm_id is not None else None,
                 delete_before_replace=args.vm_id is not None),

@@ -61,7 +61,8 @@ def test_the_template_is_built_in_order_on_one_builder(tpl):
     prefix = f"lab-template-{key}"
     builder = tpl.named(f"{prefix}-builder")
     assert builder.plain("vmId") is None  # PVE's next free id: a new key never collides with the old template
-    assert builder.options["ignoreChanges"] == ["template", "started"]
+    assert builder.options["ignoreChanges"][:2] == ["template", "started"]
+    assert {"memory", "cpu", "initialization", "networkDevices"} <= set(builder.options["ignoreChanges"])
     assert "pve-lab-template" in builder.plain("tags") and "pve-lab-node" not in builder.plain("tags")
     assert [d["interface"] for d in builder.plain("disks")] == ["scsi0"]
     assert builder.plain("stopOnDestroy") is True
@@ -130,6 +131,15 @@ def test_a_changed_release_or_script_is_a_new_template(monkeypatch):
     real = nt.script_text
     monkeypatch.setattr(nt, "script_text", lambda name: real(name) + ("# changed\n" if name == "node-seal" else ""))
     assert template_key(base) != before
+
+
+def test_a_size_change_keeps_the_template_but_not_the_clone_sizes():
+    a = evaluate_lab(TEMPLATE)
+    b = evaluate_lab({"nodes": {"source": "template", "memoryMiB": 12288}})
+    builder = lambda ev: next(r for r in ev.of_type(VM) if r.name.endswith("-builder"))  # noqa: E731
+    assert builder(a).name == builder(b).name  # same key: no new template
+    assert "memory" in builder(b).options["ignoreChanges"]  # the template itself is not touched
+    assert b.named("lab-pve1-vm").plain("memory")["dedicated"] == 12288
 
 
 def test_a_new_key_names_a_new_builder_resource():
