@@ -106,6 +106,9 @@ def boot_clone(n: FakeNode, hostname: str = "pve2", cloud_init_ran: bool = True)
     data["units"] = {u: v for u, v in data["units"].items() if not u.endswith(".timer")}
     for unit in data["units"].values():
         unit["active"] = unit["enabled"] in ("enabled", "static")
+    # pve-ha-manager's units need pmxcfs: at the clone's first boot they fail with it
+    for unit in ("pve-ha-lrm.service", "pve-ha-crm.service"):
+        data["units"][unit] = {"enabled": "enabled", "active": False}
     if not (root / "etc/machine-id").read_text().strip():
         (root / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n")
     if cloud_init_ran:
@@ -253,6 +256,8 @@ def test_a_clone_gets_its_own_identity_without_apt(builder):
     assert not [c for c in calls if c.startswith("apt-get")], "the clone must not download packages"
     assert not [c for c in calls if c.startswith("curl") and ".gpg" in c]
     assert "pvecm updatecerts --force" in calls
+    units = _debian.load(node.state, node.name)["units"]
+    assert units["pve-ha-lrm.service"]["active"] and units["pve-ha-crm.service"]["active"]
     restart_proxy = calls.index("systemctl restart pveproxy.service")
     assert calls.index("pvecm updatecerts --force") < restart_proxy
 

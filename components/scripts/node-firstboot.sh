@@ -19,6 +19,9 @@ POLL_S="${POLL_S:-5}"
 BUILDER_HOSTNAME="${BUILDER_HOSTNAME:-}"
 MARKER="/etc/pve-lab/sealed"
 API_URL="https://localhost:8006/"
+# The PVE services that read /etc/pve (pve-manager, pve-ha-manager units), in the order they start at boot.
+PVE_UNITS=(pvedaemon.service pveproxy.service spiceproxy.service pvestatd.service pve-firewall.service
+    pvescheduler.service pve-ha-lrm.service pve-ha-crm.service)
 REBUILD_HINT="The template was not sealed (or this VM is not a clone of it): rebuild the template (change its key or replace the builder), then re-create this node."
 
 require_env() {
@@ -174,10 +177,12 @@ step_pve() {
         systemctl restart pveproxy.service
         log "pveproxy restarted with the certificate for $NODE_HOSTNAME"
     fi
+    # Units that need pmxcfs failed at boot with it (HA's lrm and crm too): start every enabled one now.
     local unit
-    for unit in pvedaemon.service pveproxy.service; do
-        if ! systemctl is-active --quiet "$unit"; then
+    for unit in "${PVE_UNITS[@]}"; do
+        if systemctl is-enabled --quiet "$unit" 2>/dev/null && ! systemctl is-active --quiet "$unit"; then
             systemctl start "$unit"
+            log "started $unit"
         fi
     done
     log "pve done: /etc/pve and the node certificate belong to $NODE_HOSTNAME"
