@@ -179,6 +179,8 @@ def first_boot_steps(name: str, conn: NodeConnection, env: dict, template: Templ
     certificate, then `ready` (pveversion, API, a certificate for this name; fails on the builder's identity).
     The last step is named `-ready` like the apt path's, and prints the pveversion line."""
     t = spec.timeouts
+    # A clone of a new template keeps its VMID (the VM id): the template's VMID makes the steps run again.
+    triggers = [*triggers, template.vm_id]
     node_env = {k: env[k] for k in ("NODE_HOSTNAME", "NODE_FQDN", "NODE_IP")}
     node_env["BUILDER_HOSTNAME"] = template.builder_hostname
     # The first dial waits for the clone's first boot (cloud-init brings up SSH with the lab's key).

@@ -102,6 +102,8 @@ def test_nodes_are_linked_clones_that_get_their_identity_on_first_boot(tpl):
         steps = [tpl.named(f"lab-pve{i}-{s}") for s in ("identity", "prepare", "pve", "ready")]
         for earlier, later in zip(steps, steps[1:]):
             assert tpl.depends_on(later, earlier)
+        for step in steps:  # re-run on a clone of a new template, which keeps the node's VMID
+            assert unwrap(step.inputs["triggers"]) == [str(9099 + i), MOCK_NEXT_VMID]
         assert "node-firstboot.sh\" identity" in run_line(steps[0])
         assert "BUILDER_HOSTNAME=pvelab-builder-" in run_line(steps[0])
         assert "install-pve.sh\" prepare" in run_line(steps[1])
