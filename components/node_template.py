@@ -14,7 +14,7 @@ conversion: `template` and `started` are ignored after create (bpg refuses templ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_command.local as local
@@ -45,6 +45,7 @@ class NodeTemplateArgs:
     # A fixed VMID (a class's template, which the students' stacks name in template.vmId): then a new key
     # replaces the builder in place, which PVE refuses while linked clones of it exist (take the class down first).
     vm_id: Optional[int] = None
+    after: Sequence[pulumi.Resource] = ()  # what the builder waits for (the class cache it fetches through)
 
 
 @dataclass
@@ -168,7 +169,7 @@ class NodeTemplate(pulumi.ComponentResource):
                 parent=self, ignore_changes=BUILDER_FROZEN,
                 # with a fixed VMID the key lives in the description: a new key replaces the builder in place
                 replace_on_changes=["description"] if args.vm_id is not None else None,
-                delete_before_replace=args.vm_id is not None),
+                delete_before_replace=args.vm_id is not None, depends_on=list(args.after) or None),
         )
 
 

@@ -93,3 +93,84 @@ def test_a_students_stack_builds_nothing_and_clones(plan):
     assert not [r for r in ev.records if "builder" in r.name or r.type == "command:local:Command"]
     assert not [r for r in ev.records if r.name.endswith("-finish")]
     assert leaked_secrets(ev) == []
+
+
+# ---------------------------------------------------------------- the class package cache
+
+CACHE = {"address": "10.100.255.10/24", "gateway": "10.100.255.1", "vlanTag": 1099}
+
+
+def cache_roster(cache=CACHE):
+    roster = template_roster()
+    from pvelab.classroom.class_cache import parse_class_cache
+
+    problems: list = []
+    roster.class_cache = parse_class_cache(cache, problems)
+    assert problems == []
+    return roster
+
+
+def test_every_lab_and_builder_fetches_through_the_class_cache():
+    plan = allocate(cache_roster())
+    assert plan.ok, plan.problems
+    assert all(st.lab["aptProxy"] == "http://10.100.255.10:3142" for st in plan.students)
+    assert all(b.lab["aptProxy"] == "http://10.100.255.10:3142" for b in plan.template_builds)
+    assert plan.cache_site.node == plan.students[0].outer_node
+
+
+def test_a_bad_class_cache_is_one_clear_error(tmp_path):
+    import yaml
+
+    from pvelab.classroom.roster import RosterError
+
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["classCache"] = {"address": "10.100.255.10", "gateway": "10.100.255.1", "colour": "red"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(RosterError) as err:
+        load_roster(path)
+    text = "\n".join(err.value.problems)
+    assert "roster.classCache.colour: unknown key" in text
+    assert "roster.classCache.address: '10.100.255.10' is not an address with its prefix" in text
+
+
+def test_the_images_stack_makes_the_cache_before_the_builders():
+    plan = allocate(cache_roster())
+    program = images_program(plan.image_downloads, "https://pve.example.internal:8006/", True, plan.template_builds,
+                             plan.cache_site)
+    records, outputs = run_inline(program, {IMAGES_TOKEN_KEY: TOKEN}, [IMAGES_TOKEN_KEY])
+    by_urn = {r.urn: r for r in records}
+    cache_vm = next(r for r in records if r.type == VM and "pve-lab-cache" in r.plain("tags"))
+    install = next(r for r in records if r.name == "class-cache-install")
+    assert cache_vm.plain("networkDevices")[0]["vlanId"] == 1099
+    assert cache_vm.plain("initialization")["ipConfigs"][0]["ipv4"]["address"] == "10.100.255.10/24"
+    assert 'cache-install.sh"' in unwrap(install.inputs["create"]).splitlines()[-1]
+    builders = [r for r in records if r.type == VM and "pve-lab-template" in r.plain("tags")]
+    assert builders and all(install.urn in b.dependencies for b in builders)
+    assert outputs["aptProxy"].value == "http://10.100.255.10:3142"
+    assert check_provider_types(records) == []
+    assert by_urn  # every record has a URN
+
+
+def test_cache_install_script_installs_once(tmp_path):
+    import sys
+
+    from node_runner import STANDIN_BIN, FakeNode, standin_log
+
+    sys.path.insert(0, str(STANDIN_BIN))
+    import _debian
+
+    node = FakeNode("class-cache", tmp_path / "state")
+    _debian.seed_fresh(node.state, node.name)
+    env = {"NODE_HOSTNAME": "class-cache", "DEADLINE_S": "3", "POLL_S": "0.02"}
+    r = node.run_script("cache-install", [], env)
+    assert r.returncode == 0, r.output
+    state = _debian.load(node.state, node.name)
+    assert "apt-cacher-ng" in state["packages"] and state["units"]["apt-cacher-ng.service"]["active"]
+    assert (node.root / "etc/apt-cacher-ng/zz-pve-lab.conf").read_text() == "Port: 3142\n"
+    before = len(standin_log(node.state))
+    assert node.run_script("cache-install", [], env).returncode == 0
+    again = [c for c in standin_log(node.state)[before:] if "apt-get" in c or "restart" in c]
+    assert again == []
+    r = node.run_script("cache-install", [], {**env, "NODE_HOSTNAME": "pve1"})
+    assert r.returncode == 1 and "this machine is named 'class-cache'" in r.stderr

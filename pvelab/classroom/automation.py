@@ -162,7 +162,7 @@ def check_downloads(downloads: Sequence[ImageDownloadLike]) -> list[str]:
 
 
 def images_program(downloads: Sequence[ImageDownloadLike], endpoint: str, insecure: bool = False,
-                   template_builds: Sequence[Any] = ()) -> Callable[[], None]:
+                   template_builds: Sequence[Any] = (), cache_site: Any = None) -> Callable[[], None]:
     """The inline Pulumi program of the class-images stack: one FileLegacy per (node, storage, file).
 
     The outer provider is built from the class's outer endpoint and the API token, which is read from the
@@ -194,10 +194,11 @@ def images_program(downloads: Sequence[ImageDownloadLike], endpoint: str, insecu
             )
             files[f"{d.node}/{d.file_id}"] = image.id
         pulumi.export("fileIds", files)
-        if template_builds:
-            from .class_templates import build_class_templates
+        if template_builds or cache_site is not None:
+            from .class_templates import build_class_extras
 
-            pulumi.export("templateVmIds", build_class_templates(template_builds, files, token, outer))
+            for key, value in build_class_extras(template_builds, cache_site, files, token, outer).items():
+                pulumi.export(key, value)
 
     return program
 
@@ -232,13 +233,14 @@ class ClassImagesBackend:
 
     def __init__(self, downloads: Sequence[ImageDownloadLike], endpoint: str, insecure: bool = False,
                  work_dir: Path = CLASS_WORK_DIR, which: Optional[Callable[[str], Optional[str]]] = None,
-                 template_builds: Sequence[Any] = ()):
+                 template_builds: Sequence[Any] = (), cache_site: Any = None):
         require_pulumi_cli(which)
         problems = check_downloads(downloads)
         if problems:
             raise ValueError("; ".join(problems))
         self.downloads = list(downloads)
         self.template_builds = list(template_builds)
+        self.cache_site = cache_site
         self.endpoint, self.insecure = endpoint, insecure
         self.work_dir = Path(work_dir)
 
@@ -249,7 +251,7 @@ class ClassImagesBackend:
         open_stack = auto.create_or_select_stack if create else auto.select_stack
         return open_stack(stack_name=job.stack, project_name=CLASS_PROJECT,
                           program=images_program(self.downloads, self.endpoint, self.insecure,
-                                                 self.template_builds), opts=opts)
+                                                 self.template_builds, self.cache_site), opts=opts)
 
     def up(self, job: StackJob, on_output: Callable[[str], None]) -> None:
         with _WORKSPACE_LOCK:

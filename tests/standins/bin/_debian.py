@@ -54,6 +54,7 @@ PACKAGE_EFFECTS = {
     "postfix": {"units": ["postfix.service"]},
     "open-iscsi": {"units": ["iscsid.service"]},
     "qemu-guest-agent": {"units": ["qemu-guest-agent.service"], "static": True},
+    "apt-cacher-ng": {"units": ["apt-cacher-ng.service"]},  # the class cache (cache-install.sh)
 }
 
 
