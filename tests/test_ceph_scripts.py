@@ -26,6 +26,7 @@ from standin_lib import arm_fault  # noqa: E402
 NODES = ("pve1", "pve2", "pve3")
 NETWORK = "10.10.10.0/24"
 FAST = {"DEADLINE_S": "3", "POLL_S": "0.02"}
+SUCCESS_DEADLINE_S = "60"  # for steps a test expects to succeed (they end as soon as they are done)
 MEMORY_TARGET = str(1536 * 1024 * 1024)
 KERNEL_NAMES = ("sdb", "sdc", "sdd")
 MUTATING = re.compile(r": (pveceph |apt-get |ceph .*config set)")
@@ -89,11 +90,13 @@ def full_run(nodes: dict[str, FakeNode], disks: int = 1, snapshot: Path | None =
         results["init"] = ok(init(nodes["pve1"]))
         if snapshot is not None:
             shutil.copytree(nodes["pve1"].state, snapshot, symlinks=True)
+        # Every step here must succeed: a deadline far above FAST's, so that a loaded test machine (three
+        # stand-in processes at once) never kills a bounded pveceph call that is merely slow.
         for name, n in nodes.items():
-            results[f"mon-{name}"] = ok(mon(n))
-        for name, r in zip(nodes, pool.map(lambda n: osd(n, disks), nodes.values())):
+            results[f"mon-{name}"] = ok(mon(n, DEADLINE_S=SUCCESS_DEADLINE_S))
+        for name, r in zip(nodes, pool.map(lambda n: osd(n, disks, DEADLINE_S=SUCCESS_DEADLINE_S), nodes.values())):
             results[f"osd-{name}"] = ok(r)
-    results["health"] = ok(health(nodes["pve1"], osds=3 * disks))
+    results["health"] = ok(health(nodes["pve1"], osds=3 * disks, DEADLINE_S=SUCCESS_DEADLINE_S))
     return results
 
 

@@ -213,8 +213,8 @@ def test_the_programs_evict_and_join_commands_rejoin_a_rebuilt_node(default_lab,
     changed = {r.name for r in rebuilt.records if r.type == "command:remote:Command"
                and unwrap(r.inputs.get("triggers")) != unwrap(default_lab.named(r.name).inputs.get("triggers"))}
     # every step of pve3 re-runs, plus the cluster/Ceph checks over all nodes; nothing of pve1/pve2 does
-    assert changed == {"lab-pve3-scripts", "lab-pve3-prepare", "lab-pve3-reboot", "lab-pve3-finish", "lab-pve3-ready",
-                       "lab-pve3-network",
+    assert changed == {"lab-pve3-scripts", "lab-pve3-apt-proxy", "lab-pve3-prepare", "lab-pve3-reboot",
+                       "lab-pve3-finish", "lab-pve3-ready", "lab-pve3-network",
                        "lab-cluster-evict-pve3", "lab-cluster-join-pve3", "lab-cluster-quorum",
                        "lab-ceph-install-pve3", "lab-ceph-mon-pve3", "lab-ceph-osd-pve3", "lab-ceph-health"}
     _cluster.rebuild_node(state, "pve3")

@@ -161,23 +161,28 @@ def test_cluster_joins_form_a_chain_after_create(default_lab):
     assert "CLUSTER_NAME=pve-lab" in command_text(create) and "LINK0=10.10.10.11" in command_text(create)
 
 
-def test_ceph_starts_after_quorum_and_serializes_monitors(default_lab):
+def test_ceph_install_overlaps_cluster_forming_and_osds_follow_the_first_monitor(default_lab):
     ev = default_lab
-    quorum = ev.named("lab-cluster-quorum")
+    quorum, create = ev.named("lab-cluster-quorum"), ev.named("lab-cluster-create")
     for n in NODES:
-        assert ev.depends_on(ev.named(f"lab-ceph-install-{n}"), quorum)
+        install = ev.named(f"lab-ceph-install-{n}")
+        assert ev.depends_on(install, ev.named(f"lab-{n}-ready"))
+        # pveceph install needs no cluster: it runs while the cluster forms
+        assert not ev.depends_on(install, quorum) and not ev.depends_on(install, create)
     init = ev.named("lab-ceph-init")
+    assert ev.depends_on(init, quorum) and all(ev.depends_on(init, ev.named(f"lab-ceph-install-{n}")) for n in NODES)
     mons = [ev.named(f"lab-ceph-mon-{n}") for n in NODES]
     assert ev.depends_on(mons[0], init)
     assert ev.depends_on(mons[1], mons[0]) and ev.depends_on(mons[2], mons[1])
     osds = [ev.named(f"lab-ceph-osd-{n}") for n in NODES]
     for a in osds:
-        assert ev.depends_on(a, mons[2])
+        assert ev.depends_on(a, mons[0])
+        assert not ev.depends_on(a, mons[1]), "OSDs start once the first monitor is in quorum"
         for b in osds:
             if a is not b:
                 assert not ev.depends_on(a, b), "OSDs on different nodes can be created at once"
     health, pool = ev.named("lab-ceph-health"), ev.named("lab-ceph-pool")
-    assert all(ev.depends_on(health, o) for o in osds)
+    assert all(ev.depends_on(health, o) for o in osds) and ev.depends_on(health, mons[2])
     assert ev.depends_on(pool, health)
     assert "OSD_SERIALS=pvelab-osd0" in command_text(osds[0])
     # ceph-osd finds disks by serial: lib/disks.sh reaches every node in its scripts step, before the OSD step;

@@ -29,7 +29,7 @@ from pvelab.evaluate import (MOCK_PRIVATE_KEY, MOCK_ROOT_PASSWORD, PLACEHOLDER_S
                              Evaluation, Record)
 
 from pvelab.policy_rules import check_lab_sanity
-from .durations import HA_FAILOVER_S, duration_for
+from .durations import HA_FAILOVER_S, STEP_DURATIONS, duration_for
 
 COMMAND = "command:remote:Command"
 VM = "proxmoxve:index/vmLegacy:VmLegacy"
@@ -512,6 +512,12 @@ COMMAND_TITLES = {
     "install-pve:finish": ("install", "install PVE: proxmox-ve"),
     "install-pve:ready": ("install", "install PVE: ready"),
     "node-network": ("install", "network: address on vmbr0"),
+    "install-pve:prepare@clone": ("install", "clone: /etc/hosts (nothing to install)"),
+    "node-firstboot:identity": ("install", "clone: own name, machine-id, SSH keys"),
+    "node-firstboot:pve": ("install", "clone: pmxcfs + node certificate"),
+    "node-firstboot:ready": ("install", "clone: ready (identity, API)"),
+    "apt-proxy": ("install", "apt proxy setting (aptProxy)"),
+    "node-seal": ("template", "seal the builder (no identity left), power off"),
     "cluster-create": ("cluster", "pvecm create {CLUSTER_NAME}"),
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
     "node-scripts": ("install", "ship the node scripts"),
@@ -535,6 +541,10 @@ class _Missing(dict):
 def _resource_title(r: Record, outer_vm: bool, parent: Optional[Record] = None) -> tuple[str, str, str]:
     """(kind, phase, title) of a non-command resource."""
     t = r.type
+    if t == VM and "pve-lab-template" in (_plain(r, "tags") or []):
+        return "vm:builder", "template", f"template builder VM {_plain(r, 'name') or ''}".strip()
+    if t == "command:local:Command" and r.name.endswith("-convert"):
+        return "outer-template", "template", "make the builder a template (outer API)"
     if t == VM:
         vmid, name = _int(_plain(r, "vmId")), _plain(r, "name") or ""
         if outer_vm:
@@ -679,6 +689,8 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
     steps: dict[str, Step] = {}
     parts_by_id: dict[str, CommandParts] = {}
     urn_to_id = {r.urn: r.name for r in step_records}
+    # Steps of a node cloned from the golden template take their own figures where the table has them.
+    cloned = {_plain(r, "name") or r.name for r in nested_vms if _plain(r, "clone")}
     for r in step_records:
         parent = graph.by_urn.get(r.parent)
         component = parent.name if parent else ""
@@ -699,6 +711,11 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
             kind, phase, title = _resource_title(r, r.urn in nested_urns, parent)
             detail = r.type
             lane = lane_for(r, None)
+        if lane in cloned and f"{kind}@clone" in STEP_DURATIONS:
+            kind = f"{kind}@clone"
+            if kind in COMMAND_TITLES:
+                phase, template = COMMAND_TITLES[kind]
+                title = template.format_map(_Missing(parts.env, osd_count=units))
         seconds, entry, is_default = duration_for(kind, units)
         steps[r.name] = Step(id=r.name, title=title, lane=lane, kind=kind, phase=phase, resource_type=r.type,
                              component=component, detail=detail, estimate_s=seconds,
