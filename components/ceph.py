@@ -1,8 +1,11 @@
 """CephCluster: Ceph on the nested cluster, after quorum, and a replicated pool registered as VM storage.
 
-install (every node, in parallel) -> init (first node) -> MON+MGR (one node at a time: concurrent monitor
-creation hits the ceph_conf lock) -> OSDs (every node in parallel, one per data disk) -> health wait ->
-the pool, through the provider pointed at the nested cluster's API (not shell).
+install (every node, right after its PVE install: in parallel with cluster formation, it needs no cluster)
+-> init (first node, once the cluster is quorate) -> MON+MGR (one node at a time: concurrent monitor
+creation hits the ceph_conf lock) ; OSDs (every node in parallel, one per data disk, as soon as the first
+monitor is in quorum: `ceph-volume` only needs a monitor for the bootstrap-osd key and the OSD map) ->
+health wait (after every OSD and the last monitor) -> the pool, through the provider pointed at the nested
+cluster's API (not shell). Every node's steps are keyed on its VM instance: a rebuilt node gets them again.
 The pool lives inside the nested cluster: it is deleted with the cluster (deleted_with), so destroying the
 lab never waits on a nested API that may be down; it dies with the nested nodes' VMs (README "Destroy").
 """
@@ -17,7 +20,7 @@ import pulumi_proxmoxve as proxmoxve
 from pvelab.spec import LabSpec
 
 from .cluster import ClusterMember
-from .nested_node import osd_device_paths
+from .nested_node import osd_serials
 from .node_step import node_step
 
 POLL_S = 5
@@ -47,8 +50,8 @@ class CephCluster(pulumi.ComponentResource):
         installs = [
             node_step(f"{name}-install-{m.connection.hostname}", m.connection, "ceph-install", parent=self,
                       env={"CEPH_RELEASE": ceph.release, "CEPH_REPOSITORY": ceph.repository,
-                           "NODE_NAME": m.connection.hostname},
-                      depends_on=[args.quorate], triggers=[m.connection.instance])
+                           "NODE_NAME": m.connection.hostname, "DEADLINE_S": spec.timeouts.install_s},
+                      depends_on=[m.ready], triggers=[m.connection.instance])
             for m in members
         ]
         cluster_network = None
@@ -57,8 +60,8 @@ class CephCluster(pulumi.ComponentResource):
         osd_memory = ceph.osd_memory_target_mib * MIB
         init = node_step(f"{name}-init", first.connection, "ceph-init", parent=self,
                          env={"CEPH_NETWORK": spec.ceph_network, "CEPH_CLUSTER_NETWORK": cluster_network,
-                              "NODE_NAME": first.connection.hostname},
-                         depends_on=installs)
+                              "NODE_NAME": first.connection.hostname, "DEADLINE_S": STEP_DEADLINE_S},
+                         depends_on=[*installs, args.quorate])
         # osd_memory_target goes to the monitors' config database, so the monitor step sets it (init has none yet).
         previous: pulumi.Resource = init
         self.monitors = []
@@ -70,19 +73,19 @@ class CephCluster(pulumi.ComponentResource):
                             depends_on=[previous], triggers=[m.connection.instance])
             self.monitors.append(mon)
             previous = mon
-        devices = " ".join(osd_device_paths(spec))
+        serials = " ".join(osd_serials(spec))
         self.osds = [
             node_step(f"{name}-osd-{m.connection.hostname}", m.connection, "ceph-osd", parent=self,
-                      env={"NODE_NAME": m.connection.hostname, "OSD_DEVICES": devices,
+                      env={"NODE_NAME": m.connection.hostname, "OSD_SERIALS": serials,
                            "DEADLINE_S": STEP_DEADLINE_S, "POLL_S": POLL_S},
-                      depends_on=[self.monitors[-1]], triggers=[m.connection.instance])
+                      depends_on=[self.monitors[0]], triggers=[m.connection.instance])
             for m in members
         ]
         self.healthy = node_step(
             f"{name}-health", first.connection, "ceph-health", parent=self,
             env={"EXPECTED_OSDS": len(members) * spec.nodes.ceph_disks, "EXPECTED_MONS": len(members),
                  "DEADLINE_S": ceph.health_timeout_s, "POLL_S": POLL_S, "NODE_NAME": first.connection.hostname},
-            depends_on=self.osds,
+            depends_on=[*self.osds, self.monitors[-1]],
             triggers=[m.connection.instance for m in members],
         )
         self.health_text = self.healthy.stdout.apply(lambda s: (s or "").strip())

@@ -15,6 +15,8 @@ import pulumi_proxmoxve as proxmoxve
 
 from pvelab.spec import LabSpec
 
+from .nested_node import GUEST_BRIDGE
+
 
 @dataclass
 class HaTestVmsArgs:
@@ -61,6 +63,10 @@ class HaTestVms(pulumi.ComponentResource):
                 # The disk on Ceph is what lets any node start this VM.
                 disks=[proxmoxve.VmLegacyDiskArgs(interface="scsi0", datastore_id=args.storage_id,
                                                   size=ha.test_vm_disk_gib, file_format="raw", iothread=True)],
+                # A NIC on the nodes' bridge, as a student's VM would have: it must exist on every node
+                # the VM may move to (node-network.sh makes vmbr0 on each).
+                network_devices=[proxmoxve.VmLegacyNetworkDeviceArgs(bridge=GUEST_BRIDGE, model="virtio",
+                                                                      firewall=False)],
                 operating_system=proxmoxve.VmLegacyOperatingSystemArgs(type="l26"),
                 serial_devices=[proxmoxve.VmLegacySerialDeviceArgs(device="socket")],
                 # HA starts and moves it; the provider must not fight the HA manager over its state or node.

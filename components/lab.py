@@ -29,7 +29,8 @@ from .qdevice import QDevice, QDeviceArgs
 class PveLabArgs:
     spec: LabSpec
     credentials: LabCredentialsArgs
-    # For the rolling restart (it reboots node VMs through the outer API); without it, no rolling restart.
+    # A secret. The rolling restart reboots node VMs through the outer API with it (without it, no rolling
+    # restart); the template path's local conversion step needs it too.
     outer_api_token: Optional[pulumi.Input[str]] = None
 
 
@@ -52,13 +53,14 @@ class PveLab(pulumi.ComponentResource):
         image_file_id = self._image(name, spec)
 
         creds = self.credentials
+        self.template = self._template(name, args, image_file_id, bridge, vlan_tag, pool_id)
         self.nodes = [
             NestedPveNode(
                 f"{name}-{plan.hostname}",
                 NestedPveNodeArgs(spec=spec, plan=plan, image_file_id=image_file_id,
                                   root_password=creds.root_password, ssh_private_key=creds.ssh_private_key,
                                   ssh_public_key=creds.ssh_public_key, bridge=bridge, vlan_tag=vlan_tag,
-                                  pool_id=pool_id),
+                                  pool_id=pool_id, template=self.template),
                 opts=child,
             )
             for plan in spec.node_plans
@@ -120,6 +122,25 @@ class PveLab(pulumi.ComponentResource):
             spec=spec, plan=plan, members=members, quorate=self.cluster.quorate, image_file_id=image_file_id,
             ssh_private_key=creds.ssh_private_key, ssh_public_key=creds.ssh_public_key, bridge=bridge,
             vlan_tag=vlan_tag, pool_id=pool_id), opts=pulumi.ResourceOptions(parent=self))
+
+    def _template(self, name, args: PveLabArgs, image_file_id, bridge, vlan_tag, pool_id):
+        """nodes.source template: the golden node template the nodes are cloned from (None: the apt path)."""
+        spec = args.spec
+        if spec.nodes.source != "template":
+            return None
+        from .node_template import NodeTemplate, NodeTemplateArgs, TemplateRef
+
+        if spec.template.vm_id is not None:  # made elsewhere (the class-images stack); its seal marker names its builder
+            return TemplateRef(vm_id=pulumi.Output.from_input(spec.template.vm_id), key="", builder_hostname="",
+                               linked=spec.template.linked_clones)
+
+        creds = self.credentials
+        self.node_template = NodeTemplate(f"{name}-template", NodeTemplateArgs(
+            spec=spec, image_file_id=image_file_id, root_password=creds.root_password,
+            ssh_private_key=creds.ssh_private_key, ssh_public_key=creds.ssh_public_key,
+            outer_api_token=args.outer_api_token, bridge=bridge, vlan_tag=vlan_tag, pool_id=pool_id),
+            opts=pulumi.ResourceOptions(parent=self))
+        return self.node_template.ref()
 
     def _image(self, name: str, spec: LabSpec) -> pulumi.Input[str]:
         """The Debian cloud image on the outer host: downloaded once per lab, or one shared by a class."""

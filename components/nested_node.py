@@ -1,28 +1,50 @@
 """NestedPveNode: one VM on the outer host with nested virtualization, and PVE 9 installed in it over SSH.
 
-Steps (each a remote.Command, each idempotent; see components/scripts/install-pve.sh):
-scripts (every node script shipped to the node once) -> prepare (hosts, NTP, repo, kernel) -> reboot (only when not yet on the PVE kernel) -> finish
-(proxmox-ve, Debian kernel removed) -> ready (polls pveversion and the API on 8006 with a deadline).
+Steps (each a remote.Command, each idempotent, each keyed on the VM instance; see components/scripts/):
+scripts (every node script and lib/*.sh shipped to the node once), then
+- apt path (nodes.source: apt, install-pve.sh): apt-proxy (apt.conf.d, before any apt run) -> prepare (hosts,
+  NTP, repo, kernel) -> reboot (only when not yet on the PVE kernel) -> finish (proxmox-ve, Debian kernel
+  removed) -> ready (polls pveversion and the API on 8006 with a deadline);
+- template path (nodes.source: template, a clone of components/node_template.py's template): identity ->
+  apt-proxy -> prepare (/etc/hosts only) -> pve -> ready (node-firstboot.sh);
+then on both: network (components/scripts/node-network.sh: the node's address on vmbr0, for nested guests' NICs).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pulumi
 import pulumi_proxmoxve as proxmoxve
 
 from pvelab.spec import LabSpec, NodePlan
 
+from .apt_proxy import apt_proxy_step
 from .node_step import NodeConnection, node_scripts, node_step
 
+if TYPE_CHECKING:
+    from .node_template import TemplateRef
+
 DISK_INTERFACE = "scsi"
+# The bridge node-network.sh puts each node's address on: nested guests' NICs attach to it.
+GUEST_BRIDGE = "vmbr0"
 OSD_SERIAL_PREFIX = "pvelab-osd"
 
 
-def osd_device_paths(spec: LabSpec) -> list[str]:
-    """Stable paths of the Ceph data disks inside a nested node (virtio-scsi disks with a serial)."""
-    return [f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_{OSD_SERIAL_PREFIX}{k}" for k in range(spec.nodes.ceph_disks)]
+def network_env(spec: LabSpec, plan: NodePlan) -> dict[str, object]:
+    """node-network.sh's variables: the node's address and gateway, the link1 address, DNS."""
+    env: dict[str, object] = {"NODE_IP": plan.ip, "NODE_PREFIX": plan.cidr_address.split("/")[1],
+                              "GATEWAY": spec.network.gateway, "DNS_SERVERS": " ".join(spec.network.dns),
+                              "SEARCH_DOMAIN": spec.cluster.domain}
+    if spec.network.link1 is not None and plan.link1_ip:
+        env.update(LINK1_IP=plan.link1_ip, LINK1_PREFIX=spec.network.link1.cidr.split("/")[1])
+    return env
+
+
+def osd_serials(spec: LabSpec) -> list[str]:
+    """The serials of the Ceph data disks (scsi1...). The node finds them by serial (lsblk), not by a
+    /dev/disk/by-id name: that name depends on the outer host's QEMU (components/scripts/lib/disks.sh)."""
+    return [f"{OSD_SERIAL_PREFIX}{k}" for k in range(spec.nodes.ceph_disks)]
 
 
 def instance_identity(vm: proxmoxve.VmLegacy) -> pulumi.Output[str]:
@@ -48,6 +70,8 @@ class NestedPveNodeArgs:
     bridge: pulumi.Input[str]
     vlan_tag: pulumi.Input[Optional[int]] = None
     pool_id: pulumi.Input[Optional[str]] = None
+    # nodes.source template: the VM is a clone of this template and gets its identity on first boot.
+    template: Optional["TemplateRef"] = None
 
 
 class NestedPveNode(pulumi.ComponentResource):
@@ -70,23 +94,26 @@ class NestedPveNode(pulumi.ComponentResource):
                "PVE_SUITE": "trixie" if spec.pve_version == 9 else "bookworm",
                "PVE_REPO_COMPONENT": spec.repository.component,
                "KEYRING_URL": spec.repository.keyring_url, "KEYRING_SHA256": spec.repository.keyring_sha256}
+        # Every step of this node is keyed on the VM instance (VMID/MAC): a rebuilt VM or a re-clone (a new
+        # template replaces the clone: qemu-server gives a clone new MACs) runs them all again, on both paths.
         triggers = [self.instance]
-        # The first dial waits for cloud-init to bring up SSH on a fresh VM.
+        # The first dial waits for cloud-init to bring up SSH on a fresh VM or on a clone's first boot.
         self.scripts = node_scripts(f"{name}-scripts", connection, parent=self, depends_on=[self.vm],
                                     triggers=triggers,
                                     dial_error_limit=max(10, t.ready_s // connection.per_dial_timeout))
         self.connection = replace(connection, scripts=self.scripts)
-        prepare = node_step(f"{name}-prepare", self.connection, "install-pve", parent=self, args=["prepare"],
-                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[self.vm], triggers=triggers)
-        reboot = node_step(f"{name}-reboot", self.connection, "install-pve", parent=self, args=["reboot"],
-                           env=env, depends_on=[prepare], triggers=triggers)
-        # The reboot step stops sshd before it reboots, so this dial waits for the node to come back.
-        finish = node_step(f"{name}-finish", self.connection, "install-pve", parent=self, args=["finish"],
-                           env={**env, "DEADLINE_S": t.install_s}, depends_on=[reboot], triggers=triggers,
-                           dial_error_limit=max(10, t.reboot_s // self.connection.per_dial_timeout))
-        self.ready = node_step(f"{name}-ready", self.connection, "install-pve", parent=self, args=["ready"],
-                               env={**env, "DEADLINE_S": t.ready_s}, depends_on=[finish], triggers=triggers)
-        self.pveversion = self.ready.stdout.apply(lambda s: (s or "").strip())
+        if args.template is not None:
+            from .node_template import first_boot_steps
+
+            installed = first_boot_steps(name, self.connection, env, args.template, spec, parent=self,
+                                         depends_on=[self.vm], triggers=triggers)
+        else:
+            installed = self._install_steps(name, env, spec, triggers)
+        self.pveversion = installed.stdout.apply(lambda s: (s or "").strip())
+        # Everything after the install (cluster, Ceph, HA) waits for the node's final network: vmbr0. Both
+        # paths end here, so the cluster/Ceph/HA graph after the nodes is the same.
+        self.ready = node_step(f"{name}-network", self.connection, "node-network", parent=self,
+                               env=network_env(spec, plan), depends_on=[installed], triggers=triggers)
         self.hostname = pulumi.Output.from_input(plan.hostname)
         self.ip = pulumi.Output.from_input(plan.ip)
         self.register_outputs({
@@ -94,11 +121,28 @@ class NestedPveNode(pulumi.ComponentResource):
             "ssh_command": plan.ssh_command, "pveversion": self.pveversion,
         })
 
+    def _install_steps(self, name: str, env: dict, spec: LabSpec, triggers: list) -> pulumi.Resource:
+        t = spec.timeouts
+        # apt's proxy setting before any apt run (the scripts step made the first dial).
+        proxy = apt_proxy_step(name, self.connection, spec, parent=self, depends_on=[self.vm], triggers=triggers)
+        prepare = node_step(f"{name}-prepare", self.connection, "install-pve", parent=self, args=["prepare"],
+                            env={**env, "DEADLINE_S": t.install_s}, depends_on=[proxy], triggers=triggers)
+        reboot = node_step(f"{name}-reboot", self.connection, "install-pve", parent=self, args=["reboot"],
+                           env=env, depends_on=[prepare], triggers=triggers)
+        # The reboot step stops sshd before it reboots, so this dial waits for the node to come back.
+        finish = node_step(f"{name}-finish", self.connection, "install-pve", parent=self, args=["finish"],
+                           env={**env, "DEADLINE_S": t.install_s}, depends_on=[reboot], triggers=triggers,
+                           dial_error_limit=max(10, t.reboot_s // self.connection.per_dial_timeout))
+        return node_step(f"{name}-ready", self.connection, "install-pve", parent=self, args=["ready"],
+                         env={**env, "DEADLINE_S": t.ready_s}, depends_on=[finish], triggers=triggers)
+
     def _vm(self, name: str, args: NestedPveNodeArgs) -> proxmoxve.VmLegacy:
         spec, plan, n = args.spec, args.plan, args.spec.nodes
         storage = spec.outer.storage
+        template = args.template
         disks = [proxmoxve.VmLegacyDiskArgs(
-            interface=f"{DISK_INTERFACE}0", datastore_id=storage, import_from=args.image_file_id,
+            interface=f"{DISK_INTERFACE}0", datastore_id=storage,
+            import_from=args.image_file_id if template is None else None,
             size=n.system_disk_gib, discard="on", iothread=True, ssd=True, file_format="raw",
         )]
         for k in range(n.ceph_disks):
@@ -155,6 +199,9 @@ class NestedPveNode(pulumi.ComponentResource):
                 user_account=proxmoxve.VmLegacyInitializationUserAccountArgs(
                     username="root", keys=[args.ssh_public_key], password=args.root_password),
             ),
+            # A linked clone shares the template's base volume (LVM-thin, ZFS, Ceph, qcow2); a full one copies it.
+            clone=proxmoxve.VmLegacyCloneArgs(vm_id=template.vm_id, full=not template.linked, node_name=spec.outer.node)
+            if template is not None else None,
             on_boot=True,
             started=True,
             # Never power-cycle a node on an update (bpg reboots by default when a change needs it): all nodes
@@ -164,6 +211,8 @@ class NestedPveNode(pulumi.ComponentResource):
             stop_on_destroy=True,
             purge_on_destroy=True,
             delete_unreferenced_disks_on_destroy=True,
-            # The replacement has the same VMID: the old VM must be gone before it is created.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            # The replacement has the same VMID (a rebuilt node, a clone of a new template): the old VM must be
+            # gone before it is created. A clone waits for its template.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                        depends_on=[template.ready] if template is not None and template.ready else None),
         )

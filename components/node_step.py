@@ -103,7 +103,7 @@ def node_scripts(
     triggers: Sequence[pulumi.Input] = (),
     dial_error_limit: Optional[int] = None,
 ) -> remote.Command:
-    """The step that writes every node script and lib/common.sh to `$HOME/pve-lab/` on one node.
+    """The step that writes every node script and every lib/*.sh (common.sh, disks.sh) to `$HOME/pve-lab/` on one node.
 
     The scripts' text is the step's stdin (its `create` is one line with the bundle's digest), so editing a
     script re-runs it (an update) on the next `up`: the node gets the new scripts, and the steps that already

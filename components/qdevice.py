@@ -6,12 +6,12 @@ corosync.conf and starts corosync-qdevice everywhere. That command logs in to th
 the first node's /root/.ssh/id_rsa (ssh-copy-id, then ssh/scp in BatchMode), so the first node's public key
 is authorized on the QDevice VM and its host key is pinned in the cluster's known_hosts first.
 Steps (each idempotent, see components/scripts/qdevice-*.sh):
-  first node: pubkey -> QDevice VM: qnetd (install, authorize the key, print the host key)
+  first node: pubkey -> QDevice VM: scripts, apt-proxy, qnetd (install, authorize the key, print the host key)
   every node: packages -> first node: setup (after qnetd and all packages), verified with `pvecm status`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import pulumi
@@ -21,7 +21,8 @@ from pvelab.qdevice import QDEVICE_CORES, QDEVICE_DISK_GIB, QDEVICE_MEMORY_MIB, 
 from pvelab.spec import LabSpec
 
 from .cluster import ClusterMember
-from .node_step import NodeConnection, node_step
+from .apt_proxy import apt_proxy_step
+from .node_step import NodeConnection, node_scripts, node_step
 
 POLL_S = 5
 
@@ -47,17 +48,23 @@ class QDevice(pulumi.ComponentResource):
         first = members[0]
         deadline = spec.timeouts.quorum_s
         self.vm = self._vm(name, args)
-        self.connection = NodeConnection(plan.hostname, plan.ip, args.ssh_private_key)
+        connection = NodeConnection(plan.hostname, plan.ip, args.ssh_private_key)
+        # The QNetd VM gets the node scripts like a node (its qnetd step is one line that runs one of them).
+        # The first dial waits for cloud-init to bring up SSH on the fresh VM.
+        self.scripts = node_scripts(f"{name}-scripts", connection, parent=self, depends_on=[self.vm],
+                                    triggers=[self.vm.id],
+                                    dial_error_limit=max(10, spec.timeouts.ready_s // connection.per_dial_timeout))
+        self.connection = replace(connection, scripts=self.scripts)
 
         self.pubkey = node_step(f"{name}-pubkey", first.connection, "qdevice-setup", parent=self, args=["pubkey"],
                                 depends_on=[args.quorate])
         first_key = self.pubkey.stdout.apply(lambda s: (s or "").strip())
-        # The first dial waits for cloud-init to bring up SSH on the fresh VM.
+        # corosync-qnetd comes through the class's package cache too (aptProxy), like every node's packages.
+        proxy = apt_proxy_step(name, self.connection, spec, parent=self, depends_on=[self.vm], triggers=[self.vm.id])
         self.qnetd = node_step(
             f"{name}-qnetd", self.connection, "qdevice-qnetd", parent=self,
             env={"AUTHORIZED_KEY": first_key, "DEADLINE_S": spec.timeouts.install_s, "POLL_S": POLL_S},
-            depends_on=[self.vm, self.pubkey], triggers=[self.vm.id],
-            dial_error_limit=max(10, spec.timeouts.ready_s // self.connection.per_dial_timeout))
+            depends_on=[self.vm, self.pubkey, proxy], triggers=[self.vm.id])
         host_key = self.qnetd.stdout.apply(lambda s: (s or "").strip())
         self.packages = [
             node_step(f"{name}-packages-{m.connection.hostname}", m.connection, "qdevice-setup", parent=self,

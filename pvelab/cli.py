@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "pvelab.plan.cli",  # plan: the lab offline, as text, JSON and a picture
     "pvelab.classroom.cli",  # classroom plan|render|up|down
     "pvelab.ops.cli",  # preflight, status, drill
+    "pvelab.ops.reset_cli",  # baseline, reset
 )
 
 

@@ -39,6 +39,7 @@ PLACEHOLDER_SECRETS = {
 MOCK_ROOT_PASSWORD = "Mock-Root-Pw-7f3a9c2e"
 MOCK_PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nbW9jay1wcml2YXRlLWtleS1mb3ItdGVzdHM=\n-----END OPENSSH PRIVATE KEY-----\n"
 MOCK_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockPublicKeyForPveLabTests pve-lab"
+MOCK_NEXT_VMID = 199  # what /cluster/nextid would hand out to a VM created without a VMID
 MOCK_FINGERPRINT = ":".join(f"{(i * 37) % 256:02X}" for i in range(32))
 
 
@@ -97,7 +98,9 @@ class LabMocks(pulumi_mocks.Mocks):
         state = dict(inputs)
         rid = f"{args.name}-id"
         if t == "proxmoxve:index/vmLegacy:VmLegacy":
-            rid = str(int(unwrap(inputs.get("vmId", 100))))
+            # No vmId (the template builder): the provider takes PVE's next free id.
+            rid = str(int(unwrap(inputs.get("vmId", MOCK_NEXT_VMID))))
+            state.setdefault("vmId", int(rid))
             # bpg fills each NIC's MAC address (a new one for every VM it creates).
             state["networkDevices"] = [{**d, "macAddress": mock_mac(args.name, i)}
                                        for i, d in enumerate(inputs.get("networkDevices") or [])]
@@ -110,7 +113,7 @@ class LabMocks(pulumi_mocks.Mocks):
         elif t == "tls:index/privateKey:PrivateKey":
             state.update(privateKeyOpenssh=MOCK_PRIVATE_KEY, publicKeyOpenssh=MOCK_PUBLIC_KEY + "\n",
                          privateKeyPem=MOCK_PRIVATE_KEY, publicKeyPem="mock")
-        elif t == "command:remote:Command":
+        elif t in ("command:remote:Command", "command:local:Command"):
             state.update(stdout=mock_stdout(args.name), stderr="")
         return rid, state
 
@@ -145,6 +148,8 @@ def mock_stdout(name: str) -> str:
                 "Quorum information\n------------------\nNodes:            3\nQuorate:          Yes\n")
     if name.endswith("-ready"):
         return "pve-manager/9.1.1/42db4a6cf33dac83 (running kernel: 6.17.2-1-pve)\n"
+    if name.endswith("-convert"):  # outer-template.sh prints the template's VMID
+        return f"{MOCK_NEXT_VMID}\n"
     if name.endswith("-health"):
         return "  cluster:\n    health: HEALTH_OK\n"
     return ""

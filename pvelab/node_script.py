@@ -5,17 +5,18 @@ strings with `bash -c` against the stand-ins (see components/scripts/README.md f
 
 Two kinds of steps per node:
 - the scripts step: `create` is `bundle_run_line()` (`bash -s -- pve-lab-scripts <digest>`), and its stdin is
-  `bundle_command()`, which writes every script and lib/common.sh to `$HOME/pve-lab/` (one step per node,
+  `bundle_command()`, which writes every script and every lib/*.sh to `$HOME/pve-lab/` (one step per node,
   re-run when a script changes; stdin is streamed, so the bundle's size is no SSH packet limit);
 - every other step: `run_command(name, args, env)`, one short line, `env K=V bash "$HOME/pve-lab/NAME.sh" ARGS`.
 pulumi-command prints a failed step's whole command text before its output
 (pulumi-command provider/pkg/provider/remote/commandOutputs.go: `running %q`), so the steps that can fail
 carry only that line, not the script text.
-`script_command()` (library + one script + run line in one command) stays for running a script by hand.
+`script_command()` (the libraries a script sources + the script + its run line in one command) stays for running a script by hand.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,6 +24,9 @@ from typing import Mapping, Sequence
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "components" / "scripts"
 # The helpers every script sources from its own folder; written next to the scripts on the node.
 LIBRARY = "lib/common.sh"
+# Other libraries (lib/disks.sh): the scripts step ships every lib/*.sh; `script_command` writes only those a
+# script sources.
+SOURCED_LIBRARY_RE = re.compile(r'^\s*source\s+"\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)/(lib/[A-Za-z0-9_-]+\.sh)"', re.M)
 HEREDOC_MARK = "PVE_LAB_EOF"
 REMOTE_DIR = "$HOME/pve-lab"  # on the node; quoted where used, the shell expands $HOME
 
@@ -38,13 +42,20 @@ def script_text(name: str) -> str:
     return _heredoc_safe_text(SCRIPTS_DIR / f"{name}.sh")
 
 
-def library_text() -> str:
-    return _heredoc_safe_text(SCRIPTS_DIR / LIBRARY)
+def library_text(library: str = LIBRARY) -> str:
+    return _heredoc_safe_text(SCRIPTS_DIR / library)
+
+
+def libraries_of(text: str) -> list[str]:
+    """lib/common.sh, then every other lib/*.sh the script sources, in the order it sources them."""
+    return [LIBRARY] + [lib for lib in dict.fromkeys(SOURCED_LIBRARY_RE.findall(text)) if lib != LIBRARY]
 
 
 def bundle_files() -> dict[str, str]:
-    """{path under $HOME/pve-lab: text} of every node script and the shared library, sorted by path."""
-    files = {LIBRARY: library_text()}
+    """{path under $HOME/pve-lab: text} of every node script and every lib/*.sh, sorted by path."""
+    files = {}
+    for path in sorted((SCRIPTS_DIR / "lib").glob("*.sh")):
+        files[f"lib/{path.name}"] = _heredoc_safe_text(path)
     for path in sorted(SCRIPTS_DIR.glob("*.sh")):
         files[path.name] = _heredoc_safe_text(path)
     return dict(sorted(files.items()))
@@ -70,7 +81,7 @@ def _write_file_atomically(relative: str, text: str) -> str:
 
 
 def bundle_command(files: Mapping[str, str] | None = None) -> str:
-    """The command that writes every script and the library to the node's `$HOME/pve-lab/` folder."""
+    """The command that writes every script and every lib/*.sh to the node's `$HOME/pve-lab/` folder."""
     files = dict(files or bundle_files())
     folders = sorted({str(Path(p).parent) for p in files if str(Path(p).parent) != "."})
     mkdirs = " ".join(f'"{REMOTE_DIR}/{d}"' for d in folders) or f'"{REMOTE_DIR}"'
@@ -97,13 +108,13 @@ def run_command(name: str, args: Sequence[str] = (), env: Mapping[str, str] | No
 
 
 def script_command(name: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> str:
-    """One self-contained command: writes `<name>.sh` and its library to the node, then runs it (last line)."""
-    library = f'"{REMOTE_DIR}/{LIBRARY}"'
+    """One self-contained command: writes `<name>.sh` and the libraries it sources, then runs it (last line)."""
     target = f'"{REMOTE_DIR}/{name}.sh"'
-    # The script sources the library from its own folder, so both are written before the run line (last).
+    text = script_text(name)
+    # The script sources its libraries from its own folder, so all are written before the run line (last).
     return (
         f'mkdir -p "{REMOTE_DIR}/{Path(LIBRARY).parent}" && '
-        + _write_file(library, library_text())
-        + _write_file(target, script_text(name))
+        + "".join(_write_file(f'"{REMOTE_DIR}/{lib}"', library_text(lib)) for lib in libraries_of(text))
+        + _write_file(target, text)
         + run_command(name, args, env) + "\n"
     )

@@ -81,6 +81,7 @@ class NodeSize:
     bios: str = "seabios"
     acknowledge_even_count: bool = False
     qdevice: bool = False  # even counts: a small QDevice VM (corosync-qnetd) casts the tie-breaking vote
+    source: str = "apt"  # apt: install every node from the internet | template: clone a golden node template
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,17 @@ class RepositorySpec:
 
 
 @dataclass(frozen=True)
+class TemplateSpec:
+    """The golden node template (nodes.source: template); see pvelab/node_template.py."""
+
+    builder_address: Optional[str] = None  # the builder VM's lab address; default: the one after the last node
+    linked_clones: bool = True  # false: full clones (storages without linked clones: LVM thick, raw on dir)
+    seal_timeout_s: int = 600  # how long the builder may take to power off after sealing
+    # An existing template on outer.node (e.g. made by the class-images stack): clone it, build none here.
+    vm_id: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class Timeouts:
     install_s: int = 1800
     reboot_s: int = 600
@@ -207,6 +219,8 @@ class LabSpec:
     image: ImageSpec = field(default_factory=ImageSpec)
     repository: RepositorySpec = field(default_factory=RepositorySpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    template: TemplateSpec = field(default_factory=TemplateSpec)
+    apt_proxy: Optional[str] = None  # http://host:port of the class's package cache (pvelab/apt_proxy.py)
     tags: tuple[str, ...] = ("pve-lab",)
     student: Optional[StudentSpec] = None
 
@@ -371,6 +385,9 @@ STORAGE_ID = Text(STORAGE_ID_RE, "a PVE storage id: letters, digits, '-', '_', '
 NODE_NAME = Text(PVE_NODE_RE, "a PVE node name: letters, digits and '-', not starting or ending with '-'", MAX_LABEL)
 BRIDGE = Text(BRIDGE_RE, "a bridge name like vmbr0: letters, digits, '-', '_', '.'", 15)
 SECONDS = Bounds(30, 7200)
+IPV4 = Text(re.compile(r"((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"),
+            "an IPv4 address like 10.10.10.20", 15, 7)
+NODE_SOURCES = ("apt", "template")
 VLAN = Bounds(1, 4094)
 
 FIELD_RULES: dict[str, Any] = {
@@ -389,6 +406,7 @@ FIELD_RULES: dict[str, Any] = {
     "nodes.cephDisks": Bounds(0, 8),
     "nodes.cephDiskGiB": Bounds(8, 16384),
     "nodes.bios": Choice(("seabios", "ovmf")),
+    "nodes.source": Choice(NODE_SOURCES),  # apt, or clones of the golden node template (pvelab/node_template.py)
     "network.link1.bridge": BRIDGE,
     "network.link1.vlanTag": VLAN,
     # pvecm takes a pve-node name; the node scripts also want it lower case and starting with a letter.
@@ -423,6 +441,12 @@ FIELD_RULES: dict[str, Any] = {
     "timeouts.rebootS": SECONDS,
     "timeouts.readyS": SECONDS,
     "timeouts.quorumS": SECONDS,
+    "template.builderAddress": IPV4,  # where in the lab network: the cross-field rule in node_template.validate_template
+    "template.sealTimeoutS": Bounds(60, 7200),
+    "template.vmId": Bounds(PVE_VMID_MIN, PVE_VMID_MAX),
+    # written into the nodes' apt.conf.d (components/scripts/apt-proxy.sh): one plain http URL, no path
+    "aptProxy": Text(re.compile(r"http://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?"), "an http://host[:port] URL of a package cache",
+                     says="is not an http://host[:port] URL (e.g. http://10.10.10.5:3142 for apt-cacher-ng)"),
     "tags[]": Text(PVE_TAG_RE, "a PVE tag: letters, digits, '_', '.', '+', '-'", 64),
     "student.id": Text(re.compile(r"[a-z0-9][a-z0-9-]*"), "lowercase letters, digits and '-'", 40),
     "student.name": Text(re.compile(r"[^\x00-\x1f\x7f]*"), "one line of text", 200, 0),
@@ -718,6 +742,9 @@ def validate(spec: LabSpec) -> list[str]:
     _check_packages(spec, problems)
     if spec.student is not None:
         problems += validate_student(spec)
+    from .node_template import validate_template  # its own module (it imports this one)
+
+    problems += validate_template(spec)  # the builder's address among the lab's addresses
     return problems
 
 

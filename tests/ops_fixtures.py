@@ -577,6 +577,12 @@ class OuterFake(FakePve):
             self.sim.power(vm.vmid, True)
         return upid
 
+    async def _do_shutdown(self, vm, user, p):
+        upid = await super()._do_shutdown(vm, user, p)
+        if self.sim:  # the guest powers itself off: the node leaves the cluster as with a stop
+            self.sim.power(vm.vmid, False)
+        return upid
+
 
 class NestedFake(FakePve):
     """The nested cluster: one API port per node; a stopped node's port drops every connection."""

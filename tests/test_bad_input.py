@@ -68,6 +68,9 @@ FULL_LAB = deep_merge(lab_raw(), {
     "repository": {"keyringUrl": "https://enterprise.proxmox.com/debian/proxmox-archive-keyring-trixie.gpg",
                    "keyringSha256": "1" * 64},
     "ceph": {"clusterNetwork": "link1"},
+    # the golden template and package cache keys (issue 13); nodes.source stays apt, so nothing is built
+    "template": {"builderAddress": "10.10.10.50", "vmId": 9050, "sealTimeoutS": 600},
+    "aptProxy": "http://10.10.10.5:3142",
     "tags": ["pve-lab", "ha101"],
     "student": {"id": "s01", "name": "Aiko", "user": "ha101-s01@pve", "pool": "ha101-s01", "role": "PVEVMUser",
                 "network": {"mode": "vlan", "vlanTag": 1100}},

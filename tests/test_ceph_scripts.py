@@ -1,7 +1,8 @@
 """components/scripts/ceph-*.sh run for real (tests/node_runner.FakeNode) against the Ceph stand-ins.
 
 Three FakeNodes share one state dir: they are installed PVE 9 nodes of a formed cluster (no debian.json),
-each with one data disk `/dev/sdb` named /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd0. The full
+each with one data disk `/dev/sdb`, serial pvelab-osd0, attached as a PVE 9 outer host (QEMU machine 10) does:
+named /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_drive-scsi1 (the serial is only in lsblk's SERIAL). The full
 sequence runs once per module (`templates`); tests copy its state after install + init or when built.
 """
 from __future__ import annotations
@@ -25,13 +26,15 @@ from standin_lib import arm_fault  # noqa: E402
 NODES = ("pve1", "pve2", "pve3")
 NETWORK = "10.10.10.0/24"
 FAST = {"DEADLINE_S": "3", "POLL_S": "0.02"}
+SUCCESS_DEADLINE_S = "60"  # for steps a test expects to succeed (they end as soon as they are done)
 MEMORY_TARGET = str(1536 * 1024 * 1024)
 KERNEL_NAMES = ("sdb", "sdc", "sdd")
 MUTATING = re.compile(r": (pveceph |apt-get |ceph .*config set)")
 
 
 def disk(k: int) -> str:
-    return f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd{k}"
+    """The by-id name of data disk k (scsi{k+1}) on a PVE 9 outer host."""
+    return f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_drive-scsi{k + 1}"
 
 
 def make_lab(state: Path, disks: int = 1) -> dict[str, FakeNode]:
@@ -42,8 +45,9 @@ def make_lab(state: Path, disks: int = 1) -> dict[str, FakeNode]:
     return nodes
 
 
-def install(n: FakeNode, release: str = "squid", repository: str = "no-subscription") -> Result:
-    return n.run_script("ceph-install", env={"CEPH_RELEASE": release, "CEPH_REPOSITORY": repository, "NODE_NAME": n.name})
+def install(n: FakeNode, release: str = "squid", repository: str = "no-subscription", **env: str) -> Result:
+    return n.run_script("ceph-install", env={"CEPH_RELEASE": release, "CEPH_REPOSITORY": repository, "NODE_NAME": n.name,
+                                            **env})
 
 
 def init(n: FakeNode, network: str = NETWORK, cluster_network: str | None = None) -> Result:
@@ -58,8 +62,8 @@ def mon(n: FakeNode, **env: str) -> Result:
 
 
 def osd(n: FakeNode, disks: int = 1, **env: str) -> Result:
-    devices = " ".join(disk(k) for k in range(disks))
-    return n.run_script("ceph-osd", env={"NODE_NAME": n.name, "OSD_DEVICES": devices, **FAST, **env})
+    serials = " ".join(f"pvelab-osd{k}" for k in range(disks))
+    return n.run_script("ceph-osd", env={"NODE_NAME": n.name, "OSD_SERIALS": serials, **FAST, **env})
 
 
 def health(n: FakeNode, osds: int = 3, **env: str) -> Result:
@@ -86,11 +90,13 @@ def full_run(nodes: dict[str, FakeNode], disks: int = 1, snapshot: Path | None =
         results["init"] = ok(init(nodes["pve1"]))
         if snapshot is not None:
             shutil.copytree(nodes["pve1"].state, snapshot, symlinks=True)
+        # Every step here must succeed: a deadline far above FAST's, so that a loaded test machine (three
+        # stand-in processes at once) never kills a bounded pveceph call that is merely slow.
         for name, n in nodes.items():
-            results[f"mon-{name}"] = ok(mon(n))
-        for name, r in zip(nodes, pool.map(lambda n: osd(n, disks), nodes.values())):
+            results[f"mon-{name}"] = ok(mon(n, DEADLINE_S=SUCCESS_DEADLINE_S))
+        for name, r in zip(nodes, pool.map(lambda n: osd(n, disks, DEADLINE_S=SUCCESS_DEADLINE_S), nodes.values())):
             results[f"osd-{name}"] = ok(r)
-    results["health"] = ok(health(nodes["pve1"], osds=3 * disks))
+    results["health"] = ok(health(nodes["pve1"], osds=3 * disks, DEADLINE_S=SUCCESS_DEADLINE_S))
     return results
 
 
@@ -199,11 +205,33 @@ def test_install_apt_failure_then_rerun(fresh):
     assert ok(install(n)).stdout.startswith("ceph version 19.2")
 
 
-def test_tentacle_is_installed_as_a_tech_preview(fresh):
+@pytest.mark.parametrize("pve_manager, note", [("9.1.5", True), ("9.1.12", True), ("9.1.13", False), ("9.2.11", False)])
+def test_tentacle_is_a_tech_preview_from_9_1_5_and_the_default_from_9_1_13(fresh, pve_manager, note):
     n = fresh["pve1"]
-    assert ok(install(n, "tentacle")).stdout == _ceph.version_line("tentacle") + "\n"
+    _ceph.set_pve_manager_version(n.state, "pve1", pve_manager)
+    r = ok(install(n, "tentacle"))
+    assert r.stdout == _ceph.version_line("tentacle") + "\n"
+    assert ("NOTE: installing experimental/tech-preview Ceph release 20.2 Tentacle!" in r.stderr) is note
     assert "pve1: pveceph install --repository no-subscription --version tentacle --allow-experimental 1" \
         in standin_log(n.state)
+
+
+def test_pveceph_refuses_the_tentacle_preview_without_the_flag_and_offers_no_tentacle_before_9_1_5(fresh):
+    n = fresh["pve1"]
+    _ceph.set_pve_manager_version(n.state, "pve1", "9.1.12")
+    refused = n.run("pveceph install --repository no-subscription --version tentacle </dev/null")
+    assert refused.returncode == 255
+    assert "Refusing to install tech-preview Ceph release 20.2 Tentacle without 'allow-experimental' parameter!" \
+        in refused.stderr
+    _ceph.set_pve_manager_version(n.state, "pve1", "9.1.4")
+    err = failed(install(n, "tentacle"))
+    assert "this node's pve-manager does not offer Ceph tentacle (pveceph offers: 'squid')" in err
+    assert "needs pve-manager 9.1.5 or later" in err
+    # Without --version, pveceph installs its default: squid before 9.1.13, tentacle from 9.1.13.
+    for version, default in (("9.1.12", "squid"), ("9.1.13", "tentacle")):
+        _ceph.set_pve_manager_version(n.state, "pve1", version)
+        assert ok(n.run("echo y | pveceph install --repository no-subscription"))
+        assert ok(n.run("ceph --version")).stdout == _ceph.version_line(default) + "\n"
 
 
 def test_bundled_ceph_client_alone_does_not_count_as_installed(fresh):
@@ -297,17 +325,47 @@ def test_monitor_that_never_joins_the_quorum_times_out(prepared):
 def test_missing_disk_names_the_serial_then_rerun(built):
     state, n = built["pve2"].state, built["pve2"]
     err = failed(osd(n, disks=2))
-    assert f"OSD disk {disk(1)} is missing on pve2" in err and "serial 'pvelab-osd1'" in err
+    assert "no disk with serial 'pvelab-osd1' on pve2" in err
     _ceph.add_disk(state, "pve2", n.root, "pvelab-osd1", "sdc")
     ok(osd(n, disks=2))
     assert len(ceph_state(state)["osds"]) == 4
+
+
+@pytest.mark.parametrize("qemu_machine, by_id", [
+    (10, "/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_drive-scsi2"),  # PVE 9 outer host: device_id=drive-scsiN
+    (9, "/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd1"),   # PVE 8.4 outer host: the serial
+], ids=["qemu-10", "qemu-9"])
+def test_data_disks_are_found_by_serial_whatever_the_outer_qemu(built, qemu_machine, by_id):
+    state, n = built["pve1"].state, built["pve1"]
+    _ceph.add_disk(state, "pve1", n.root, "pvelab-osd1", "sdc", {"content": "ext4"}, qemu_machine=qemu_machine)
+    assert (n.root / by_id.lstrip("/")).is_symlink()
+    assert n.run("lsblk -dno PATH,SERIAL").stdout.splitlines()[1:] == ["/dev/sdb pvelab-osd0", "/dev/sdc pvelab-osd1"]
+    err = failed(osd(n, disks=2))
+    # The zap command names the stable name the disk really has on this host.
+    assert f"ceph-volume lvm zap --destroy {by_id} ;" in err
+    _ceph.add_disk(state, "pve1", n.root, "pvelab-osd1", "sdc", qemu_machine=qemu_machine)  # wiped
+    r = ok(osd(n, disks=2))
+    assert f"creating an OSD on {by_id} (/dev/sdc, serial pvelab-osd1)" in r.stderr
+    assert sorted(o["device"] for o in ceph_state(state)["osds"].values() if o["host"] == "pve1") == ["/dev/sdb", "/dev/sdc"]
+
+
+def test_two_disks_with_one_serial_are_refused(built):
+    state, n = built["pve2"].state, built["pve2"]
+    _ceph.add_disk(state, "pve2", n.root, "pvelab-osd0", "sdc")
+    err = failed(osd(n))
+    assert "2 disks have the serial 'pvelab-osd0' on pve2: /dev/sdb /dev/sdc" in err
+
+
+def test_a_serial_that_is_not_one_is_named(built):
+    err = failed(osd(built["pve1"], OSD_SERIALS="pvelab-osd0 /dev/sdb"))
+    assert "OSD_SERIALS entry '/dev/sdb' is not a disk serial" in err
 
 
 def test_disk_in_use_by_something_else_is_refused_with_the_zap_command(built):
     state, n = built["pve1"].state, built["pve1"]
     _ceph.add_disk(state, "pve1", n.root, "pvelab-osd1", "sdc", {"content": "ext4"})
     err = failed(osd(n, disks=2))
-    assert f"{disk(1)} (/dev/sdc) on pve1 is already in use" in err
+    assert f"{disk(1)} (/dev/sdc, serial pvelab-osd1) on pve1 is already in use" in err
     assert f"ceph-volume lvm zap --destroy {disk(1)}" in err
     _ceph.add_disk(state, "pve1", n.root, "pvelab-osd1", "sdc")  # wiped
     ok(osd(n, disks=2))
@@ -321,12 +379,12 @@ def test_disk_with_an_osd_of_another_cluster_is_refused(built):
                     "osd_fsid": "5a1b2c3d-0000-4000-8000-000000000007"})
     start = len(standin_log(state))
     err = failed(osd(n, disks=2))
-    assert f"{disk(1)} (/dev/sdc) on pve3 holds osd.7 of another Ceph cluster (fsid 0e3f1c2a-" in err
+    assert f"{disk(1)} (/dev/sdc, serial pvelab-osd1) on pve3 holds osd.7 of another Ceph cluster (fsid 0e3f1c2a-" in err
     assert f"ceph-volume lvm zap --destroy {disk(1)}" in err
     assert not [c for c in calls_since(state, start) if "pveceph osd create" in c]
     _ceph.add_disk(state, "pve3", n.root, "pvelab-osd1", "sdc")  # zapped
     ok(osd(n, disks=2))
-    assert [c for c in calls_since(state, start) if "pveceph osd create" in c] == [f"pve3: pveceph osd create {disk(1)}"]
+    assert [c for c in calls_since(state, start) if "pveceph osd create" in c] == ["pve3: pveceph osd create /dev/sdc"]
 
 
 def test_second_disk_per_node_adds_one_osd_each_and_skips_the_first(built):
@@ -336,9 +394,9 @@ def test_second_disk_per_node_adds_one_osd_each_and_skips_the_first(built):
     start = len(standin_log(state))
     for n in built.values():
         r = ok(osd(n, disks=2))
-        assert f"{disk(0)} (/dev/sdb) already holds osd." in r.stderr
+        assert f"{disk(0)} (/dev/sdb, serial pvelab-osd0) already holds osd." in r.stderr
     creates = [c for c in calls_since(state, start) if "pveceph osd create" in c]
-    assert creates == [f"{n}: pveceph osd create {disk(1)}" for n in NODES]
+    assert creates == [f"{n}: pveceph osd create /dev/sdc" for n in NODES]
     assert "osd: 6 osds: 6 up" in ok(health(built["pve1"], osds=6)).stdout
     assert sorted(o["device"] for o in ceph_state(state)["osds"].values()) == ["/dev/sdb"] * 3 + ["/dev/sdc"] * 3
 
@@ -355,12 +413,68 @@ def test_health_timeout_shows_ceph_s_and_health_detail_then_rerun(built):
     n = built["pve1"]
     arm_fault(n.state, "health-stays-warn")
     err = failed(health(n, DEADLINE_S="0"))
-    assert "Ceph did not become healthy within 0s on pve1; last seen: HEALTH_WARN, 3/3 monitors in quorum" in err
+    assert "Ceph did not become ready within 0s on pve1; last seen: HEALTH_WARN (MON_CLOCK_SKEW), 3/3 monitors in quorum" in err
     assert "pve-lab: ceph -s:" in err and "  cluster:" in err and "health: HEALTH_WARN" in err
     assert "pve-lab: ceph health detail:" in err and "[WRN] MON_CLOCK_SKEW: clock skew detected on mon.pve3" in err
     assert err.rstrip().endswith("then run this step again.")
     (n.state / "faults/health-stays-warn").unlink()
     assert "health: HEALTH_OK" in ok(health(n)).stdout
+
+
+@pytest.mark.parametrize("fault, code", [("slow-op-alert", "BLUESTORE_SLOW_OP_ALERT"),
+                                         ("recent-crash", "RECENT_CRASH")])
+def test_long_lived_benign_warnings_are_accepted_and_printed(built, fault, code):
+    n = built["pve1"]
+    arm_fault(n.state, fault)
+    r = ok(health(n))
+    assert "health: HEALTH_WARN" in r.stdout
+    assert f"pve-lab: accepted health warnings (benign for a lab, see ceph-health.sh): {code}" in r.stderr
+
+
+def test_a_benign_warning_does_not_hide_a_real_one(built):
+    n = built["pve1"]
+    arm_fault(n.state, "slow-op-alert")
+    arm_fault(n.state, "health-stays-warn")
+    err = failed(health(n, DEADLINE_S="0"))
+    assert "last seen: HEALTH_WARN (MON_CLOCK_SKEW), 3/3 monitors in quorum" in err
+
+
+def test_with_a_benign_warning_it_still_waits_for_clean_pgs(built):
+    n = built["pve1"]
+    arm_fault(n.state, "slow-op-alert")
+    data = ceph_state(n.state)
+    data["peering_polls"] = 3
+    _ceph.cluster_path(n.state).write_text(__import__("json").dumps(data))
+    start = len(standin_log(n.state))
+    r = ok(health(n))
+    polls = [c for c in calls_since(n.state, start) if "status -f json" in c]
+    assert len(polls) == 4, polls  # three answers with the PG peering, then active+clean
+    assert "pgs:     1 active+clean" in r.stdout
+
+
+def test_ceph_warnings_on_stderr_are_not_parsed(built):
+    """The client can print warnings on stderr: the fsid, quorum, OSD and health reads parse stdout only."""
+    state = built["pve1"].state
+    arm_fault(state, "stderr-warning")
+    r = ok(osd(built["pve2"]))
+    assert "ceph fsid said on stderr: 2026-11-30T10:00:00.000+0000" in r.stderr
+    ok(mon(built["pve3"]))
+    ok(health(built["pve1"]))
+
+
+@pytest.mark.parametrize("step", ["install", "osd"])
+def test_a_pveceph_call_that_hangs_is_stopped_at_the_deadline(request, step):
+    import time
+
+    n = request.getfixturevalue("fresh" if step == "install" else "built")["pve1"]
+    if step == "osd":
+        _ceph.add_disk(n.state, "pve1", n.root, "pvelab-osd1", "sdc")
+    arm_fault(n.state, "pveceph-hangs")
+    started = time.monotonic()
+    r = install(n, DEADLINE_S="1") if step == "install" else osd(n, disks=2, DEADLINE_S="1")
+    assert time.monotonic() - started < 20
+    err = failed(r)
+    assert "did not finish within 1s on pve1 and was stopped" in err
 
 
 def test_pool_create_can_exit_0_without_a_pool(built):
@@ -385,8 +499,8 @@ def test_scripts_are_shellcheck_clean():
     scripts = sorted(str(p) for p in folder.glob("ceph-*.sh"))
     assert len(scripts) == 5
     shellcheck = Path(sys.executable).parent / "shellcheck"
-    # -x: follow `source lib/common.sh`, so the helpers are checked as the scripts use them.
-    r = subprocess.run([str(shellcheck), "-x", "-S", "style", *scripts, str(folder / "lib/common.sh")],
+    # -x: follow `source lib/*.sh`, so the helpers are checked as the scripts use them.
+    r = subprocess.run([str(shellcheck), "-x", "-S", "style", *scripts, *map(str, sorted(folder.glob("lib/*.sh")))],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 

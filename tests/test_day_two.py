@@ -73,6 +73,21 @@ def test_scripts_are_shipped_once_per_node_and_every_step_is_one_line(default_la
     assert command_text(ev.named("lab-pve1-scripts")).startswith("bash -s -- pve-lab-scripts ")
 
 
+@pytest.mark.parametrize("overrides", [
+    {"nodes": {"count": 4, "qdevice": True}},  # the QNetd VM
+    {"nodes": {"source": "template"}},  # the template builder and the clones
+], ids=["qdevice", "template"])
+def test_every_vm_a_step_runs_on_gets_the_scripts_first(overrides):
+    """A step's one line runs a script from $HOME/pve-lab: every host a step dials has a scripts step before it."""
+    ev = evaluate_lab(overrides)
+    assert ev.error is None, ev.error
+    bundles = {r.plain("connection")["host"]: r for r in ev.of_type(COMMAND) if r.name.endswith("-scripts")}
+    for r in ev.of_type(COMMAND):
+        if not r.name.endswith("-scripts"):
+            bundle = bundles.get(r.plain("connection")["host"])
+            assert bundle is not None and ev.depends_on(r, bundle), f"{r.name} runs before its host has the scripts"
+
+
 # --------------------------------------------------------------------------- inner objects and provider
 
 

@@ -6,7 +6,11 @@ Skipped unless these are set (and the `pulumi` CLI is on PATH). It takes 30-60 m
   PVE_LAB_IT_NODE         outer node name
   PVE_LAB_IT_NETWORK      a free lab network CIDR reachable from here, e.g. 10.77.0.0/24 (gateway .1, nodes .11..)
 Optional: PVE_LAB_IT_STORAGE (local-lvm), PVE_LAB_IT_IMAGE_STORAGE (local), PVE_LAB_IT_BRIDGE (vmbr0),
-PVE_LAB_IT_VLAN, PVE_LAB_IT_VMID_BASE (9700), PULUMI_CONFIG_PASSPHRASE for a local backend.
+PVE_LAB_IT_VLAN, PVE_LAB_IT_VMID_BASE (9700), PULUMI_CONFIG_PASSPHRASE for a local backend,
+PVE_LAB_IT_SOURCE (apt | template: the node path to build; the builder takes the address after the nodes),
+PVE_LAB_IT_EVENT_LOG (where the first `up` is recorded as an event log, default it-events-<source>.json:
+its per-step times are printed and feed `plan --calibrate`), PVE_LAB_IT_RESET=1 (also take a baseline
+and reset the lab to it, printing each phase's time).
 """
 from __future__ import annotations
 
@@ -39,7 +43,14 @@ def _lab_config() -> dict:
                           firstAddress=str(net.network_address + 11))
     lab["vmidBase"] = int(env.get("PVE_LAB_IT_VMID_BASE", "9700"))
     lab["cluster"]["name"] = "pvelab-it"
+    lab["nodes"]["source"] = env.get("PVE_LAB_IT_SOURCE", "apt")
     return lab
+
+
+def _print_step_times(path) -> None:
+    from pvelab.plan.calibrate import learn, render_calibration
+
+    print(render_calibration(learn(path), str(path)))
 
 
 def test_whole_lab_on_a_real_host():
@@ -53,8 +64,17 @@ def test_whole_lab_on_a_real_host():
     try:
         stack.set_config("pve-lab:lab", auto.ConfigValue(json.dumps(_lab_config())))
         stack.set_config("pve-lab:outerApiToken", auto.ConfigValue(os.environ["PVE_LAB_IT_API_TOKEN"], secret=True))
-        result = stack.up(on_output=print)
+        from pathlib import Path
+
+        from pvelab.plan.calibrate import EventLogWriter
+
+        source = _lab_config()["nodes"]["source"]
+        events = Path(os.environ.get("PVE_LAB_IT_EVENT_LOG", f"it-events-{source}.json"))
+        result = stack.up(on_output=print, on_event=EventLogWriter(events))
+        _print_step_times(events)
         outputs = result.outputs
+        if source == "template":
+            assert all(v.startswith("pve-manager/") for v in outputs["pveVersions"].value.values())
         assert "Quorate:          Yes" in outputs["clusterStatus"].value
         assert "HEALTH_OK" in outputs["cephHealth"].value
         assert outputs["haResources"].value == ["vm:100"]
@@ -62,6 +82,8 @@ def test_whole_lab_on_a_real_host():
         again = stack.up(on_output=print)
         assert set(again.summary.resource_changes or {}) <= {"same"}
         _check_status_and_drill(outputs)
+        if os.environ.get("PVE_LAB_IT_RESET") == "1":
+            _baseline_and_reset(outputs)
     finally:
         _break_the_lab()  # destroy must not need a healthy nested cluster
         stack.destroy(on_output=print)
@@ -91,6 +113,18 @@ def _check_status_and_drill(outputs) -> None:
     drill = run_drill("ha", spec, outer, nested)
     assert drill.ok and not drill.still_stopped, drill
     assert drill.recovery_s is not None and drill.recovery_s < 600
+
+
+def _baseline_and_reset(outputs) -> None:
+    """Baseline, then reset to it: the lab proves itself healthy after each (times printed)."""
+    from pvelab.ops.reset import LabSnapshots, render_text
+
+    spec, outer, nested = _clients(outputs)
+    for action in ("baseline", "reset"):
+        lab = LabSnapshots(spec, "it", outer, nested)
+        report = lab.take_baseline(replace=True) if action == "baseline" else lab.reset()
+        print(render_text(report))
+        assert report.ok and not report.still_stopped, report
 
 
 def _break_the_lab() -> None:

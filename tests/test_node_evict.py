@@ -53,6 +53,14 @@ def first_build(lab: Lab) -> None:
     ok(lab.quorum(3))
 
 
+def set_addresses_from_program(ev, state) -> None:
+    """Each node's addresses as the program's cluster commands name them (LINK0/LINK1): a join needs its links
+    configured on the joining node (Setup.pm assert_joinable)."""
+    for host in ("pve1", "pve2", "pve3"):
+        line = command_text(ev.named(f"lab-cluster-join-{host}")).splitlines()[-1]
+        _cluster.set_addresses(state, host, *re.findall(r"\bLINK[01]=(\S+)", line))
+
+
 @pytest.fixture
 def lab(tmp_path) -> Lab:
     return Lab(tmp_path)
@@ -175,6 +183,7 @@ def test_the_programs_evict_and_join_commands_rejoin_a_rebuilt_node(default_lab,
     nodes = {n: FakeNode(n, state) for n in ("pve1", "pve2", "pve3")}
     _cluster.set_root_password(state, "pve1", MOCK_ROOT_PASSWORD)
     _cluster.set_fingerprint(state, "pve1", MOCK_FINGERPRINT)
+    set_addresses_from_program(default_lab, state)
     (state / "cluster").mkdir()
     (state / "cluster" / "instant-restart").write_text("")
 
@@ -204,7 +213,8 @@ def test_the_programs_evict_and_join_commands_rejoin_a_rebuilt_node(default_lab,
     changed = {r.name for r in rebuilt.records if r.type == "command:remote:Command"
                and unwrap(r.inputs.get("triggers")) != unwrap(default_lab.named(r.name).inputs.get("triggers"))}
     # every step of pve3 re-runs, plus the cluster/Ceph checks over all nodes; nothing of pve1/pve2 does
-    assert changed == {"lab-pve3-scripts", "lab-pve3-prepare", "lab-pve3-reboot", "lab-pve3-finish", "lab-pve3-ready",
+    assert changed == {"lab-pve3-scripts", "lab-pve3-apt-proxy", "lab-pve3-prepare", "lab-pve3-reboot",
+                       "lab-pve3-finish", "lab-pve3-ready", "lab-pve3-network",
                        "lab-cluster-evict-pve3", "lab-cluster-join-pve3", "lab-cluster-quorum",
                        "lab-ceph-install-pve3", "lab-ceph-mon-pve3", "lab-ceph-osd-pve3", "lab-ceph-health"}
     _cluster.rebuild_node(state, "pve3")
@@ -225,6 +235,7 @@ def test_a_rebuilt_node_1_rejoins_through_node_2(default_lab, tmp_path):
     nodes = {n: FakeNode(n, state) for n in ("pve1", "pve2", "pve3")}
     for n in nodes:
         _cluster.set_root_password(state, n, MOCK_ROOT_PASSWORD)
+    set_addresses_from_program(default_lab, state)
     (state / "cluster").mkdir()
     (state / "cluster" / "instant-restart").write_text("")
 

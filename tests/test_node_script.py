@@ -53,6 +53,12 @@ def test_the_bundle_ships_every_script_and_each_step_is_one_short_line(tmp_path)
 
     files = bundle_files()
     assert "lib/common.sh" in files and "node-evict.sh" in files and "install-pve.sh" in files
+    # every library, not only common.sh: ceph-osd.sh sources lib/disks.sh from the same folder
+    libraries = {f"lib/{p.name}" for p in (node_script.SCRIPTS_DIR / "lib").glob("*.sh")}
+    assert "lib/disks.sh" in libraries and libraries <= set(files)
+    for name in files:
+        if not name.startswith("lib/"):
+            assert set(node_script.libraries_of(files[name])) <= set(files), name
     node = FakeNode("pve1", tmp_path)
     result = node.install_scripts()
     assert result.stdout.startswith("pve-lab scripts ") and result.stderr == ""

@@ -212,8 +212,17 @@ def test_critical_path_is_the_longest_chain(default_plan):
     assert sum(steps[k].estimate_s for k in path) == default_plan.estimate_s
     assert default_plan.estimate_s == max(s.finish_s for s in steps.values())
     assert not steps[path[0]].waits_for
-    # the install chain of one node and the serial joins and monitors are all on it
-    assert {"lab-pve1-finish", "lab-cluster-join-pve3", "lab-ceph-mon-pve3", "lab-ceph-health"} <= set(path)
+    # the install chain of one node and the serial monitors are on it
+    assert {"lab-pve1-finish", "lab-ceph-mon-pve3", "lab-ceph-health"} <= set(path)
+    # Each node's Ceph install starts when that node is ready (its network step), beside cluster formation,
+    # not after quorum; Ceph init waits for both, so the longer of the two is on the path. (With the evict
+    # checks and node 1's rejoin step in the cluster chain, forming the cluster is the longer one by default.)
+    for node in ("pve1", "pve2", "pve3"):
+        install = steps[f"lab-ceph-install-{node}"]
+        assert install.start_s == steps[f"lab-{node}-network"].finish_s
+        assert install.start_s < steps["lab-cluster-quorum"].start_s
+    before_init = [k for k in path if k.startswith("lab-ceph-install-") or k == "lab-cluster-quorum"]
+    assert len(before_init) == 1 and path[path.index(before_init[0]) + 1] == "lab-ceph-init"
 
 
 def test_every_default_step_has_a_documented_duration(default_plan):

@@ -115,6 +115,25 @@ def test_install_steps_depend_only_on_their_own_vm(default_lab, node):
         assert f'install-pve.sh" {step.name.rsplit("-", 1)[1]}' in command_text(step)
 
 
+@pytest.mark.parametrize("node", NODES)
+def test_the_node_network_step_follows_the_install_and_everything_else_waits_for_it(default_lab, node):
+    ev = default_lab
+    network, installed = ev.named(f"lab-{node}-network"), ev.named(f"lab-{node}-ready")
+    assert ev.depends_on(network, installed)
+    run = command_text(network).splitlines()[-1]
+    ip = f"10.10.10.1{NODES.index(node) + 1}"
+    assert run == (f"env DNS_SERVERS=10.10.10.1 GATEWAY=10.10.10.1 NODE_IP={ip} NODE_PREFIX=24 "
+                   'SEARCH_DOMAIN=lab.internal bash "$HOME/pve-lab/node-network.sh"')
+    assert network.plain("triggers") == installed.plain("triggers")  # a replaced VM gets its bridge again
+    first_cluster_step = ev.named("lab-cluster-create" if node == "pve1" else f"lab-cluster-join-{node}")
+    assert ev.depends_on(first_cluster_step, network)
+
+
+def test_the_ha_test_vm_has_a_nic_on_the_nodes_bridge(default_lab):
+    vm = default_lab.named("lab-ha-vm-100")
+    assert vm.plain("networkDevices") == [{"bridge": "vmbr0", "model": "virtio", "firewall": False}]
+
+
 def test_install_re_runs_when_the_vm_is_replaced(default_lab):
     step = default_lab.named("lab-pve2-prepare")
     # the VMID alone stays the same for a VM re-created outside Pulumi: its MAC address is new
@@ -142,25 +161,38 @@ def test_cluster_joins_form_a_chain_after_create(default_lab):
     assert "CLUSTER_NAME=pve-lab" in command_text(create) and "LINK0=10.10.10.11" in command_text(create)
 
 
-def test_ceph_starts_after_quorum_and_serializes_monitors(default_lab):
+def test_ceph_install_overlaps_cluster_forming_and_osds_follow_the_first_monitor(default_lab):
     ev = default_lab
-    quorum = ev.named("lab-cluster-quorum")
+    quorum, create = ev.named("lab-cluster-quorum"), ev.named("lab-cluster-create")
     for n in NODES:
-        assert ev.depends_on(ev.named(f"lab-ceph-install-{n}"), quorum)
+        install = ev.named(f"lab-ceph-install-{n}")
+        assert ev.depends_on(install, ev.named(f"lab-{n}-ready"))
+        # pveceph install needs no cluster: it runs while the cluster forms
+        assert not ev.depends_on(install, quorum) and not ev.depends_on(install, create)
     init = ev.named("lab-ceph-init")
+    assert ev.depends_on(init, quorum) and all(ev.depends_on(init, ev.named(f"lab-ceph-install-{n}")) for n in NODES)
     mons = [ev.named(f"lab-ceph-mon-{n}") for n in NODES]
     assert ev.depends_on(mons[0], init)
     assert ev.depends_on(mons[1], mons[0]) and ev.depends_on(mons[2], mons[1])
     osds = [ev.named(f"lab-ceph-osd-{n}") for n in NODES]
     for a in osds:
-        assert ev.depends_on(a, mons[2])
+        assert ev.depends_on(a, mons[0])
+        assert not ev.depends_on(a, mons[1]), "OSDs start once the first monitor is in quorum"
         for b in osds:
             if a is not b:
                 assert not ev.depends_on(a, b), "OSDs on different nodes can be created at once"
     health, pool = ev.named("lab-ceph-health"), ev.named("lab-ceph-pool")
-    assert all(ev.depends_on(health, o) for o in osds)
+    assert all(ev.depends_on(health, o) for o in osds) and ev.depends_on(health, mons[2])
     assert ev.depends_on(pool, health)
-    assert "OSD_DEVICES=/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd0" in command_text(osds[0])
+    assert "OSD_SERIALS=pvelab-osd0" in command_text(osds[0])
+    # ceph-osd finds disks by serial: lib/disks.sh reaches every node in its scripts step, before the OSD step;
+    # the OSD step itself is the one run line (no script text in a step that can fail).
+    for n, osd in zip(NODES, osds):
+        bundle = ev.named(f"lab-{n}-scripts")
+        assert 'cat > "$HOME/pve-lab/lib/disks.sh.tmp"' in unwrap(bundle.inputs["stdin"])
+        assert ev.depends_on(osd, bundle)
+    assert command_text(osds[0]).endswith('bash "$HOME/pve-lab/ceph-osd.sh"')
+    assert 'lib/disks.sh' not in command_text(osds[0]) and 'lib/disks.sh' not in command_text(mons[0])
     assert "EXPECTED_OSDS=3" in command_text(health)
 
 
@@ -266,6 +298,8 @@ def test_link1_adds_a_second_nic_and_corosync_link():
     assert vm.plain("initialization")["ipConfigs"][1] == {"ipv4": {"address": "10.10.20.12/24"}}
     assert "LINK1=10.10.20.11" in command_text(ev.named("lab-cluster-create"))
     assert "LINK1=10.10.20.13" in command_text(ev.named("lab-cluster-join-pve3"))
+    # node-network.sh keeps the link1 NIC as a static interface beside vmbr0.
+    assert "LINK1_IP=10.10.20.12 LINK1_PREFIX=24" in command_text(ev.named("lab-pve2-network"))
 
 
 def test_five_nodes_extend_the_join_chain():

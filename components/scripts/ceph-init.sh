@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ceph-init.sh - write the cluster's Ceph configuration once (`pveceph init`), on the first node.
 # Environment: CEPH_NETWORK (public network CIDR), CEPH_CLUSTER_NETWORK (optional, OSD replication CIDR),
-#   NODE_NAME (for messages).
+#   NODE_NAME (for messages). Optional: DEADLINE_S (300), after which `pveceph init` is stopped.
 # Skips when /etc/pve/ceph.conf already has an fsid; fails when that configuration uses other networks.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
@@ -9,6 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, de
 
 CONF="${PVE_LAB_ROOT:-}/etc/pve/ceph.conf"
 CIDR_RE='^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$'
+DEADLINE_S="${DEADLINE_S:-300}"
+START=$SECONDS
 
 require_env() {
     [[ -n "${NODE_NAME:-}" ]] || fail "missing environment variable NODE_NAME"
@@ -16,6 +18,7 @@ require_env() {
     if [[ -n "${CEPH_CLUSTER_NETWORK:-}" && ! "$CEPH_CLUSTER_NETWORK" =~ $CIDR_RE ]]; then
         fail "CEPH_CLUSTER_NETWORK='$CEPH_CLUSTER_NETWORK' is not an IPv4 CIDR (e.g. 10.10.20.0/24)"
     fi
+    require_seconds DEADLINE_S
 }
 
 # conf_value KEY: KEY's value in the [global] section ("public network" and "public_network" are one key).
@@ -46,7 +49,7 @@ check_networks() {
 
 main() {
     require_env
-    local fsid args=(init --network "$CEPH_NETWORK")
+    local fsid args=(init --network "$CEPH_NETWORK") rc=0
     fsid="$(conf_value fsid)"
     if [[ -n "$fsid" ]]; then
         check_networks "$fsid"
@@ -57,8 +60,13 @@ main() {
         args+=(--cluster-network "$CEPH_CLUSTER_NETWORK")
     fi
     log "initializing Ceph on $NODE_NAME: pveceph ${args[*]}"
-    pveceph "${args[@]}" >&2 ||
-        fail "pveceph ${args[*]} failed on $NODE_NAME (exit $?): see its messages above" \
+    bounded "$START" pveceph "${args[@]}" >&2 || rc=$?
+    if timed_out "$rc"; then
+        fail "pveceph ${args[*]} did not finish within ${DEADLINE_S}s on $NODE_NAME and was stopped" \
+            "Check 'pvecm status' (pmxcfs needs quorum to write /etc/pve) and 'ls /etc/pve/ceph.conf', then run this step again."
+    fi
+    ((rc == 0)) ||
+        fail "pveceph ${args[*]} failed on $NODE_NAME (exit $rc): see its messages above" \
             "Check 'pvecm status' (pmxcfs needs quorum to write /etc/pve), then run this step again."
     # pveceph init can exit 0 although it failed: believe the file, not the exit code.
     fsid="$(conf_value fsid)"

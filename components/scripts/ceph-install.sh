@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # ceph-install.sh - install the Ceph packages of one release on this node (`pveceph install`), unattended.
 # Environment: CEPH_RELEASE (squid|tentacle on PVE 9), CEPH_REPOSITORY (no-subscription|enterprise|test),
-#   NODE_NAME (for messages).
+#   NODE_NAME (for messages). Optional: DEADLINE_S (1800), after which `pveceph install` is stopped.
 # Skips when the release's daemons are installed. Prints the `ceph --version` line.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
+
+DEADLINE_S="${DEADLINE_S:-1800}"
+START=$SECONDS
 
 require_env() {
     [[ -n "${NODE_NAME:-}" ]] || fail "missing environment variable NODE_NAME"
@@ -15,6 +18,7 @@ require_env() {
         no-subscription | enterprise | test) ;;
         *) fail "CEPH_REPOSITORY='${CEPH_REPOSITORY:-}' (allowed: no-subscription, enterprise, test)" ;;
     esac
+    require_seconds DEADLINE_S
 }
 
 # True when ceph-mon, ceph-osd and ceph-mgr are all installed. PVE ships the `ceph` client (ceph-common)
@@ -33,7 +37,7 @@ client_release() {
 
 main() {
     require_env
-    local installed
+    local installed rc=0
     if daemons_installed; then
         installed="$(client_release)"
         if [[ "$installed" == "$CEPH_RELEASE" ]]; then
@@ -50,13 +54,26 @@ main() {
     APT_ANSWERS="$(mktemp)"
     trap 'rm -f "$APT_ANSWERS"' EXIT
     printf '%s\n' 'APT::Get::Assume-Yes "true";' 'DPkg::Lock::Timeout "300";' >"$APT_ANSWERS"
-    # tentacle is a tech preview before pve-manager 9.2: without this, pveceph refuses it off a terminal.
+    # tentacle is a tech preview in pve-manager 9.1.5 to 9.1.12 (pveceph refuses it off a terminal without
+    # this flag); from 9.1.13 it is the default and the flag changes nothing; before 9.1.5 there is no tentacle
+    # (pve-manager PVE/Ceph/Releases.pm, debian/changelog).
     if [[ "$CEPH_RELEASE" == tentacle ]]; then
         args+=(--allow-experimental 1)
     fi
     log "installing Ceph $CEPH_RELEASE from the $CEPH_REPOSITORY repository on $NODE_NAME: pveceph ${args[*]}"
-    APT_CONFIG="$APT_ANSWERS" pveceph "${args[@]}" </dev/null >&2 ||
-        fail "pveceph ${args[*]} failed on $NODE_NAME (exit $?): see its messages above" \
+    local output
+    output="$(APT_CONFIG="$APT_ANSWERS" bounded "$START" pveceph "${args[@]}" </dev/null 2>&1)" || rc=$?
+    printf '%s\n' "$output" >&2
+    if timed_out "$rc"; then
+        fail "pveceph ${args[*]} did not finish within ${DEADLINE_S}s on $NODE_NAME and was stopped" \
+            "Check that $NODE_NAME reaches the Ceph repository and that no other apt/dpkg run holds its lock ('ps -C apt-get,dpkg'); 'dpkg --configure -a' repairs an interrupted install. Then run this step again."
+    fi
+    if [[ "$output" == *"version: value '$CEPH_RELEASE' does not have a value in the enumeration"* ]]; then
+        fail "this node's pve-manager does not offer Ceph $CEPH_RELEASE (pveceph offers: ${output##*enumeration })" \
+            "Ceph tentacle needs pve-manager 9.1.5 or later ('pveversion'; 'apt full-upgrade' updates it), or set ceph.release to squid."
+    fi
+    ((rc == 0)) ||
+        fail "pveceph ${args[*]} failed on $NODE_NAME (exit $rc): see its messages above" \
             "Check that $NODE_NAME reaches the Ceph repository (the enterprise one needs a subscription), then run this step again."
     if ! daemons_installed || [[ "$(client_release)" != "$CEPH_RELEASE" ]]; then
         fail "pveceph install exited 0, but ceph-mon/ceph-osd/ceph-mgr $CEPH_RELEASE are not installed on $NODE_NAME ($(ceph --version 2>&1 || true))" \

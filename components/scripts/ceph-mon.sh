@@ -24,14 +24,20 @@ require_env() {
 cluster() { ceph --connect-timeout 15 "$@"; }
 
 create_monitor() {
-    local output
+    local output rc
     if [[ -d "$ROOT/var/lib/ceph/mon/ceph-$NODE_NAME" ]]; then
         log "monitor mon.$NODE_NAME already exists"
         return 0
     fi
     log "creating monitor mon.$NODE_NAME"
-    until output="$(pveceph mon create 2>&1)"; do
+    while :; do
+        rc=0
+        output="$(bounded "$START" pveceph mon create 2>&1)" || rc=$?
+        ((rc != 0)) || break
         printf '%s\n' "$output" >&2
+        timed_out "$rc" &&
+            fail "pveceph mon create did not finish within ${DEADLINE_S}s on $NODE_NAME and was stopped" \
+                "Check 'ceph -s' and 'systemctl status ceph-mon@$NODE_NAME' on $NODE_NAME; if a half-made monitor shows there, remove it with 'pveceph mon destroy $NODE_NAME', then run this step again."
         [[ "$output" == *"got lock request timeout"* ]] ||
             fail "pveceph mon create failed on $NODE_NAME: ${output##*$'\n'}" \
                 "Check 'pvecm status' and 'ceph -s' on $NODE_NAME, then run this step again."
@@ -48,9 +54,9 @@ create_monitor() {
 }
 
 wait_for_quorum() {
-    local status names="" last=""
+    local status errors names="" last=""
     while :; do
-        if status="$(cluster status -f json 2>&1)"; then
+        if split_output status errors cluster status -f json; then
             names="$(python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)["quorum_names"]))' \
                 <<<"$status" 2>/dev/null)" || true
             if [[ " $names " == *" $NODE_NAME "* ]]; then
@@ -59,7 +65,7 @@ wait_for_quorum() {
             fi
             last="quorum: ${names:-none}"
         else
-            last="${status//$'\n'/ }"
+            last="${errors//$'\n'/ }"
         fi
         deadline_passed "$START" &&
             fail "mon.$NODE_NAME did not join the monitor quorum within ${DEADLINE_S}s; last seen: $last" \
@@ -74,8 +80,14 @@ create_manager() {
         return 0
     fi
     log "creating manager mgr.$NODE_NAME"
-    pveceph mgr create >&2 ||
-        fail "pveceph mgr create failed on $NODE_NAME (exit $?): see its messages above" \
+    local rc=0
+    bounded "$START" pveceph mgr create >&2 || rc=$?
+    if timed_out "$rc"; then
+        fail "pveceph mgr create did not finish within ${DEADLINE_S}s on $NODE_NAME and was stopped" \
+            "Check 'ceph -s' on $NODE_NAME (remove a half-made manager with 'pveceph mgr destroy $NODE_NAME'), then run this step again."
+    fi
+    ((rc == 0)) ||
+        fail "pveceph mgr create failed on $NODE_NAME (exit $rc): see its messages above" \
             "Check 'ceph -s' on $NODE_NAME, then run this step again."
     [[ -d "$ROOT/var/lib/ceph/mgr/ceph-$NODE_NAME" ]] ||
         fail "pveceph mgr create exited 0, but /var/lib/ceph/mgr/ceph-$NODE_NAME does not exist" \
@@ -84,9 +96,9 @@ create_manager() {
 
 # The OSDs' memory target lives in the monitors' config database: it can only be set once a monitor runs.
 set_osd_memory_target() {
-    local current
-    current="$(cluster config get osd osd_memory_target 2>&1)" ||
-        fail "could not read osd_memory_target: $current" "Check 'ceph -s' on $NODE_NAME, then run this step again."
+    local current errors
+    split_output current errors cluster config get osd osd_memory_target ||
+        fail "could not read osd_memory_target: ${errors//$'\n'/ }" "Check 'ceph -s' on $NODE_NAME, then run this step again."
     if [[ "$current" == "$OSD_MEMORY_TARGET_BYTES" ]]; then
         log "osd_memory_target is already $OSD_MEMORY_TARGET_BYTES"
         return 0
@@ -94,7 +106,7 @@ set_osd_memory_target() {
     cluster config set osd osd_memory_target "$OSD_MEMORY_TARGET_BYTES" >&2 ||
         fail "ceph config set osd osd_memory_target $OSD_MEMORY_TARGET_BYTES failed (exit $?)" \
             "Ceph refuses values below 939524096 (896 MiB): check ceph.osdMemoryTargetMiB."
-    current="$(cluster config get osd osd_memory_target)"
+    split_output current errors cluster config get osd osd_memory_target || true
     [[ "$current" == "$OSD_MEMORY_TARGET_BYTES" ]] ||
         fail "osd_memory_target reads '$current' after setting it to $OSD_MEMORY_TARGET_BYTES"
     log "osd_memory_target set to $OSD_MEMORY_TARGET_BYTES"

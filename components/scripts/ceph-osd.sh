@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # ceph-osd.sh - one Ceph OSD per data disk of this node (`pveceph osd create`), then wait until they are up.
-# Environment: NODE_NAME, OSD_DEVICES (space-separated /dev/disk/by-id/... paths), DEADLINE_S (600), POLL_S (5).
-# A disk that already holds an OSD of this cluster is skipped; a disk holding anything else is refused with
-# the command that wipes it (never wiped here: it may hold someone's data).
+# Environment: NODE_NAME, OSD_SERIALS (space-separated disk serials, e.g. "pvelab-osd0 pvelab-osd1"),
+#   DEADLINE_S (600), POLL_S (5).
+# Disks are found by serial (lib/disks.sh says why not by a /dev/disk/by-id name). A disk that already holds
+# an OSD of this cluster is skipped; a disk holding anything else is refused with the command that wipes it
+# (never wiped here: it may hold someone's data).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, deadline_passed, bounded
+# shellcheck source-path=SCRIPTDIR source=lib/disks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/disks.sh" # disk_by_serial, stable_disk_path
 
-ROOT="${PVE_LAB_ROOT:-}"
 DEADLINE_S="${DEADLINE_S:-600}"
 POLL_S="${POLL_S:-5}"
 START=$SECONDS
 
 require_env() {
     [[ "${NODE_NAME:-}" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] || fail "NODE_NAME='${NODE_NAME:-}' is not a node name"
-    read -ra DEVICES <<<"${OSD_DEVICES:-}"
-    ((${#DEVICES[@]})) || fail "OSD_DEVICES is empty: give the data disks, e.g. /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_pvelab-osd0"
-    local dev
-    for dev in "${DEVICES[@]}"; do
-        [[ "$dev" == /dev/* ]] || fail "OSD_DEVICES entry '$dev' is not a /dev path"
+    read -ra SERIALS <<<"${OSD_SERIALS:-}"
+    ((${#SERIALS[@]})) || fail "OSD_SERIALS is empty: give the data disks' serials, e.g. pvelab-osd0"
+    local serial
+    for serial in "${SERIALS[@]}"; do
+        # bpg/terraform-provider-proxmox limits a disk serial to 20 characters (its disk schema).
+        [[ "$serial" =~ ^[A-Za-z0-9_.-]{1,20}$ ]] || fail "OSD_SERIALS entry '$serial' is not a disk serial (1-20 letters, digits, '_', '.', '-')"
     done
     require_seconds DEADLINE_S POLL_S
     require_hostname NODE_NAME
@@ -28,8 +32,9 @@ cluster() { ceph --connect-timeout 15 "$@"; }
 
 # Lines "DEVICE OSD_ID CLUSTER_FSID" for every disk of this node that holds an OSD (of any cluster).
 osd_disks() {
-    local report
-    report="$(ceph-volume lvm list --format json)" || fail "ceph-volume lvm list failed on $NODE_NAME (exit $?)"
+    local report errors
+    split_output report errors ceph-volume lvm list --format json ||
+        fail "ceph-volume lvm list failed on $NODE_NAME (exit $?): ${errors//$'\n'/ }"
     python3 -c '
 import json, sys
 for osd_id, volumes in json.load(sys.stdin).items():
@@ -40,58 +45,66 @@ for osd_id, volumes in json.load(sys.stdin).items():
 ' <<<"$report"
 }
 
-# kernel_device PATH: the /dev/sdX a stable /dev/disk/by-id name points to.
-kernel_device() {
-    local real
-    real="$(readlink -f "$ROOT$1")"
-    printf '%s\n' "${real#"$ROOT"}"
+# The kernel device (/dev/sdb) of the disk with serial $1; fails when there is none or more than one.
+find_disk() {
+    local serial="$1" listing found
+    listing="$(disk_by_serial "$serial")" || fail "lsblk failed on $NODE_NAME (exit $?): see its message above"
+    mapfile -t found < <(printf '%s' "${listing:+$listing$'\n'}")
+    ((${#found[@]} == 1)) && printf '%s\n' "${found[0]}" && return 0
+    if ((${#found[@]} == 0)); then
+        fail "no disk with serial '$serial' on $NODE_NAME (lsblk -do PATH,SERIAL lists the disks)" \
+            "The VM needs a SCSI disk with serial '$serial' (see its config on the outer host: qm config <vmid>); add it or fix nodes.cephDisks, then run this step again."
+    fi
+    fail "${#found[@]} disks have the serial '$serial' on $NODE_NAME: ${found[*]}" \
+        "Give every data disk its own serial in the VM config on the outer host (qm config <vmid>), then run this step again."
 }
 
 ensure_osd() {
-    local dev="$1" fsid="$2" listing="$3" kernel found osd_id owner output
-    [[ -e "$ROOT$dev" ]] ||
-        fail "OSD disk $dev is missing on $NODE_NAME" \
-            "The VM needs a SCSI disk with serial '${dev##*_}' (see its config on the outer host: qm config <vmid>); add it or fix nodes.cephDisks, then run this step again."
-    kernel="$(kernel_device "$dev")"
+    local serial="$1" fsid="$2" listing="$3" kernel stable found osd_id owner output rc=0
+    kernel="$(find_disk "$serial")"
+    stable="$(stable_disk_path "$kernel" "$serial")"
     found="$(awk -v d="$kernel" '$1 == d { print $2, $3; exit }' <<<"$listing")"
     if [[ -n "$found" ]]; then
         read -r osd_id owner <<<"$found"
         [[ "$owner" == "$fsid" ]] ||
-            fail "$dev ($kernel) on $NODE_NAME holds osd.$osd_id of another Ceph cluster (fsid $owner)" \
-                "If that data is not needed, wipe the disk on $NODE_NAME: ceph-volume lvm zap --destroy $dev ; then run this step again."
-        log "$dev ($kernel) already holds osd.$osd_id of this cluster"
+            fail "$stable ($kernel, serial $serial) on $NODE_NAME holds osd.$osd_id of another Ceph cluster (fsid $owner)" \
+                "If that data is not needed, wipe the disk on $NODE_NAME: ceph-volume lvm zap --destroy $stable ; then run this step again."
+        log "$stable ($kernel, serial $serial) already holds osd.$osd_id of this cluster"
         return 0
     fi
-    log "creating an OSD on $dev ($kernel)"
-    if ! output="$(pveceph osd create "$dev" 2>&1)"; then
-        printf '%s\n' "$output" >&2
-        [[ "$output" != *"is already in use"* ]] ||
-            fail "$dev ($kernel) on $NODE_NAME is already in use (partitions, LVM or a file system), not by this Ceph cluster" \
-                "If that data is not needed, wipe the disk on $NODE_NAME: ceph-volume lvm zap --destroy $dev ; then run this step again."
-        fail "pveceph osd create $dev failed on $NODE_NAME: ${output##*$'\n'}" \
-            "Check 'ceph -s' and 'lsblk $dev' on $NODE_NAME, then run this step again."
-    fi
+    log "creating an OSD on $stable ($kernel, serial $serial)"
+    output="$(bounded "$START" pveceph osd create "$kernel" 2>&1)" || rc=$?
     printf '%s\n' "$output" >&2
+    if timed_out "$rc"; then
+        fail "pveceph osd create $kernel did not finish within ${DEADLINE_S}s on $NODE_NAME and was stopped" \
+            "Check 'ceph -s' and 'ceph-volume lvm list' on $NODE_NAME: a half-made OSD shows there (remove it with 'pveceph osd destroy <id> --cleanup'), then run this step again."
+    elif ((rc != 0)); then
+        [[ "$output" != *"is already in use"* ]] ||
+            fail "$stable ($kernel, serial $serial) on $NODE_NAME is already in use (partitions, LVM or a file system), not by this Ceph cluster" \
+                "If that data is not needed, wipe the disk on $NODE_NAME: ceph-volume lvm zap --destroy $stable ; then run this step again."
+        fail "pveceph osd create $kernel failed on $NODE_NAME: ${output##*$'\n'}" \
+            "Check 'ceph -s' and 'lsblk $kernel' on $NODE_NAME, then run this step again."
+    fi
 }
 
-# Prints the ids of this node's OSDs on DEVICES; fails when a disk holds no OSD of this cluster.
+# Prints the ids of this node's OSDs on the disks; fails when a disk holds no OSD of this cluster.
 our_osd_ids() {
-    local fsid="$1" listing dev kernel found
+    local fsid="$1" listing serial kernel found
     listing="$(osd_disks)"
-    for dev in "${DEVICES[@]}"; do
-        kernel="$(kernel_device "$dev")"
+    for serial in "${SERIALS[@]}"; do
+        kernel="$(find_disk "$serial")"
         found="$(awk -v d="$kernel" -v f="$fsid" '$1 == d && $3 == f { print $2; exit }' <<<"$listing")"
         [[ -n "$found" ]] ||
-            fail "pveceph osd create exited 0, but $dev ($kernel) holds no OSD of this cluster" \
+            fail "pveceph osd create exited 0, but $kernel (serial $serial) holds no OSD of this cluster" \
                 "Look at 'ceph-volume lvm list' and the OSD creation task log on $NODE_NAME, then run this step again."
         printf '%s\n' "$found"
     done
 }
 
 wait_until_up() {
-    local ids=("$@") dump up id down last=""
+    local ids=("$@") dump errors up id down last=""
     while :; do
-        if dump="$(cluster osd dump -f json 2>&1)"; then
+        if split_output dump errors cluster osd dump -f json; then
             up="$(python3 -c 'import json, sys; print(" ".join(str(o["osd"]) for o in json.load(sys.stdin)["osds"] if o["up"]))' \
                 <<<"$dump" 2>/dev/null)" || true
             down=()
@@ -104,7 +117,7 @@ wait_until_up() {
             fi
             last="still down: ${down[*]}"
         else
-            last="${dump//$'\n'/ }"
+            last="${errors//$'\n'/ }"
         fi
         deadline_passed "$START" &&
             fail "the OSDs of $NODE_NAME did not come up within ${DEADLINE_S}s; $last" \
@@ -115,12 +128,15 @@ wait_until_up() {
 
 main() {
     require_env
-    local fsid listing dev ids_text ids
-    fsid="$(cluster fsid 2>&1)" || fail "cannot reach the Ceph cluster from $NODE_NAME: $fsid" \
-        "The monitors must be up (the ceph-mon steps); check 'ceph -s', then run this step again."
+    local fsid errors listing serial ids_text ids
+    # Only stdout is the fsid: the client's warnings on stderr are logged, never compared.
+    split_output fsid errors cluster fsid ||
+        fail "cannot reach the Ceph cluster from $NODE_NAME: ${errors//$'\n'/ }" \
+            "The monitors must be up (the ceph-mon steps); check 'ceph -s', then run this step again."
+    [[ -z "$errors" ]] || log "ceph fsid said on stderr: ${errors//$'\n'/ }"
     listing="$(osd_disks)"
-    for dev in "${DEVICES[@]}"; do
-        ensure_osd "$dev" "$fsid" "$listing"
+    for serial in "${SERIALS[@]}"; do
+        ensure_osd "$serial" "$fsid" "$listing"
     done
     ids_text="$(our_osd_ids "$fsid")"
     mapfile -t ids <<<"$ids_text"

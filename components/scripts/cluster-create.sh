@@ -13,11 +13,12 @@ DEADLINE_S="${DEADLINE_S:-600}"
 POLL_S="${POLL_S:-5}"
 LINK0="${LINK0:-}"
 LINK1="${LINK1:-}"
+START=$SECONDS
 
 require_env() {
     require_vars "Run as: CLUSTER_NAME=pve-lab LINK0=10.10.10.11 bash cluster-create.sh" CLUSTER_NAME LINK0
     [[ "$CLUSTER_NAME" =~ ^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$ ]] ||
-        fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter, not ending with '-'"
+        fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter, not ending in '-' (pve-common JSONSchema.pm pve_verify_node_name)"
     require_ipv4 LINK0 LINK1
     require_seconds DEADLINE_S POLL_S
 }
@@ -64,7 +65,12 @@ main() {
             links+=(--link1 "$LINK1")
         fi
         log "creating cluster '$CLUSTER_NAME' (link0 $LINK0${LINK1:+, link1 $LINK1})"
-        pvecm create "$CLUSTER_NAME" "${links[@]}" >&2 || rc=$?
+        # pvecm create restarts corosync and pmxcfs in its task: bounded like every PVE call that may block.
+        bounded "$START" pvecm create "$CLUSTER_NAME" "${links[@]}" >&2 || rc=$?
+        if timed_out "$rc"; then
+            fail "pvecm create did not finish within ${DEADLINE_S}s and was stopped" \
+                "Check 'systemctl status corosync pve-cluster' and 'journalctl -u corosync -u pve-cluster' on this node; if /etc/pve/corosync.conf exists now, run this step again (it will not create twice)."
+        fi
         # pvecm create can exit 0 although its task failed: the node's corosync.conf tells.
         current="$(current_cluster)"
         [[ "$current" == "$CLUSTER_NAME" ]] ||

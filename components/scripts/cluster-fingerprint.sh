@@ -19,17 +19,22 @@ fingerprint_from_join_info() {
 
 main() {
     require_seconds DEADLINE_S POLL_S
-    local node start=$SECONDS join_info=""
+    local node start=$SECONDS join_info="" errors=""
     node="$(uname -n)"
     node="${node%%.*}" # the PVE node name: the host name up to the first dot
-    # Right after the create, pmxcfs may still be restarting: poll until the API answers.
-    until join_info="$(pvesh get /cluster/config/join --output-format json 2>&1)"; do
+    # Right after the create, pmxcfs may still be restarting: poll until the API answers. Only stdout is
+    # JSON: pvesh's warnings on stderr are logged, never parsed.
+    # Each call is bounded too: pvesh waits as long as pmxcfs does.
+    until split_output join_info errors bounded "$start" pvesh get /cluster/config/join --output-format json; do
         if deadline_passed "$start"; then
-            fail "no join information from 'pvesh get /cluster/config/join' within ${DEADLINE_S}s: ${join_info//$'\n'/ }" \
+            fail "no join information from 'pvesh get /cluster/config/join' within ${DEADLINE_S}s: ${errors//$'\n'/ }" \
                 "Is this node the cluster's first node, with the cluster created ('pvecm status')? Then run this step again."
         fi
         sleep "$POLL_S"
     done
+    if [[ -n "$errors" ]]; then
+        log "pvesh said on stderr: ${errors//$'\n'/ }"
+    fi
     local fingerprint
     fingerprint="$(NODE_NAME="$node" fingerprint_from_join_info <<<"$join_info")" ||
         fail "could not read the join information of node '$node' (not JSON?): ${join_info:0:200}"

@@ -12,6 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, de
 
 ROOT="${PVE_LAB_ROOT:-}"
 COROSYNC_CONF="/etc/pve/corosync.conf"
+LOCAL_COROSYNC_CONF="/etc/corosync/corosync.conf"
 DEADLINE_S="${DEADLINE_S:-600}"
 POLL_S="${POLL_S:-5}"
 LINK0="${LINK0:-}"
@@ -21,7 +22,7 @@ require_env() {
     require_vars "Run as: CLUSTER_NAME=pve-lab FIRST_IP=10.10.10.11 LINK0=10.10.10.12 FINGERPRINT=AA:BB:... EXPECTED_NODES=2 bash cluster-join.sh <<<\"\$ROOT_PASSWORD\"" \
         CLUSTER_NAME FIRST_IP LINK0 FINGERPRINT EXPECTED_NODES
     [[ "$CLUSTER_NAME" =~ ^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$ ]] ||
-        fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter, not ending with '-'"
+        fail "CLUSTER_NAME='$CLUSTER_NAME' is not allowed: 1-15 lower-case letters, digits and '-', starting with a letter, not ending in '-' (pve-common JSONSchema.pm pve_verify_node_name)"
     require_ipv4 FIRST_IP LINK0 LINK1
     [[ "$FINGERPRINT" =~ ^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$ ]] ||
         fail "FINGERPRINT='$FINGERPRINT' is not a SHA-256 fingerprint (32 hex pairs joined by ':')" \
@@ -44,16 +45,29 @@ is_member() {
     [[ "$(current_cluster)" == "$CLUSTER_NAME" ]] && awk -v me="$NODE" '$1 == "name:" && $2 == me { found = 1 } END { exit !found }' "$conf"
 }
 
-# One `pvecm add` attempt; its messages go to stderr and into $join_output.
+# One `pvecm add` attempt, killed at the step's deadline; its messages go to stderr and into $join_output.
+# pvecm add exits 0 even when its task failed (the bare error is its last line): membership decides.
 try_join() {
-    local links=(--link0 "$LINK0") rc=0
+    local start="$1" links=(--link0 "$LINK0") rc=0
     if [[ -n "${LINK1:-}" ]]; then
         links+=(--link1 "$LINK1")
     fi
     # The password reaches pvecm on its stdin only (printf is a shell builtin: no process shows it).
-    join_output="$(printf '%s\n' "$ROOT_PASSWORD" | pvecm add "$FIRST_IP" "${links[@]}" --fingerprint "$FINGERPRINT" 2>&1)" || rc=$?
+    join_output="$(printf '%s\n' "$ROOT_PASSWORD" |
+        bounded "$start" pvecm add "$FIRST_IP" "${links[@]}" --fingerprint "$FINGERPRINT" 2>&1)" || rc=$?
     printf '%s\n' "$join_output" >&2
     return "$rc"
+}
+
+# pvecm add was killed at the deadline. After "Join request OK" the member has added this node, and
+# pvecm add was waiting for quorum (Setup.pm finish_join has no deadline): corosync did not get through.
+fail_join_timed_out() {
+    if [[ "$join_output" == *"Join request OK"* ]]; then
+        fail "pvecm add was stopped after ${DEADLINE_S}s: $FIRST_IP added $NODE to cluster '$CLUSTER_NAME', but $NODE never reached quorum (corosync traffic between the link addresses does not pass); while this lasts the cluster counts $NODE's missing vote" \
+            "Let corosync through (UDP 5405-5412 between $LINK0${LINK1:+/$LINK1} and the other nodes; 'journalctl -u corosync' on $NODE). Once 'pvecm status' on $NODE is quorate, finish the join there with 'pvecm updatecerts --force' and run this step again. To give up instead: 'pvecm delnode $NODE' on $FIRST_IP and re-create $NODE."
+    fi
+    fail "pvecm add did not finish within ${DEADLINE_S}s and was stopped before $FIRST_IP accepted $NODE (its messages are above)" \
+        "Check that https://$FIRST_IP:8006 answers from $NODE and 'pvecm status' on $FIRST_IP, then run this step again."
 }
 
 # pvecm add over the API, retried on transient failures until the deadline; permanent ones fail at once.
@@ -61,10 +75,13 @@ join_cluster() {
     local start=$SECONDS rc reason
     while :; do
         rc=0
-        try_join || rc=$?
+        try_join "$start" || rc=$?
         # pvecm add can exit 0 although its task failed: only membership counts.
         if is_member; then
             return 0
+        fi
+        if timed_out "$rc"; then
+            fail_join_timed_out
         fi
         case "$join_output" in
             *"401 authentication failure"*)
@@ -78,6 +95,9 @@ join_cluster() {
                     "A joining node must have no guests, no corosync authkey or corosync.conf from an earlier cluster and its link addresses configured; fix that (or re-create this node) and run again." ;;
             *"got lock request timeout"* | *"no quorum"*)
                 reason="the cluster was locked or not quorate (another join running, or corosync still settling)" ;;
+            *"can't lock file '/var/lock/pvecm.lock' - got timeout"*)
+                # The member's (or this node's) local cluster lock: another cluster change is running there.
+                reason="/var/lock/pvecm.lock was held by another cluster operation (on $FIRST_IP, or here)" ;;
             *"Can't connect to $FIRST_IP:8006"*)
                 reason="the first node's API https://$FIRST_IP:8006 did not accept the connection. The join uses that API (pinned with the fingerprint), not SSH (--use_ssh): pveproxy must run on $FIRST_IP and port 8006 must be reachable from $NODE" ;;
             *)
@@ -133,6 +153,10 @@ main() {
     elif [[ -n "$current" ]]; then
         fail "$NODE is already in cluster '$current' (its $COROSYNC_CONF), not in '$CLUSTER_NAME'" \
             "A node belongs to one cluster only: re-create this node (pulumi destroy, then pulumi up), or set pve-lab:lab.cluster.name to '$current' if that cluster is this lab's."
+    elif [[ -f "$ROOT$LOCAL_COROSYNC_CONF" ]]; then
+        # pvecm add wrote the local corosync files, then stopped before quorum (Setup.pm finish_join).
+        fail "$NODE has $LOCAL_COROSYNC_CONF but no $COROSYNC_CONF: an earlier join was stopped while it waited for quorum" \
+            "Check 'pvecm status' and 'journalctl -u corosync' on $NODE: once corosync reaches the other nodes the cluster syncs /etc/pve; then 'pvecm updatecerts --force' on $NODE and run this step again. To give up: 'pvecm delnode $NODE' on $FIRST_IP and re-create $NODE."
     else
         [[ -n "$ROOT_PASSWORD" ]] ||
             fail "no root password on stdin (the first line must be the first node's root password)" \

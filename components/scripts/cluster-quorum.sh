@@ -50,7 +50,7 @@ main() {
         if deadline_passed "$start"; then
             log "last 'pvecm status' (exit $rc):"
             printf '%s\n' "$status" >&2
-            fail "the cluster was not quorate with $EXPECTED_NODES members online within ${DEADLINE_S}s (members: ${members[*]:-none}; online: ${online:-unknown}; 'pvecm status' exit $rc, 2 = not quorate)" \
+            fail "the cluster was not quorate with $EXPECTED_NODES members online within ${DEADLINE_S}s (members: ${members[*]:-none}; online: ${online:-unknown}; 'pvecm status' exit $rc: 2 = not quorate, or /etc/pve not mounted)" \
                 "Start any node that is off, check 'journalctl -u corosync' on the nodes for link errors, then run this step again."
         fi
         sleep "$POLL_S"

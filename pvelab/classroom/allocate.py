@@ -29,7 +29,9 @@ from ..atomicfile import atomic_write, locked
 from ..formats import PVE_NODE_RE, key_name, show
 from ..safeyaml import YamlInputError, read_yaml
 from ..spec import CONFIG_KEY, PVE_VMID_MAX, ImageSpec, LabSpec, SpecError, parse_spec
+from .class_cache import assign_proxy, cache_site
 from .roster import CLASS_ID_RE, STUDENT_ID_RE, OuterNode, Roster, RosterError, Student
+from .templates import assign_template, template_builds
 
 GIB_PER_MIB = 1 / 1024
 SETTINGS_RECORDED = ("vmidBase", "vmidBlock", "supernet", "subnetPrefix", "firstHost", "networkMode", "tagBase")
@@ -266,6 +268,8 @@ class ClassPlan:
     nodes: list[NodeUsage]
     problems: list[str]
     max_slots: int
+    template_builds: list = field(default_factory=list)  # classroom/templates.TemplateBuild, one per outer node
+    cache_site: Optional[Any] = None  # classroom/class_cache.CacheSite: the class's apt-cacher-ng VM
 
     def by_id(self) -> dict[str, StudentStack]:
         return {s.student_id: s for s in self.students}
@@ -350,6 +354,9 @@ def student_lab(roster: Roster, student: Student, slot: int, node: str) -> dict:
     lab["image"] = image
     tags = list(lab.get("tags") or ["pve-lab"])
     lab["tags"] = tags + [t for t in (roster.class_id,) if t not in tags]
+    node_index = next((i for i, n in enumerate(roster.outer_nodes) if n.name == node), 0)
+    assign_template(lab, a.vmid_base, node_index)
+    assign_proxy(lab, roster.class_cache)
 
     pool = f"{roster.class_id}-{student.id}"
     tag = a.network.tag_base + slot
@@ -577,12 +584,18 @@ def allocate(roster: Roster, previous_allocation: Optional[Allocation] = None, *
                                    slot=slots[s.id], outer_node=node, lab=lab, spec=spec, demand=demands[s.id],
                                    status=status[s.id]))
     downloads = image_downloads(roster, [s for s in stacks if s.outer_node])
+    builds, build_problems = template_builds([s for s in stacks if s.outer_node],
+                                             {n.name: i for i, n in enumerate(roster.outer_nodes)},
+                                             roster.allocation.vmid_base)
+    problems += build_problems
+    site, cache_problems = cache_site(roster.class_cache, stacks, {n.name: i for i, n in enumerate(roster.outer_nodes)})
+    problems += cache_problems
     allocation = Allocation(class_id=roster.class_id, settings=settings,
                             students={s.student_id: Slot(s.slot, s.outer_node) for s in stacks if s.outer_node},
                             retired=retired)
     problems = list(dict.fromkeys(problems))
     plan = ClassPlan(roster=roster, students=stacks, image_downloads=downloads, allocation=allocation, nodes=usages,
-                     problems=problems, max_slots=max_slots)
+                     problems=problems, max_slots=max_slots, template_builds=builds, cache_site=site)
     if strict and problems:
         raise RosterError(problems)
     return plan

@@ -279,7 +279,8 @@ def check_downloads(downloads: Sequence[ImageDownloadLike]) -> list[str]:
     return problems
 
 
-def images_program(downloads: Sequence[ImageDownloadLike], endpoint: str, insecure: bool = False) -> Callable[[], None]:
+def images_program(downloads: Sequence[ImageDownloadLike], endpoint: str, insecure: bool = False,
+                   template_builds: Sequence[Any] = (), cache_site: Any = None) -> Callable[[], None]:
     """The inline Pulumi program of the class-images stack: one FileLegacy per (node, storage, file).
 
     The outer provider is built from the class's outer endpoint and the API token, which is read from the
@@ -311,6 +312,11 @@ def images_program(downloads: Sequence[ImageDownloadLike], endpoint: str, insecu
             )
             files[f"{d.node}/{d.file_id}"] = image.id
         pulumi.export("fileIds", files)
+        if template_builds or cache_site is not None:
+            from .class_templates import build_class_extras
+
+            for key, value in build_class_extras(template_builds, cache_site, files, token, outer).items():
+                pulumi.export(key, value)
 
     return program
 
@@ -341,12 +347,15 @@ class ClassImagesBackend:
     """The class-images stack (project `pve-lab-class`) as an Automation API inline program."""
 
     def __init__(self, downloads: Sequence[ImageDownloadLike], endpoint: str, insecure: bool = False,
-                 work_dir: Path = CLASS_WORK_DIR, which: Optional[Callable[[str], Optional[str]]] = None):
+                 work_dir: Path = CLASS_WORK_DIR, which: Optional[Callable[[str], Optional[str]]] = None,
+                 template_builds: Sequence[Any] = (), cache_site: Any = None):
         require_pulumi_cli(which)
         problems = check_downloads(downloads)
         if problems:
             raise ValueError("; ".join(problems))
         self.downloads = list(downloads)
+        self.template_builds = list(template_builds)
+        self.cache_site = cache_site
         self.endpoint, self.insecure = endpoint, insecure
         self.work_dir = Path(work_dir)
 
@@ -356,7 +365,8 @@ class ClassImagesBackend:
         opts = auto.LocalWorkspaceOptions(work_dir=str(self.work_dir))
         open_stack = auto.create_or_select_stack if create else auto.select_stack
         return open_stack(stack_name=job.stack, project_name=CLASS_PROJECT,
-                          program=images_program(self.downloads, self.endpoint, self.insecure), opts=opts)
+                          program=images_program(self.downloads, self.endpoint, self.insecure,
+                                                 self.template_builds, self.cache_site), opts=opts)
 
     def up(self, job: StackJob, on_output: Callable[[str], None]) -> None:
         with _WORKSPACE_LOCK:

@@ -59,6 +59,9 @@ def register(subparsers) -> None:
     cred.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="where the students' stacks are")
     cred.set_defaults(func=cmd_credentials)
 
+    from .reset_cli import add_reset_commands  # baseline, reset: every student's lab (pvelab/ops/reset.py)
+
+    add_reset_commands(sub)
     try:
         from . import run_cli
     except ModuleNotFoundError as exc:
@@ -146,6 +149,9 @@ def plan_text(plan: ClassPlan, violations: dict) -> str:
             _table(["NODE", "STUDENTS", "VCPU", "RAM", "DISK"], node_rows), ""]
     out.append("shared image downloads (the class-images stack fetches each once):")
     out += [f"  {d.node}: {d.file_id} <- {d.url}" for d in plan.image_downloads] or ["  (none)"]
+    if plan.template_builds:
+        out.append("golden node templates (the class-images stack builds one per outer node; the labs clone it):")
+        out += [f"  {b.node}: VMID {b.vmid}, builder in VLAN {b.vlan_tag}" for b in plan.template_builds]
     problems = list(plan.problems)
     for r in rows:
         problems += [f"{r['stack']}: {v}" for v in r["violations"]]

@@ -113,13 +113,14 @@ class Roster:
     limits: Limits
     outer_nodes: list[OuterNode]
     students: list[Student]
+    class_cache: Optional[Any] = None  # classroom/class_cache.ClassCache: the class's apt-cacher-ng VM
 
     @property
     def default_node(self) -> str:
         return str((self.lab.get("outer") or {}).get("node") or "pve")
 
 
-TOP_KEYS = {"class", "title", "lab", "allocation", "limits", "outerNodes", "students"}
+TOP_KEYS = {"class", "title", "lab", "allocation", "limits", "outerNodes", "students", "classCache"}
 ALLOCATION_KEYS = {"vmidBase": "vmid_base", "vmidBlock": "vmid_block", "supernet": "supernet",
                    "subnetPrefix": "subnet_prefix", "firstHost": "first_host", "network": "network",
                    "userRealm": "user_realm", "role": "role", "hostnamePrefix": "hostname_prefix",
@@ -468,10 +469,15 @@ def parse_roster(doc: Any, path: Path) -> Roster:
     for name in limits.allowed_nodes:
         if node_names and name not in node_names:
             problems.append(f"roster.limits.allowedNodes: '{name}' is not in roster.outerNodes ({', '.join(node_names)})")
+    from .class_cache import parse_class_cache
+
+    cache = parse_class_cache(doc.get("classCache"), problems)
+    if cache is not None and cache.node and node_names and cache.node not in node_names:
+        problems.append(f"roster.classCache.node: '{cache.node}' is not in roster.outerNodes ({', '.join(node_names)})")
     if problems:
         raise RosterError(list(problems))
     return Roster(path=path, class_id=class_id, title=str(title), lab=lab, allocation=alloc, limits=limits,
-                  outer_nodes=nodes, students=students)
+                  outer_nodes=nodes, students=students, class_cache=cache)
 
 
 def load_roster(path: str | Path) -> Roster:

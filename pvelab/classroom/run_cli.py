@@ -226,7 +226,9 @@ def make_backends(plan: Any, jobs: Sequence[StackJob], project_dir: Path = PROJE
     insecure = bool(getattr(plan, "outer_insecure", False))
     if not endpoint:
         endpoint, insecure = class_outer_endpoint(jobs)
-    return backend, ClassImagesBackend(downloads, endpoint, insecure, work_dir=Path(project_dir) / CLASS_WORK_DIR_NAME)
+    return backend, ClassImagesBackend(downloads, endpoint, insecure, work_dir=Path(project_dir) / CLASS_WORK_DIR_NAME,
+                                       template_builds=getattr(plan, "template_builds", []) or [],
+                                       cache_site=getattr(plan, "cache_site", None))
 
 
 # ---------------------------------------------------------------- output

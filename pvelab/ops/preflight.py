@@ -98,7 +98,44 @@ class Preflight:
             self.guard(name, step)
         self.guard("VMIDs", self.check_vmids)
         self.guard("API token privileges", self.check_privileges)
+        if self.spec.apt_proxy:
+            self.guard("apt proxy", self.check_apt_proxy)
+        if self.spec.nodes.source == "template":
+            self.guard("node template", self.check_template)
         return self.results
+
+    def check_template(self) -> None:
+        import shutil
+
+        from ..node_template import linked_clone_problem
+
+        tpl, storage = self.spec.template, self.spec.outer.storage
+        st = self.client.get(f"nodes/{self.node}/storage/{storage}/status")
+        problems, fixes = [], []
+        if tpl.linked_clones:
+            problem = linked_clone_problem(storage, str(st.get("type") or ""))
+            if problem:
+                problems.append(problem)
+                fixes.append("set pve-lab:lab.template.linkedClones: false (full clones), or use an LVM-thin, ZFS or Ceph outer.storage")
+        if tpl.vm_id is None and shutil.which("curl") is None:
+            problems.append("curl is not installed here: the step that makes the builder a template calls the outer API with it")
+            fixes.append("install curl where you run pulumi")
+        if problems:
+            self.add("node template", "fail", "; ".join(problems), "; ".join(fixes))
+        else:
+            how = "linked clones" if tpl.linked_clones else "full clones"
+            self.add("node template", "pass", f"{how} on {storage} (type {st.get('type')})")
+
+    def check_apt_proxy(self) -> None:
+        from ..apt_proxy import probe
+
+        url = self.spec.apt_proxy
+        problem = probe(url)
+        if problem is None:
+            self.add("apt proxy", "pass", f"{url} answers HTTP (checked from here; the nodes must reach it too)")
+        else:
+            self.add("apt proxy", "fail", f"{url} does not answer: {problem}",
+                     "start the package cache (e.g. apt-cacher-ng on port 3142), or remove aptProxy from the lab config")
 
     def guard(self, name: str, step: Callable[[], None]) -> None:
         try:

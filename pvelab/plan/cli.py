@@ -6,6 +6,7 @@ Exit codes: 0 planned; 2 the config (or a flag) is wrong, with the same message 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -60,6 +61,8 @@ def register(subparsers) -> None:
                    help="the outer host's RAM in GiB")
     p.add_argument("--host-disk-gib", type=_positive(float), metavar="N",
                    help="free space in GiB on the outer storage for VM disks")
+    p.add_argument("--calibrate", type=Path, metavar="EVENTLOG",
+                   help="learn each step kind's duration from a real run's `pulumi up --event-log EVENTLOG` file")
     # Where the stack files are (tests use a temporary folder); the program is always this checkout's.
     p.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -69,8 +72,21 @@ def run(args: argparse.Namespace) -> int:
     host = None
     if any(v is not None for v in (args.host_cores, args.host_memory_gib, args.host_disk_gib)):
         host = HostCapacity(args.host_cores, args.host_memory_gib, args.host_disk_gib)
+    measured = None
+    if args.calibrate is not None:
+        from .calibrate import CalibrationError, calibrated, learn
+
+        try:
+            measured = learn(args.calibrate)
+        except CalibrationError as exc:
+            print(f"plan: {exc}", file=sys.stderr)
+            return 2
     try:
-        plan = plan_stack(args.stack, Path(args.project_dir), host)
+        if measured is not None:
+            with calibrated(measured, args.calibrate.name):
+                plan = plan_stack(args.stack, Path(args.project_dir), host)
+        else:
+            plan = plan_stack(args.stack, Path(args.project_dir), host)
     except PlanError as exc:
         print(f"plan: {exc}", file=sys.stderr)
         return 1
@@ -87,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"plan: --out {args.out}: cannot write the picture ({exc.strerror or exc})", file=sys.stderr)
         return 1
+    if measured is not None:
+        from .calibrate import calibration_json, render_calibration
+
+        if args.format == "json":
+            print(json.dumps(json.loads(render_json(plan, files)) | {"calibration": calibration_json(measured)}))
+            return 0
+        print(render_calibration(measured, str(args.calibrate)))
     print(render_json(plan, files) if args.format == "json" else render_text(plan, files), end="" if
           args.format == "text" else "\n")
     return 0

@@ -30,6 +30,7 @@ STEP_DURATIONS: dict[str, Duration] = {
         120, "Debian 13 genericcloud qcow2 is ~400 MB: ~2 min at ~30 Mbit/s to cloud.debian.org (estimate)"),
     "vm:outer": Duration(
         60, "import the image into the VM disk, allocate the Ceph disks, first boot to SSH via cloud-init (estimate)"),
+    "apt-proxy": Duration(3, "one apt.conf.d file written or removed (components/scripts/apt-proxy.sh)"),
     # install-pve.sh (components/scripts/install-pve.sh, pve9-cli.md "Install PVE 9 on Debian 13").
     "node-scripts": Duration(2, "one SSH command writing the scripts (~60 KB) to the node"),
     "install-pve:prepare": Duration(
@@ -38,6 +39,22 @@ STEP_DURATIONS: dict[str, Duration] = {
     "install-pve:finish": Duration(
         480, "apt install proxmox-ve postfix open-iscsi chrony: ~1 GB of packages, the longest apt run (estimate)"),
     "install-pve:ready": Duration(30, "pveversion and the API on :8006 answer shortly after the install"),
+    "node-network": Duration(10, "write /etc/network/interfaces, move the address onto vmbr0 (ifreload -a) (estimate)"),
+    # The golden node template (nodes.source: template; components/node_template.py): built once, then cloned.
+    "vm:builder": Duration(
+        60, "import the image into the builder's disk, first boot to SSH via cloud-init (estimate, as vm:outer)"),
+    "node-seal": Duration(15, "stop the PVE services, remove the identity files, schedule the power-off (estimate)"),
+    "outer-template": Duration(
+        45, "the builder powers off, then qm template renames its disk to a base volume (estimate)"),
+    "vm:outer@clone": Duration(
+        20, "linked clone of the template (a thin snapshot on LVM-thin/ZFS/Ceph) + Ceph disks + start (estimate; "
+            "a full clone copies the system disk: ~1-3 min)"),
+    "node-firstboot:identity": Duration(
+        60, "the clone's first boot: cloud-init sets its name, address and keys, SSH comes up (estimate)"),
+    "install-pve:prepare@clone": Duration(10, "/etc/hosts only: everything is installed, nothing downloaded"),
+    "node-firstboot:pve": Duration(20, "pmxcfs restart, pvecm updatecerts --force, pveproxy restart (estimate)"),
+    "node-firstboot:ready": Duration(10, "identity checks, pveversion and the API answer at once"),
+    "ceph-install@clone": Duration(5, "the template holds the Ceph packages: the script only checks"),
     # Cluster (pve9-cli.md "Cluster (pvecm)").
     "cluster-create": Duration(30, "pvecm create, then pmxcfs/corosync up with a quorum of one (estimate)"),
     "cluster-fingerprint": Duration(5, "one pvesh call on the first node"),

@@ -29,7 +29,7 @@ from pvelab.evaluate import (MOCK_PRIVATE_KEY, MOCK_ROOT_PASSWORD, PLACEHOLDER_S
                              Evaluation, Record)
 
 from pvelab.policy_rules import check_lab_sanity
-from .durations import HA_FAILOVER_S, duration_for
+from .durations import HA_FAILOVER_S, STEP_DURATIONS, duration_for
 
 COMMAND = "command:remote:Command"
 VM = "proxmoxve:index/vmLegacy:VmLegacy"
@@ -49,7 +49,7 @@ OUTER_HOST_RESERVE_MIB = 2048
 # Variables of a node script that may be shown even when the command text is secret as a whole.
 SHOWABLE_ENV = frozenset({"CLUSTER_NAME", "EXPECTED_NODES", "EXPECTED_OSDS", "EXPECTED_MONS", "LINK0", "LINK1",
                           "FIRST_IP", "NODE_NAME", "CEPH_RELEASE", "CEPH_NETWORK", "CEPH_CLUSTER_NETWORK",
-                          "OSD_DEVICES", "PVE_SUITE"})
+                          "OSD_SERIALS", "PVE_SUITE"})
 SCRIPT_RUN_RE = re.compile(r'bash "\$HOME/pve-lab/([A-Za-z0-9_.-]+)\.sh"')
 # The `create` of the per-node step that ships every script (pvelab/node_script.bundle_run_line).
 BUNDLE_RE = re.compile(r"^bash -s -- pve-lab-scripts [0-9a-f]+$")
@@ -511,6 +511,13 @@ COMMAND_TITLES = {
     "install-pve:reboot": ("install", "install PVE: reboot"),
     "install-pve:finish": ("install", "install PVE: proxmox-ve"),
     "install-pve:ready": ("install", "install PVE: ready"),
+    "node-network": ("install", "network: address on vmbr0"),
+    "install-pve:prepare@clone": ("install", "clone: /etc/hosts (nothing to install)"),
+    "node-firstboot:identity": ("install", "clone: own name, machine-id, SSH keys"),
+    "node-firstboot:pve": ("install", "clone: pmxcfs + node certificate"),
+    "node-firstboot:ready": ("install", "clone: ready (identity, API)"),
+    "apt-proxy": ("install", "apt proxy setting (aptProxy)"),
+    "node-seal": ("template", "seal the builder (no identity left), power off"),
     "cluster-create": ("cluster", "pvecm create {CLUSTER_NAME}"),
     "cluster-fingerprint": ("cluster", "read join fingerprint"),
     "node-scripts": ("install", "ship the node scripts"),
@@ -534,6 +541,10 @@ class _Missing(dict):
 def _resource_title(r: Record, outer_vm: bool, parent: Optional[Record] = None) -> tuple[str, str, str]:
     """(kind, phase, title) of a non-command resource."""
     t = r.type
+    if t == VM and "pve-lab-template" in (_plain(r, "tags") or []):
+        return "vm:builder", "template", f"template builder VM {_plain(r, 'name') or ''}".strip()
+    if t == "command:local:Command" and r.name.endswith("-convert"):
+        return "outer-template", "template", "make the builder a template (outer API)"
     if t == VM:
         vmid, name = _int(_plain(r, "vmId")), _plain(r, "name") or ""
         if outer_vm:
@@ -678,6 +689,8 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
     steps: dict[str, Step] = {}
     parts_by_id: dict[str, CommandParts] = {}
     urn_to_id = {r.urn: r.name for r in step_records}
+    # Steps of a node cloned from the golden template take their own figures where the table has them.
+    cloned = {_plain(r, "name") or r.name for r in nested_vms if _plain(r, "clone")}
     for r in step_records:
         parent = graph.by_urn.get(r.parent)
         component = parent.name if parent else ""
@@ -687,7 +700,7 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
             parts_by_id[r.name] = parts
             kind = f"{parts.script}:{parts.args[0]}" if parts.args else parts.script
             if parts.script == "ceph-osd":
-                units = len(parts.env.get("OSD_DEVICES", "").split()) or 1
+                units = len(parts.env.get("OSD_SERIALS", "").split()) or 1
             phase, template = COMMAND_TITLES.get(kind, ("other", kind or r.name))
             title = template.format_map(_Missing(parts.env, osd_count=units))
             detail = " ".join([f"{parts.script}.sh", *parts.args]) if parts.script else ""
@@ -698,6 +711,11 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
             kind, phase, title = _resource_title(r, r.urn in nested_urns, parent)
             detail = r.type
             lane = lane_for(r, None)
+        if lane in cloned and f"{kind}@clone" in STEP_DURATIONS:
+            kind = f"{kind}@clone"
+            if kind in COMMAND_TITLES:
+                phase, template = COMMAND_TITLES[kind]
+                title = template.format_map(_Missing(parts.env, osd_count=units))
         seconds, entry, is_default = duration_for(kind, units)
         steps[r.name] = Step(id=r.name, title=title, lane=lane, kind=kind, phase=phase, resource_type=r.type,
                              component=component, detail=detail, estimate_s=seconds,
@@ -766,7 +784,7 @@ def _ceph_and_links(plan: Plan, parts_by_id: dict[str, CommandParts]) -> None:
         elif parts.script == "ceph-mon":
             node.ceph_roles += [r for r in ("MON", "MGR") if r not in node.ceph_roles]
         elif parts.script == "ceph-osd":
-            node.osd_count += len(parts.env.get("OSD_DEVICES", "").split()) or 1
+            node.osd_count += len(parts.env.get("OSD_SERIALS", "").split()) or 1
     for node in plan.nodes:
         if node.osd_count:
             node.ceph_roles.append(f"OSD x{node.osd_count}")

@@ -97,3 +97,35 @@ deadline_passed() {
     local start="$1"
     ((SECONDS - start >= ${DEADLINE_S%.*}))
 }
+
+# remaining_s START: whole seconds left until DEADLINE_S has gone by since START (at least 1).
+remaining_s() {
+    local left=$((${DEADLINE_S%.*} - (SECONDS - $1)))
+    ((left > 0)) || left=1
+    printf '%s\n' "$left"
+}
+
+# bounded START CMD...: run CMD, killed once the step's deadline (DEADLINE_S since START) has passed: PVE
+# tools can wait without end (pvecm add waits for quorum, apt for a lock). Exit 124 or 137: it was killed.
+bounded() {
+    local start="$1"
+    shift
+    timeout --kill-after=10 "$(remaining_s "$start")" "$@"
+}
+
+# timed_out RC: true when RC is the exit status of a command `bounded` killed.
+timed_out() { (($1 == 124 || $1 == 137)); }
+
+# split_output OUT_VAR ERR_VAR CMD...: run CMD; its stdout into OUT_VAR (what gets parsed), its stderr
+# into ERR_VAR (for messages; warnings must not end up in JSON). Returns CMD's exit status.
+# shellcheck disable=SC2034 # out_ref and err_ref are namerefs: they set the caller's variables
+split_output() {
+    local -n out_ref="$1" err_ref="$2"
+    shift 2
+    local err_file rc=0
+    err_file="$(mktemp)"
+    out_ref="$("$@" 2>"$err_file")" || rc=$?
+    err_ref="$(<"$err_file")"
+    rm -f "$err_file"
+    return "$rc"
+}

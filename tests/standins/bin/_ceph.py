@@ -8,26 +8,32 @@ next `peering` status/health queries report HEALTH_WARN (PGs peering) before HEA
 tests that cannot afford a sleep between polls set them to 0 with `set_delays`.
 
 Per-node disks: $STANDIN_STATE/nodes/<node>/disks.json, keyed by kernel device (`/dev/sdb`): what a disk
-holds (`{"content": "ceph-osd", "cluster_fsid", "osd_id", "osd_fsid"}`, or e.g. `{"content": "ext4"}`).
-The disk itself is a file in the node's tree, `dev/sdb`, with its stable name
-`dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_<serial>` a relative symlink to it (`add_disk`).
+holds (`{"content": "ceph-osd", "cluster_fsid", "osd_id", "osd_fsid"}`, or e.g. `{"content": "ext4"}`);
+nodes/<node>/blockdevs.json: each disk's serial (what lsblk shows). The disk itself is a file in the node's
+tree, `dev/sdb`, with its by-id name a relative symlink to it (`add_disk`; the name depends on the outer
+host's QEMU machine version, see `by_id_name`).
 Installed packages live in the node's Debian state (`_debian.debian_state`), plus `ceph_release`.
 """
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
-from _debian import debian_state, die, fault, load, locked_json, log_call, node, root, state_dir  # noqa: F401
+from _debian import (PVE_MANAGER_VERSION, debian_state, die, fault, load, locked_json, log_call, node,  # noqa: F401
+                     root, state_dir)
 
 VERSIONS = {"squid": "19.2.3", "tentacle": "20.2.0"}
 COMMITS = {"squid": "c92aebb279828e9c3c1f5d24613efca272649e62", "tentacle": "7a3b5c1e9d2f4a6b8c0d1e3f5a7b9c1d3e5f7a9b"}
 # PVE 9 ships ceph-common (the `ceph` CLI) from its own repository: `ceph --version` answers before any
 # `pveceph install`, naming squid, although no monitor/OSD/manager package is installed.
 PVE_CLIENT_RELEASE = "squid"
-# The stand-in PVE is 9.1 (_debian.PVE_MANAGER_VERSION): tentacle is still a tech preview there.
-TECH_PREVIEW = {"tentacle"}
+# pve-manager's Ceph releases (PVE/Ceph/Releases.pm, debian/changelog): tentacle was added as a preview
+# ("unsupported": pveceph install refuses it off a terminal without --allow-experimental) in 9.1.5, and
+# became the default, no longer gated, in 9.1.13. Before 9.1.5 PVE 9 offers squid only.
+TENTACLE_PREVIEW_FROM = (9, 1, 5)
+TENTACLE_DEFAULT_FROM = (9, 1, 13)
 CEPH_PACKAGES = ["ceph", "ceph-base", "ceph-common", "ceph-fuse", "ceph-mds", "ceph-mgr", "ceph-mon", "ceph-osd",
                  "ceph-volume", "gdisk", "nvme-cli", "python3-ceph-argparse", "librados2", "librbd1"]
 DEFAULT_DELAYS = {"mon_quorum": 1, "osd_up": 1, "peering": 2}
@@ -78,15 +84,40 @@ def load_disks() -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def add_disk(state: Path, name: str, node_root: Path, serial: str, kernel_name: str, content: dict | None = None) -> None:
-    """Give node `name` a disk `/dev/<kernel_name>` with stable name ...HARDDISK_<serial>, holding `content`."""
+def by_id_name(serial: str, kernel_name: str, qemu_machine: int) -> str:
+    """The udev by-id name of a virtio-scsi disk `scsiN` (N from sdX: sda is scsi0) with that serial.
+
+    qemu-server (src/PVE/QemuServer/DriveDevice.pm) sets device_id=drive-scsiN from machine version 10 on;
+    QEMU (hw/scsi/scsi-disk.c) uses device_id for the VPD 0x83 identifier and falls back to the serial only
+    without it. udev's scsi_id turns that identifier into ID_SERIAL `0QEMU_QEMU_HARDDISK_<identifier>`.
+    """
+    index = ord(kernel_name[2]) - ord("a")
+    return f"{BY_ID}drive-scsi{index}" if qemu_machine >= 10 else f"{BY_ID}{serial}"
+
+
+def add_disk(state: Path, name: str, node_root: Path, serial: str, kernel_name: str, content: dict | None = None,
+             qemu_machine: int = 10) -> None:
+    """Give node `name` a disk `/dev/<kernel_name>` with this serial, holding `content` (None: blank).
+
+    Its by-id link is what the outer host's QEMU machine version gives (`by_id_name`: 10 and later is PVE 9,
+    the default; 9 is PVE 8.4); lsblk shows the serial either way (nodes/<node>/blockdevs.json).
+    """
     (node_root / "dev").mkdir(parents=True, exist_ok=True)
     (node_root / "dev" / kernel_name).write_text("")
-    link = node_root / f"{BY_ID}{serial}"
-    link.parent.mkdir(parents=True, exist_ok=True)
+    by_id = node_root / "dev/disk/by-id"
+    by_id.mkdir(parents=True, exist_ok=True)
+    for old in by_id.iterdir():  # the kernel name's previous stable names (another serial or QEMU)
+        if old.is_symlink() and os.readlink(old) == f"../../{kernel_name}":
+            old.unlink()
+    link = node_root / by_id_name(serial, kernel_name, qemu_machine)
     if link.is_symlink():
         link.unlink()
     link.symlink_to(f"../../{kernel_name}")
+    blockdevs = (state / "nodes" / name / "blockdevs.json")
+    blockdevs.parent.mkdir(parents=True, exist_ok=True)
+    devs = json.loads(blockdevs.read_text()) if blockdevs.exists() else {}
+    devs[f"/dev/{kernel_name}"] = {"serial": serial, "size": "32G"}
+    blockdevs.write_text(json.dumps(devs, indent=1, sort_keys=True))
     path = disks_path(state, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     disks = json.loads(path.read_text()) if path.exists() else {}
@@ -95,6 +126,18 @@ def add_disk(state: Path, name: str, node_root: Path, serial: str, kernel_name: 
     else:
         disks[f"/dev/{kernel_name}"] = content
     path.write_text(json.dumps(disks, indent=1, sort_keys=True))
+
+
+def remove_disk(state: Path, name: str, node_root: Path, kernel_name: str) -> None:
+    """Detach /dev/<kernel_name> from node `name` (device node, by-id links, lsblk entry)."""
+    for link in (node_root / "dev/disk/by-id").iterdir():
+        if link.is_symlink() and os.readlink(link) == f"../../{kernel_name}":
+            link.unlink()
+    (node_root / "dev" / kernel_name).unlink(missing_ok=True)
+    blockdevs = state / "nodes" / name / "blockdevs.json"
+    devs = json.loads(blockdevs.read_text()) if blockdevs.exists() else {}
+    devs.pop(f"/dev/{kernel_name}", None)
+    blockdevs.write_text(json.dumps(devs, indent=1, sort_keys=True))
 
 
 def resolve_device(path: str) -> str | None:
@@ -106,6 +149,31 @@ def resolve_device(path: str) -> str | None:
 
 
 # --- packages ----------------------------------------------------------------------------------------
+
+def pve_manager_version() -> tuple[int, ...]:
+    """This node's pve-manager version: debian.json's `pve_manager_version`, else _debian.PVE_MANAGER_VERSION."""
+    text = load().get("pve_manager_version") or PVE_MANAGER_VERSION
+    return tuple(int(part) for part in text.split("/")[0].split("."))
+
+
+def set_pve_manager_version(state: Path, name: str, version: str) -> None:
+    """Tests: make node `name` run pve-manager `version` (e.g. "9.1.13")."""
+    with_state = load(state, name)
+    with_state["pve_manager_version"] = version
+    path = state / "nodes" / name / "debian.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(with_state, indent=1, sort_keys=True))
+
+
+def ceph_releases() -> tuple[list[str], str, set[str]]:
+    """(releases pveceph install offers, its default, the experimental ones) on this node's pve-manager."""
+    version = pve_manager_version()
+    if version >= TENTACLE_DEFAULT_FROM:
+        return ["squid", "tentacle"], "tentacle", set()
+    if version >= TENTACLE_PREVIEW_FROM:
+        return ["squid", "tentacle"], "squid", {"tentacle"}
+    return ["squid"], "squid", set()
+
 
 def installed_packages() -> set[str]:
     return set(load()["packages"])
@@ -156,6 +224,12 @@ def health(data: dict) -> tuple[str, list[tuple[str, str, str]]]:
     elif total and data["peering_polls"] > 0:
         checks.append(("PG_AVAILABILITY", "Reduced data availability: 1 pg peering",
                        "    pg 1.0 is stuck peering for 61s, current state peering, last acting [0,1,2]"))
+    if fault("slow-op-alert"):  # BlueStore's wording (src/os/bluestore/BlueStore.cc), kept for 24 h
+        checks.append(("BLUESTORE_SLOW_OP_ALERT", "1 OSD(s) experiencing slow operations in BlueStore",
+                       "     osd.0 observed slow operation indications in BlueStore"))
+    if fault("recent-crash"):  # the mgr crash module (src/pybind/mgr/crash/module.py), kept for two weeks
+        checks.append(("RECENT_CRASH", "1 daemons have recently crashed",
+                       "    mgr.pve1 crashed on host pve1 at 2026-11-30T09:58:01.123456Z"))
     if fault("health-stays-warn"):
         other = mons[-1] if mons else "pve1"
         checks.append(("MON_CLOCK_SKEW", f"clock skew detected on mon.{other}",
@@ -168,6 +242,14 @@ def health_polled(data: dict) -> None:
     total, up, _ = osd_counts(data)
     if total and up == total and data["peering_polls"] > 0:
         data["peering_polls"] -= 1
+
+
+def pg_state(data: dict) -> str:
+    """The one PG's state (the .mgr pool's): peering right after OSDs came up, then active+clean."""
+    total, up, _ = osd_counts(data)
+    if up < total:
+        return "undersized+degraded+peered"
+    return "peering" if data["peering_polls"] > 0 else "active+clean"
 
 
 def status_json(data: dict) -> dict:
@@ -187,7 +269,7 @@ def status_json(data: dict) -> dict:
                    "num_mons": len(data["mons"])},
         "osdmap": {"epoch": 4 + 3 * total, "num_osds": total, "num_up_osds": up, "osd_up_since": 0,
                    "num_in_osds": num_in, "osd_in_since": 0, "num_remapped_pgs": 0},
-        "pgmap": {"pgs_by_state": [{"state_name": "active+clean", "count": 1}] if total else [],
+        "pgmap": {"pgs_by_state": [{"state_name": pg_state(data), "count": 1}] if total else [],
                   "num_pgs": 1 if total else 0, "num_pools": 1 if total else 0, "num_objects": 2 if total else 0},
         "mgrmap": {"available": bool(data["mgrs"]), "num_standbys": max(len(data["mgrs"]) - 1, 0),
                    "modules": ["iostat", "nfs", "restful"], "services": {}},
@@ -209,7 +291,7 @@ def status_text(data: dict) -> str:
         lines.append("    mgr: no daemons active")
     lines.append(f"    osd: {total} osds: {up} up (since 30s), {num_in} in (since 30s)")
     lines += [" ", "  data:", f"    pools:   {1 if total else 0} pools, {1 if total else 0} pgs",
-              f"    pgs:     {'1 active+clean' if total else ''}".rstrip(), ""]
+              f"    pgs:     {'1 ' + pg_state(data) if total else ''}".rstrip(), ""]
     return "\n".join(lines) + "\n"
 
 

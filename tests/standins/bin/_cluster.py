@@ -11,6 +11,11 @@ State under $STANDIN_STATE:
   nodes/<node>/root-password     the node's root password (`pvecm add` logs in to the member with it)
   nodes/<node>/fingerprint       overrides the node's API certificate fingerprint (default: from its name)
   nodes/<node>/guests            present: the node has guests (a join refuses)
+  nodes/<node>/addresses         the IPv4 addresses configured on the node, one a line (a join's links
+                                 must be among them: Setup.pm assert_joinable)
+  nodes/<node>/corosync-blocked  present: joined, but its corosync reaches no other node (fault corosync-blocked):
+                                 no vote, and its /etc/pve stays empty
+  nodes/<node>/pmxcfs-down       present: /etc/pve is not mounted (every pvecm command refuses, exit 2)
   nodes/<node>/pvecm-add-seen.txt   what each `pvecm add` saw of its process (argv, parents, environment)
 Every member's `$PVE_LAB_ROOT/etc/pve/corosync.conf` (nodes/<node>/root/..., as tests/node_runner lays
 out a node) is rewritten whenever its cluster changes, as pmxcfs shares /etc/pve.
@@ -31,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from standin_lib import die, fault, locked_json, log_call, node, root, state_dir  # noqa: E402,F401 (re-exported)
 
 COROSYNC_CONF = "etc/pve/corosync.conf"
+LOCAL_COROSYNC_CONF = "etc/corosync/corosync.conf"  # pvecm create/add write these outside pmxcfs
+AUTHKEY = "etc/corosync/authkey"
 JOIN_HOLD_S = 0.05  # how long a join holds the cluster lock (so joins at the same time collide)
 LOCK_WAIT_S = 0.1  # how long a join waits for that lock (the real one waits 10 s)
 AFTER_CREATE = ["cmap"]  # corosync and pmxcfs restart: what quorum queries answer while they settle
@@ -78,6 +85,22 @@ def fingerprint(name: str, state: Path | None = None) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, 64, 2))
 
 
+def local_addresses(name: str) -> list[str]:
+    path = node_path(name) / "addresses"
+    if not path.exists():
+        die(f"stand-in pvecm: no addresses known for {name} (tests call _cluster.set_addresses)", 2)
+    return path.read_text().split()
+
+
+def write_local_corosync(name: str) -> None:
+    """corosync-keygen's authkey and the local /etc/corosync/corosync.conf of this node (create, finish_join)."""
+    data = load_cluster(name)
+    for rel, text in ((AUTHKEY, "stand-in corosync authkey\n"), (LOCAL_COROSYNC_CONF, render_corosync_conf(data))):
+        path = root() / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def root_password(name: str) -> str | None:
     path = node_path(name) / "root-password"
     return path.read_text().rstrip("\n") if path.exists() else None
@@ -96,8 +119,9 @@ def cluster_state(name: str):
     if holder["data"] is not None:
         for member in holder["data"]["nodes"]:
             # pmxcfs shares /etc/pve with the nodes running it in this cluster, not with a VM rebuilt under
-            # a member's name (create/add write the new member's copy once it holds the config).
-            if cluster_of(member) == holder["data"]["name"]:
+            # a member's name (create/add write the new member's copy once it holds the config), nor with a
+            # member whose corosync reaches no other node (its /etc/pve cannot sync).
+            if cluster_of(member) == holder["data"]["name"] and not (node_path(member) / "corosync-blocked").exists():
                 write_corosync_conf(holder["data"], member)
 
 
@@ -233,6 +257,10 @@ def set_root_password(state: Path, name: str, password: str) -> None:
     (node_path(name, state) / "root-password").write_text(password + "\n")
 
 
+def set_addresses(state: Path, name: str, *addresses: str) -> None:
+    (node_path(name, state) / "addresses").write_text("".join(f"{a}\n" for a in addresses))
+
+
 def set_fingerprint(state: Path, name: str, value: str) -> None:
     (node_path(name, state) / "fingerprint").write_text(value + "\n")
 
@@ -257,13 +285,17 @@ def seed_foreign_cluster(state: Path, name: str, cluster: str, address: str) -> 
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
     (node_path(name, state) / "cluster").write_text(cluster + "\n")
     write_corosync_conf(data, name, state)
+    for rel in (AUTHKEY, LOCAL_COROSYNC_CONF):
+        (node_root(name, state) / rel).parent.mkdir(parents=True, exist_ok=True)
+        (node_root(name, state) / rel).write_text(render_corosync_conf(data) if rel == LOCAL_COROSYNC_CONF else "key\n")
 
 
 def leave_all_clusters(state: Path, name: str) -> None:
     """Undo a seeded membership, as reinstalling the node would (tests only; no real pvecm does this)."""
     cluster = cluster_of(name, state)
     (node_path(name, state) / "cluster").unlink(missing_ok=True)
-    (node_root(name, state) / COROSYNC_CONF).unlink(missing_ok=True)
+    for rel in (COROSYNC_CONF, AUTHKEY, LOCAL_COROSYNC_CONF):
+        (node_root(name, state) / rel).unlink(missing_ok=True)
     if cluster and (data := load_cluster(cluster, state)):
         data["nodes"].pop(name, None)
         if data["nodes"]:
@@ -280,10 +312,16 @@ def activate_ha(state: Path) -> None:
 
 def rebuild_node(state: Path, name: str) -> None:
     """The node's VM deleted and created again with the same name (a fresh PVE install, in no cluster): its
-    state folder is wiped; the cluster still lists it until `pvecm delnode` (tests only)."""
+    state folder is wiped, except its configured addresses (cloud-init gives the new VM the same ones); the
+    cluster still lists it until `pvecm delnode` (tests only)."""
     import shutil
 
+    addresses = state / "nodes" / name / "addresses"
+    kept = addresses.read_text() if addresses.exists() else None
     shutil.rmtree(state / "nodes" / name, ignore_errors=True)
+    if kept is not None:
+        node_path(name, state)
+        addresses.write_text(kept)
 
 
 def settle_now(state: Path, cluster: str) -> None:

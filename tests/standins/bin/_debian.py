@@ -64,6 +64,7 @@ PACKAGE_EFFECTS = {
     "qemu-guest-agent": {"units": ["qemu-guest-agent.service"], "static": True},
     "corosync-qnetd": {"units": ["corosync-qnetd.service"]},  # Debian enables and starts it
     "corosync-qdevice": {},  # started by `pvecm qdevice setup` on every node
+    "apt-cacher-ng": {"units": ["apt-cacher-ng.service"]},  # the class cache (cache-install.sh)
 }
 
 

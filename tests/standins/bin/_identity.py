@@ -1,0 +1,95 @@
+"""Node identity for the template stand-ins: node certificates, machine-id, SSH host keys.
+
+A stand-in certificate is a PEM-shaped file whose body is base64 JSON ({"cn", "san"}); only the stand-in
+`openssl` reads it. `updatecerts` follows pve-cluster src/PVE/Cluster/Setup.pm updatecerts_and_ssh /
+gen_pve_node_files / gen_pve_ssl_cert: it needs pmxcfs (pve-cluster.service active), makes the node
+directory, the cluster CA when missing, and the node certificate (kept unless --force) with
+CN = <nodename>[.<resolv.conf search>] and SAN "IP:127.0.0.1,IP:::1,DNS:localhost,IP:<node ip>,DNS:<nodename>[,DNS:<fqdn>]".
+The node's IP comes from /etc/hosts (remote_node_ip resolves the node name), never a loopback address.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _debian import die, hostname, load, root  # noqa: E402
+
+BEGIN, END = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+
+
+def write_cert(path: Path, cn: str, san: list[str]) -> None:
+    body = base64.b64encode(json.dumps({"cn": cn, "san": san}).encode()).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{BEGIN}\n{body}\n{END}\n")
+
+
+def read_cert(path: Path) -> dict:
+    text = path.read_text()
+    body = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    return json.loads(base64.b64decode(body))
+
+
+def node_ip(name: str) -> str | None:
+    hosts = root() / "etc/hosts"
+    if not hosts.exists():
+        return None
+    for line in hosts.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) > 1 and name in words[1:] and not words[0].startswith("127.") and words[0] != "::1":
+            return words[0]
+    return None
+
+
+def search_domain() -> str | None:
+    conf = root() / "etc/resolv.conf"
+    if conf.exists():
+        for line in conf.read_text().splitlines():
+            if line.startswith("search "):
+                return line.split()[1]
+    return None
+
+
+def updatecerts(args: list[str]) -> None:
+    data = load()
+    if not data["units"].get("pve-cluster.service", {}).get("active"):
+        die("ipcc_send_rec[1] failed: Connection refused\nipcc_send_rec[2] failed: Connection refused\n"
+            "Unable to load access control list: Connection refused", 255)
+    name = hostname(data)
+    ip = node_ip(name)
+    if ip is None:
+        die(f"unable to get IP for node '{name}' - node offline?", 255)
+    force = any(a.lstrip("-").startswith("force") and not a.endswith("=0") for a in args)
+    silent = any(a.lstrip("-").startswith("silent") for a in args)
+    pve = root() / "etc/pve"
+    for d in ("priv", f"nodes/{name}/lxc", f"nodes/{name}/qemu-server", f"nodes/{name}/priv"):
+        (pve / d).mkdir(parents=True, exist_ok=True)
+    (root() / "var/lib/pve-cluster").mkdir(parents=True, exist_ok=True)
+    (root() / "var/lib/pve-cluster/config.db").touch()
+    for key in ("priv/authkey.key", "priv/pve-root-ca.key", f"nodes/{name}/pve-ssl.key", "pve-www.key"):
+        if not (pve / key).exists():
+            (pve / key).write_text(f"stand-in key {key}\n")
+    new_ca = not (pve / "pve-root-ca.pem").exists()
+    if new_ca:
+        write_cert(pve / "pve-root-ca.pem", "Proxmox Virtual Environment", [])
+    local = pve / "local"
+    if local.is_symlink() or local.exists():
+        local.unlink()
+    local.symlink_to(f"nodes/{name}")
+    cert = pve / f"nodes/{name}/pve-ssl.pem"
+    if force or new_ca or not cert.exists():
+        san = ["IP:127.0.0.1", "IP:::1", "DNS:localhost", f"IP:{ip}", f"DNS:{name}"]
+        fqdn = name
+        domain = search_domain()
+        if domain:
+            fqdn = f"{name}.{domain}"
+            san.append(f"DNS:{fqdn}")
+        write_cert(cert, fqdn, san)
+    if not silent:
+        print("(re)generate node files")
+        if force:
+            print("generate new node certificate")
+        print("merge authorized SSH keys")
