@@ -34,8 +34,12 @@ WRAPPERS = "/opt/pve-lab-test-bin"
 NODES = ("pve1", "pve2", "pve3")
 REACH_PVE1_SSH = ("python3 -c \"import socket; s = socket.socket(); s.settimeout(5); "
                   "print(s.connect_ex(('10.10.10.11', 22)))\"")
-CLUSTER_STEPS = [("lab-cluster-create", "pve1"), ("lab-cluster-fingerprint", "pve1"),
-                 ("lab-cluster-join-pve2", "pve2"), ("lab-cluster-join-pve3", "pve3"), ("lab-cluster-quorum", "pve1")]
+# The cluster steps in the order the program's graph runs them (each on the node its connection names):
+# node 1 creates, each other node is checked for a stale membership (evict) and joins, node 1's own
+# rejoin check runs through node 2 (a no-op on a first build), then the quorum wait.
+CLUSTER_STEPS = ["lab-cluster-create", "lab-cluster-fingerprint", "lab-cluster-evict-pve2", "lab-cluster-join-pve2",
+                 "lab-cluster-evict-pve3", "lab-cluster-join-pve3", "lab-cluster-fingerprint-pve2",
+                 "lab-cluster-evict-pve1", "lab-cluster-join-pve1", "lab-cluster-quorum"]
 INSTALL_PVE = "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q proxmox-ve"
 PROXMOX_SOURCES = """Types: deb
 URIs: http://download.proxmox.com/debian/pve
@@ -69,7 +73,10 @@ def run_cluster(prepared: tuple) -> dict:
     for name in NODES:
         pve = state / "nodes" / name / "root" / "etc" / "pve"
         pve.mkdir(parents=True)
-        fqdn = run_env(unwrap(commands[f"lab-{name}-prepare"].inputs["create"]))["NODE_FQDN"]
+        prepare_env = run_env(unwrap(commands[f"lab-{name}-prepare"].inputs["create"]))
+        fqdn = prepare_env["NODE_FQDN"]
+        # the addresses `pvecm add` finds on the node (assert_joinable checks the link address is local)
+        _cluster.set_addresses(state, name, prepare_env["NODE_IP"])
         nodes[name] = LabNode(
             name, fqdn, folder / name, hosts, image,
             binds=(f"--bind-ro={STANDINS}:{STANDIN_MOUNT}", f"--bind={state}:{state}", f"--bind={pve}:/etc/pve"),
@@ -119,17 +126,28 @@ def start_lab(nodes, commands, network, keyring_bytes: bytes, state) -> dict:
         installs = list(pool.map(lambda n: n.run(INSTALL_PVE, timeout=600), nodes.values()))
     for r in installs:
         assert r.returncode == 0, r.output[-3000:]
+    lab = {"nodes": nodes, "commands": commands, "state": state,
+           "by_ip": {run_env(unwrap(commands[f"lab-{n}-prepare"].inputs["create"]))["NODE_IP"]: n for n in nodes}}
+    # Every node first gets the scripts (one step per node, the scripts on stdin), as in the graph.
+    for name in nodes:
+        r = run_record(lab, commands[f"lab-{name}-scripts"])
+        assert r.returncode == 0, r.output[-3000:]
     print(f"3 nodes booted and installed in {time.monotonic() - started:.1f}s")
-    return {"nodes": nodes, "commands": commands, "state": state}
+    return lab
 
 
 def run_steps(lab, steps):
     results = {}
-    for name, host in steps:
-        record = lab["commands"][name]
-        stdin = unwrap(record.inputs.get("stdin")) or ""
-        results[name] = lab["nodes"][host].run(unwrap(record.inputs["create"]), stdin=stdin)
+    for name in steps:
+        results[name] = run_record(lab, lab["commands"][name])
     return results
+
+
+def run_record(lab, record):
+    """One remote.Command as the command provider runs it: its create text, its stdin, on its host."""
+    host = lab["by_ip"][record.plain("connection")["host"]]
+    stdin = unwrap(record.inputs.get("stdin")) or ""
+    return lab["nodes"][host].run(unwrap(record.inputs["create"]), stdin=stdin)
 
 
 def corosync_confs(lab) -> dict:

@@ -24,6 +24,7 @@ from containers.lab import APT_PROXY, LabNode, PackageHosts, destroy_all
 from containers.program import node_commands, run_env
 from standins.proxmox_repo import PVE_KERNEL, PVE_MANAGER_VERSION
 
+FIRST_STEPS = ("scripts", "apt-proxy")
 STEPS = ("prepare", "reboot", "finish", "ready")
 # What a re-run must leave alone: the files under /etc, /boot and the keyrings, and dpkg's database.
 TREE_DIGEST = r"""
@@ -43,8 +44,16 @@ def new_node(workdir: Path, hosts, image, commands, name: str) -> LabNode:
     return LabNode(name, fqdn, workdir, hosts, image)
 
 
-def step(node: LabNode, commands: dict, name: str):
-    return node.run(commands[f"lab-{node.hostname}-{name}"], timeout=600)
+def step(node: LabNode, commands, name: str):
+    key = f"lab-{node.hostname}-{name}"
+    return node.run(commands[key], stdin=commands.stdin[key], timeout=600)
+
+
+def ship_scripts(node: LabNode, commands) -> None:
+    """The steps that come first on every node in the graph: the scripts (on stdin), the apt proxy setting."""
+    for name in FIRST_STEPS:
+        r = step(node, commands, name)
+        assert r.returncode == 0, f"{name}: {r.output[-3000:]}"
 
 
 def dpkg_status(node: LabNode, *packages: str) -> dict:
@@ -56,6 +65,7 @@ def happy_path(node: LabNode, commands: dict) -> dict:
     """All four steps, the first `apt-get update` meeting a held lists lock; then all four again."""
     seen = {}
     node.create()
+    ship_scripts(node, commands)
     assert node.run(HOLD_LISTS_LOCK.format(s=4)).returncode == 0
     for name in STEPS:
         seen[name] = step(node, commands, name)
@@ -85,6 +95,7 @@ def happy_path(node: LabNode, commands: dict) -> dict:
 def unreachable_repository(node: LabNode, commands: dict) -> dict:
     """download.proxmox.com has no route (no proxy for it, no network): real apt only warns."""
     node.create(apt_proxy=APT_PROXY.replace('Acquire::http::Proxy::download.proxmox.com', '// no proxy:'))
+    ship_scripts(node, commands)
     return {"prepare": step(node, commands, "prepare"),
             "packages": dpkg_status(node, "proxmox-default-kernel", "chrony")}
 
@@ -94,6 +105,7 @@ def half_configured(node: LabNode, commands: dict) -> dict:
     half-configured; once the cause is fixed, running finish again completes the install."""
     seen = {}
     node.create()
+    ship_scripts(node, commands)
     for name in ("prepare", "reboot"):
         assert step(node, commands, name).returncode == 0
         if name == "reboot":
@@ -101,6 +113,7 @@ def half_configured(node: LabNode, commands: dict) -> dict:
     good_hosts = node.file("etc/hosts").read_text()
     node.file("etc/hosts").write_text(CLOUD_HOSTS_LOOPBACK.format(fqdn=node.fqdn, host=node.hostname))
     seen["first"] = step(node, commands, "finish")
+    seen["apt_log"] = node.file("var/log/pve-lab/apt.log").read_text()
     seen["after_first"] = dpkg_status(node, "pve-cluster", "pve-manager", "proxmox-ve")
     node.file("etc/hosts").write_text(good_hosts)
     seen["second"] = step(node, commands, "finish")
@@ -193,9 +206,12 @@ def test_an_unreachable_proxmox_repository_stops_prepare_before_the_upgrade(scen
 def test_a_half_configured_install_completes_on_the_next_run(scenarios):
     seen = result(scenarios, "half")
     assert seen["first"].returncode == 1
-    # pmxcfs's reason goes to the journal; apt shows the failed start and dpkg's error
-    assert "Job for pve-cluster.service failed" in seen["first"].output
-    assert "dpkg: error processing package pve-cluster (--configure)" in seen["first"].output
+    # pmxcfs's reason goes to the journal; apt's log on the node shows the failed start and dpkg's error,
+    # and the step's message names that log (apt's output stays out of the step's stored output)
+    assert "apt-get install failed (exit 100)" in seen["first"].stderr, seen["first"].output
+    assert "all of it in /var/log/pve-lab/apt.log on pve1" in seen["first"].stderr
+    assert "Job for pve-cluster.service failed" in seen["apt_log"]
+    assert "dpkg: error processing package pve-cluster (--configure)" in seen["apt_log"]
     assert seen["after_first"]["pve-cluster"] == "half-configured", seen["after_first"]
     assert seen["second"].returncode == 0, seen["second"].output[-3000:]
     assert set(seen["after_second"].values()) == {"installed"}, seen["after_second"]

@@ -127,8 +127,9 @@ class LabNode:
     def __post_init__(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
         root = self.workdir / "root"
-        self.container = Container(f"pvelab-{self.hostname}-{self.workdir.parent.name[-6:]}", root, self.hostname,
-                                   self.binds)
+        # nspawn's machine names allow letters, digits and '-' only (mkdtemp's suffix may hold '_')
+        suffix = hashlib.sha256(str(self.workdir).encode()).hexdigest()[:8]
+        self.container = Container(f"pvelab-{self.hostname}-{suffix}", root, self.hostname, self.binds)
         self.requests_log = self.workdir / "requests.log"
 
     def create(self, apt_proxy: str = APT_PROXY) -> "LabNode":

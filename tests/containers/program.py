@@ -7,13 +7,24 @@ from __future__ import annotations
 import shlex
 
 from harness import COMMAND, command_text, evaluate_lab
+from pvelab.evaluate import unwrap
 
 
-def node_commands(overrides: dict | None = None) -> dict[str, str]:
-    """Resource name (e.g. 'lab-pve1-prepare') -> the command text the command provider runs over SSH."""
+class NodeCommands(dict):
+    """Resource name (e.g. 'lab-pve1-prepare') -> the command text the command provider runs over SSH;
+    `stdin[name]` is what it sends on that command's stdin (the scripts step ships the scripts that way)."""
+
+    def __init__(self, texts: dict[str, str], stdin: dict[str, str]):
+        super().__init__(texts)
+        self.stdin = stdin
+
+
+def node_commands(overrides: dict | None = None) -> NodeCommands:
     ev = evaluate_lab(overrides or {})
     assert ev.error is None, ev.error
-    return {r.name: command_text(r) for r in ev.records if r.type == COMMAND}
+    records = [r for r in ev.records if r.type == COMMAND]
+    return NodeCommands({r.name: command_text(r) for r in records},
+                        {r.name: unwrap(r.inputs.get("stdin")) or "" for r in records})
 
 
 def run_env(command: str) -> dict[str, str]:
