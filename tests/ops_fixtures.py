@@ -637,6 +637,7 @@ class NestedFake(FakePve):
         self.node_config = {n: {} for n in self.nodes}
         self.port_node: dict[int, str] = {}
         self.node_url: dict[str, str] = {}
+        self.answer_delay_s = 0.0
 
     async def start(self, certfile, keyfile):
         await super().start(certfile, keyfile)
@@ -653,6 +654,8 @@ class NestedFake(FakePve):
 
     @web.middleware
     async def _middleware(self, request, handler):
+        if self.answer_delay_s:  # a slow API (a loaded machine), in real time: the lab's time must not move
+            await asyncio.sleep(self.answer_delay_s)
         self.sim.sync()
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         node = self.port_node.get(sock[1]) if sock else None

@@ -411,6 +411,17 @@ def test_migrate_drill_reports_the_downtime_and_the_failback(lab):
     assert json.loads(render_json(report))["downtime_ms"] == 37
 
 
+def test_a_slow_api_does_not_change_what_the_drill_sees(lab):
+    """Lab time moves only when the drill waits: an API that answers slowly (a loaded machine; here 50 ms a
+    request, 12.5 lab seconds on a real-time sim) must not hide the short 'migrate' state (15 lab s)."""
+    lab = lab()
+    lab.nested.answer_delay_s = 0.05
+    report = lab.run("migrate")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert ha_states(report) == ["started on pve1", "migrate on pve1", "started on pve2", "migrate on pve2",
+                                 "started on pve1"]
+
+
 def test_migrate_drill_to_a_chosen_node_without_failback(lab):
     lab = lab(failback=False)
     report = lab.run("migrate:pve3")
