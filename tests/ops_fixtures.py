@@ -9,7 +9,11 @@ subclasses here add stateful answers for those, in the shapes PVE sends, through
 - NestedFake: the nested cluster, one loopback port per nested node; a node's port drops connections
   while its outer VM is off (a powered-off host does not answer). Members, quorum, and the HA service
   states follow the LabSim: started -> fence -> recovery -> started on another node, in "lab seconds"
-  scaled to milliseconds of real time.
+  scaled to milliseconds of a SimClock.
+
+Time in these tests is simulated (SimClock): it stands still until the code under test sleeps, and a sleep
+only moves it on. A drill, a watch or a retry waits by sleeping on its clock, so handing it the LabSim's
+clock makes every run see the same sequence of states, however slowly the machine answers.
 
 Everything listens on 127.0.0.1 with ports the system picks.
 """
@@ -28,7 +32,7 @@ from aiohttp import web
 from fakepve import FakePve
 from fakepve.model import PveError
 
-from pvelab.ops.api import Retry
+from pvelab.ops.api import Clock, Retry
 
 HOST = "127.0.0.1"
 TOKEN = "lab@pve!pvelab=0123abcd-0000-4000-8000-00000000beef"
@@ -64,7 +68,7 @@ class Servers:
         self.fakes: list[FakePve] = []
 
     def call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
 
     def serve(self, fake: FakePve) -> FakePve:
         self.call(fake.start(self.cert, self.key))
@@ -81,13 +85,51 @@ class Servers:
         self.thread.join(10)
 
 
+# ------------------------------------------------------------------ simulated time
+
+
+class SimClock(Clock):
+    """A Clock for tests: now() stands still until someone sleeps; sleep() moves it on at once, without a
+    real wait. wall() is a fixed whole UNIX second taken at creation plus the simulated time."""
+
+    def __init__(self):
+        self.t = 0.0
+        self.wall0 = float(int(time.time()))
+        self.slept: list[float] = []
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.slept.append(seconds)
+            if seconds > 0:
+                self.t += seconds
+
+    def wall(self) -> float:
+        return self.wall0 + self.t
+
+
+def use_sim_clock(monkeypatch, clock: Clock) -> None:
+    """Make `clock` the one every ops module creates when it is given none (the CLI builds its own)."""
+    import pvelab.ops.api
+    import pvelab.ops.cli
+    import pvelab.ops.drill
+    import pvelab.ops.watch
+
+    for module in (pvelab.ops.api, pvelab.ops.cli, pvelab.ops.drill, pvelab.ops.watch):
+        if hasattr(module, "Clock"):
+            monkeypatch.setattr(module, "Clock", lambda: clock)
+
+
 # ------------------------------------------------------------------ the simulated lab
 
 
 class LabSim:
     """Nested node power, links and HA behaviour, driven by the outer host's VM power and NIC actions.
 
-    Times are lab seconds; `scale` real seconds per lab second. The HA sequence follows pve-ha-manager
+    Times are lab seconds; `scale` clock seconds per lab second, on `clock` (a SimClock unless given). The HA sequence follows pve-ha-manager
     (src/PVE/HA/Manager.pm, NodeStatus.pm, LRM.pm, Env/PVE2.pm; tests/standins/README.md):
 
     - a node that leaves the quorate partition is fenced `fence_delay` (60) s after the master last saw it
@@ -112,7 +154,8 @@ class LabSim:
     def __init__(self, nodes: dict[str, int], ha_vmid: int = 100, ha_node: str = "pve1", master: Optional[str] = None,
                  scale: float = 0.004, fence_delay: float = 60, lock_lifetime: float = 120, start_after: float = 5,
                  boot_after: float = 40, migrate_after: float = 15, round_s: float = 10, watchdog_s: float = 60,
-                 idle_after: float = 600, failback: bool = True, stuck: Optional[str] = None, qdevice: bool = False):
+                 idle_after: float = 600, failback: bool = True, stuck: Optional[str] = None, qdevice: bool = False,
+                 clock: Optional[Clock] = None):
         self.vmid_of = dict(nodes)
         self.node_of = {v: k for k, v in nodes.items()}
         self.scale, self.stuck, self.failback, self.qdevice = scale, stuck, failback, qdevice
@@ -120,7 +163,8 @@ class LabSim:
             fence_delay, lock_lifetime, start_after, boot_after)
         self.migrate_after, self.round_s, self.watchdog_s, self.idle_after = (
             migrate_after, round_s, watchdog_s, idle_after)
-        self.origin = time.monotonic()
+        self.clock = clock or SimClock()
+        self.origin = self.clock.now()
         self.powered = {n: True for n in nodes}
         self.linked = {n: True for n in nodes}
         self.since = {n: -1e9 for n in nodes}  # lab time of the last boot or power change
@@ -152,7 +196,7 @@ class LabSim:
         self.lock = threading.RLock()
 
     def now(self) -> float:
-        return (time.monotonic() - self.origin) / self.scale
+        return (self.clock.now() - self.origin) / self.scale
 
     # ---- what the tests and the outer fake change
     def power(self, vmid: int, on: bool) -> None:
@@ -243,7 +287,7 @@ class LabSim:
         pinging node was up, "no answer yet" otherwise (the VM answers at its address wherever it runs)."""
         self.sync()
         end = run["stop"] if run["stop"] is not None else self.now()
-        wall_now, lab_now = time.time(), self.now()
+        wall_now, lab_now = self.clock.wall(), self.now()
         lines, seq, t = [], 1, run["start"]
         while t <= end:
             runs = next((r for at, r in reversed(self.runs_history) if at <= t), True)
@@ -409,7 +453,7 @@ class LabSim:
         with self.lock:
             t = self.now()
             quorate = self.node_quorate(local)
-            stamp_now = int(time.time())
+            stamp_now = int(self.clock.wall())
 
             def stamp(fresh: bool, since: Optional[float]) -> tuple[int, str]:
                 if fresh:
@@ -599,6 +643,7 @@ class NestedFake(FakePve):
         self.node_config = {n: {} for n in self.nodes}
         self.port_node: dict[int, str] = {}
         self.node_url: dict[str, str] = {}
+        self.answer_delay_s = 0.0
 
     async def start(self, certfile, keyfile):
         await super().start(certfile, keyfile)
@@ -615,6 +660,8 @@ class NestedFake(FakePve):
 
     @web.middleware
     async def _middleware(self, request, handler):
+        if self.answer_delay_s:  # a slow API (a loaded machine), in real time: the lab's time must not move
+            await asyncio.sleep(self.answer_delay_s)
         self.sim.sync()
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         node = self.port_node.get(sock[1]) if sock else None
@@ -684,7 +731,7 @@ class NestedFake(FakePve):
         """GET /nodes/{node}/journal (pve-manager PVE/API2/Nodes.pm -> mini-journalreader -j): text lines
         between a start and an end cursor line; `unit` filters one systemd unit, `lastentries` the tail."""
         unit, last, since = v.get("unit"), int(v.get("lastentries") or 0), v.get("since")
-        now_wall, now_lab = time.time(), self.sim.now()
+        now_wall, now_lab = self.sim.clock.wall(), self.sim.now()
 
         def wall(t):
             return now_wall - (now_lab - t) * self.sim.scale
@@ -727,8 +774,11 @@ def u_name(unit: Optional[str], text: str) -> str:
     return {"corosync": "corosync[1101]", "pve-ha-crm": "pve-ha-crm[1230]"}.get(unit or "", f"{unit}[1000]")
 
 
-# Fast retries: the tests' fakes answer in milliseconds.
-FAST = Retry(attempts=2, backoff_s=0.01, request_timeout_s=5)
+# Fast retries (the tests' fakes answer in milliseconds), but a generous request timeout: on a loaded
+# machine an answer may take seconds, and a timeout would turn into a different report.
+FAST = Retry(attempts=2, backoff_s=0.01, request_timeout_s=60)
+# The same for the CLI's own client (its default is 10 s).
+CLI_TIMEOUT = ["--request-timeout", "60"]
 
 
 def token_parts() -> tuple[str, str]:

@@ -51,7 +51,7 @@ def host(serve):
 
 def preflight(fake, ca, plan):
     spec = plan.students[0].spec
-    client = outer_client(spec, fake.url, ca, Retry(attempts=1, request_timeout_s=5), token=TOKEN)
+    client = outer_client(spec, fake.url, ca, Retry(attempts=1, request_timeout_s=60), token=TOKEN)
     return run_class_preflight(plan, client)
 
 

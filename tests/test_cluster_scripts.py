@@ -28,7 +28,7 @@ PASSWORD = "Pw with 'quotes' $HOME and spaces"
 CLUSTER = "pve-lab"
 IPS = {f"pve{i}": f"10.10.10.{10 + i}" for i in range(1, 6)}
 LINK1 = {f"pve{i}": f"10.10.20.{10 + i}" for i in range(1, 6)}
-FAST = {"DEADLINE_S": "10", "POLL_S": "0.02"}
+FAST = {"DEADLINE_S": "30", "POLL_S": "0.02"}  # a bound for a loaded machine: success never waits it out
 SHORT = {"DEADLINE_S": "0", "POLL_S": "0.02"}  # timeout tests: the deadline has passed after one try
 MUTATING = re.compile(r"^\S+: pvecm (create|add)\b")
 
@@ -357,7 +357,7 @@ def test_a_join_while_another_holds_the_cluster_lock_waits_for_it(lab):
         fcntl.flock(lock, fcntl.LOCK_EX)  # another join holds the lock
         joiner = threading.Thread(target=lambda: result.setdefault("pve2", lab.join("pve2", 2)))
         joiner.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # a bound for a loaded machine, not a wait: it ends on the condition
         while len([c for c in lab.calls() if "pve2: pvecm add" in c]) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)  # until pve2 failed on the lock once and tries again
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -459,10 +459,11 @@ def test_create_waits_for_quorum_with_a_deadline(lab):
 
 def test_shrinking_a_running_lab_is_refused_at_once(lab):
     lab.form(4)
-    started = time.monotonic()
+    calls = len(lab.calls())
     result = lab.quorum(3, DEADLINE_S="30")
-    assert time.monotonic() - started < 5, "a shrink is refused at once, not after the deadline"
     assert result.returncode == 1
+    # refused at once, from corosync.conf: not after polling `pvecm status` until the deadline
+    assert not [c for c in lab.calls()[calls:] if "pvecm status" in c], "a shrink is refused before any poll"
     assert "the cluster has 4 members (pve1 pve2 pve3 pve4), more than EXPECTED_NODES=3 (nodes.count): " \
            "removing nodes from a running lab is refused (extra, the last joined: pve4)" in result.stderr
     assert "destroy and re-create it" in error_lines(result).splitlines()[-1]

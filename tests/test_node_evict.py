@@ -7,7 +7,9 @@ cluster still lists it, as after `pulumi up --replace` of a node VM or a VM dele
 from __future__ import annotations
 
 import re
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,8 +68,24 @@ def lab(tmp_path) -> Lab:
     return Lab(tmp_path)
 
 
-def test_on_a_first_build_eviction_is_a_no_op_that_records_the_instance(lab):
-    first_build(lab)
+@pytest.fixture(scope="module")
+def first_built(tmp_path_factory) -> Path:
+    """The state of one `first_build`, made once for this module (read-only: tests get a copy)."""
+    state = tmp_path_factory.mktemp("first-build")
+    first_build(Lab(state))
+    return state
+
+
+@pytest.fixture
+def built(first_built, tmp_path) -> Lab:
+    """A lab after `first_build` (a copy of the module's, the same as building it again)."""
+    state = tmp_path / "lab"
+    shutil.copytree(first_built, state, symlinks=True)
+    return Lab(state)
+
+
+def test_on_a_first_build_eviction_is_a_no_op_that_records_the_instance(built):
+    lab = built
     assert not [c for c in lab.calls() if DELNODE.match(c)]
     assert instances(lab.nodes["pve1"]) == f"pve2 {OLD}\npve3 9102/BC:24:11:00:00:02\n"
     # a re-run with the same instance reads state and changes nothing
@@ -76,8 +94,8 @@ def test_on_a_first_build_eviction_is_a_no_op_that_records_the_instance(lab):
     assert "already recorded as VM instance" in r.stderr and instances(lab.nodes["pve1"]) == before
 
 
-def test_a_rebuilt_node_still_listed_cannot_join_until_it_is_evicted(lab):
-    first_build(lab)
+def test_a_rebuilt_node_still_listed_cannot_join_until_it_is_evicted(built):
+    lab = built
     _cluster.rebuild_node(lab.state, "pve2")
     lab.nodes["pve2"] = FakeNode("pve2", lab.state)
     refused = lab.join("pve2", 3)
@@ -93,8 +111,8 @@ def test_a_rebuilt_node_still_listed_cannot_join_until_it_is_evicted(lab):
     assert len([c for c in lab.calls() if DELNODE.match(c)]) == 1
 
 
-def test_a_live_member_is_never_evicted(lab):
-    first_build(lab)
+def test_a_live_member_is_never_evicted(built):
+    lab = built
     r = evict(lab.nodes["pve1"])  # a new instance id, but the old VM still runs as pve2
     assert r.returncode == 1
     assert "pve2 is online in the cluster" in r.stderr and "Refusing to remove a live member" in r.stderr
@@ -112,8 +130,8 @@ def test_an_offline_member_without_a_recorded_instance_is_not_guessed(lab):
     assert "recording it as VM instance" in r.stderr and f"pve2 {NEW}" in instances(lab.nodes["pve1"])
 
 
-def test_eviction_waits_for_quorum_then_fails_with_the_last_status(lab):
-    first_build(lab)
+def test_eviction_waits_for_quorum_then_fails_with_the_last_status(built):
+    lab = built
     _cluster.rebuild_node(lab.state, "pve2")
     arm_fault(lab.state, "no-quorum")
     r = evict(lab.nodes["pve1"], DEADLINE_S="0.3")
@@ -131,10 +149,9 @@ def test_eviction_is_refused_on_the_node_itself_and_outside_a_cluster(lab):
     assert r.returncode == 1 and "this node is in no cluster" in r.stderr
 
 
-def test_a_rebuilt_node_gets_its_ceph_monitor_and_osd_back(tmp_path):
-    state = tmp_path
-    lab = Lab(state)
-    first_build(lab)
+def test_a_rebuilt_node_gets_its_ceph_monitor_and_osd_back(built):
+    lab = built
+    state = lab.state
     nodes = make_lab(state)
     _ceph.set_delays(state, mon_quorum=0, osd_up=0, peering=0)
     full_run(nodes)

@@ -1,6 +1,7 @@
 """`drill ha` / `drill quorum` against a fake outer host and a fake nested cluster wired together (LabSim).
 
-Lab seconds run at 4 ms each: a 2-minute failover takes about half a second of real time.
+Lab seconds run at 4 ms each of the LabSim's SimClock, which moves only when the drill waits (a poll
+of 0.02 s is 5 lab seconds): every run sees the same states at the same times, however loaded the machine.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 import yaml
 
 import pvelab.ops.cli as ops_cli
-from ops_fixtures import (FAST, ROOT_PASSWORD, TOKEN, NestedFake, ca, lab_raw, lab_sim, nested_urls,  # noqa: F401
-                          ops_servers, outer_fake, serve)
+from ops_fixtures import (CLI_TIMEOUT, FAST, ROOT_PASSWORD, TOKEN, NestedFake, ca, lab_raw, lab_sim,  # noqa: F401
+                          nested_urls, ops_servers, outer_fake, serve, use_sim_clock)
 from pvelab.cli import main
 from pvelab.ops.api import Clock
 from pvelab.ops.connect import nested_client, outer_client
@@ -37,8 +38,9 @@ class Lab:
 
     def run(self, kind, raw=None, timing=TIMING, clock=None, ping=None):
         spec = parse_spec(raw or lab_raw())
-        outer = outer_client(spec, self.outer.url, self.ca, FAST, token=TOKEN)
-        nested = nested_client(spec, nested_urls(self.nested), self.ca, FAST, password=ROOT_PASSWORD)
+        clock = clock or self.sim.clock  # the drill's waits are what moves the lab's time on
+        outer = outer_client(spec, self.outer.url, self.ca, FAST, self.sim.clock, token=TOKEN)
+        nested = nested_client(spec, nested_urls(self.nested), self.ca, FAST, self.sim.clock, password=ROOT_PASSWORD)
         if kind == "partition":
             return run_partition(spec, outer, nested, timing, clock, out=self.lines.append, ping=ping)
         if kind.startswith("migrate"):
@@ -153,8 +155,9 @@ def test_failed_restart_names_the_node_and_the_command(lab, tmp_path, monkeypatc
     monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
     monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    use_sim_clock(monkeypatch, lab.sim.clock)
     args = ["drill", "ha", "-s", "t", "--outer-url", lab.outer.url, "--outer-ca", lab.ca, "--nested-ca", lab.ca,
-            "--retries", "2", "--poll", "0.02", "--recovery-timeout", "0.5", "--yes"]
+            "--retries", "2", "--poll", "0.02", "--recovery-timeout", "0.5", "--yes", *CLI_TIMEOUT]
     args += [f"--nested-url={u}" for u in nested_urls(lab.nested)]
     assert main(args) == ops_cli.EXIT_STILL_STOPPED
     out = capsys.readouterr().out
@@ -408,6 +411,17 @@ def test_migrate_drill_reports_the_downtime_and_the_failback(lab):
     assert json.loads(render_json(report))["downtime_ms"] == 37
 
 
+def test_a_slow_api_does_not_change_what_the_drill_sees(lab):
+    """Lab time moves only when the drill waits: an API that answers slowly (a loaded machine; here 50 ms a
+    request, 12.5 lab seconds on a real-time sim) must not hide the short 'migrate' state (15 lab s)."""
+    lab = lab()
+    lab.nested.answer_delay_s = 0.05
+    report = lab.run("migrate")
+    assert report.ok, render_text(report) + "\n" + "\n".join(lab.lines)
+    assert ha_states(report) == ["started on pve1", "migrate on pve1", "started on pve2", "migrate on pve2",
+                                 "started on pve1"]
+
+
 def test_migrate_drill_to_a_chosen_node_without_failback(lab):
     lab = lab(failback=False)
     report = lab.run("migrate:pve3")
@@ -436,9 +450,9 @@ def test_quorum_drill_with_a_qdevice_keeps_two_nodes_quorate(serve, ca):
     raw.update(nodes={"count": 2, "qdevice": True}, ha={"enabled": False}, ceph={"enabled": False})
     spec = parse_spec(raw)
     lines = []
-    report = run_drill("quorum", spec, outer_client(spec, outer.url, ca, FAST, token=TOKEN),
-                       nested_client(spec, nested_urls(nested), ca, FAST, password=ROOT_PASSWORD), TIMING,
-                       out=lines.append)
+    report = run_drill("quorum", spec, outer_client(spec, outer.url, ca, FAST, sim.clock, token=TOKEN),
+                       nested_client(spec, nested_urls(nested), ca, FAST, sim.clock, password=ROOT_PASSWORD), TIMING,
+                       sim.clock, out=lines.append)
     assert report.ok, render_text(report) + "\n" + "\n".join(lines)
     assert report.stopped == ["pve2"]  # half of two nodes; pve1 keeps quorum with the QDevice's vote
     whats = [e.what for e in report.events]
@@ -457,7 +471,9 @@ def test_cli_migrate_needs_no_outer_token(lab, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
     monkeypatch.delenv("PVE_LAB_OUTER_API_TOKEN", raising=False)
     monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
-    args = ["drill", "migrate", "-s", "t", "--to", "pve3", "--nested-ca", lab.ca, "--poll", "0.02", "--format", "json"]
+    use_sim_clock(monkeypatch, lab.sim.clock)
+    args = ["drill", "migrate", "-s", "t", "--to", "pve3", "--nested-ca", lab.ca, "--poll", "0.02", "--format", "json",
+            *CLI_TIMEOUT]
     assert main(args + [f"--nested-url={u}" for u in nested_urls(lab.nested)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["kind"] == "migrate" and data["ok"] and data["downtime_ms"] == 37
@@ -470,8 +486,9 @@ def test_cli_drill_with_watch_off_a_terminal_prints_the_progress(lab, tmp_path, 
     monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
     monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
     monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    use_sim_clock(monkeypatch, lab.sim.clock)
     args = ["drill", "ha", "-s", "t", "--outer-url", lab.outer.url, "--outer-ca", lab.ca, "--nested-ca", lab.ca,
-            "--poll", "0.02", "--yes", "--watch", "--lang", "ja"]
+            "--poll", "0.02", "--yes", "--watch", "--lang", "ja", *CLI_TIMEOUT]
     assert main(args + [f"--nested-url={u}" for u in nested_urls(lab.nested)]) == 0
     out = capsys.readouterr().out
     assert "pve1 の電源断（外側 VM 9100 を強制停止）" in out and "ドリル ha: 完了" in out

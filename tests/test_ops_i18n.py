@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 import pvelab.ops.cli as ops_cli
-from ops_fixtures import (ROOT_PASSWORD, NestedFake, ca, lab_raw, lab_sim, nested_urls, ops_servers,  # noqa: F401
-                          serve)
+from ops_fixtures import (CLI_TIMEOUT, ROOT_PASSWORD, NestedFake, ca, lab_raw, lab_sim, nested_urls,  # noqa: F401
+                          ops_servers, serve)
 from pvelab.cli import main
 from pvelab.ops.drill import DrillReport, Event, render_text
 from pvelab.ops.i18n import default_lang, translate
@@ -31,7 +31,7 @@ def test_status_in_japanese_and_the_same_json(serve, ca, tmp_path, monkeypatch, 
     monkeypatch.setenv("LANG", "ja_JP.UTF-8")
     monkeypatch.delenv("LC_ALL", raising=False)
     monkeypatch.delenv("LC_MESSAGES", raising=False)
-    args = ["status", "-s", "t", "--nested-ca", ca] + [f"--nested-url={u}" for u in nested_urls(cluster)]
+    args = ["status", "-s", "t", "--nested-ca", ca, *CLI_TIMEOUT] + [f"--nested-url={u}" for u in nested_urls(cluster)]
     assert main(args) == 1  # Japanese from the locale
     out = capsys.readouterr().out
     assert "クラスタ pve-lab: クォーラムあり、メンバー 3 台中 2 台がオンライン  [pvecm status]" in out

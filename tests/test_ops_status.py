@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 import pvelab.ops.cli as ops_cli
-from ops_fixtures import (FAST, ROOT_PASSWORD, NestedFake, ca, closed_port_url, lab_raw, lab_sim,  # noqa: F401
-                          nested_urls, ops_servers, serve)
+from ops_fixtures import (CLI_TIMEOUT, FAST, ROOT_PASSWORD, NestedFake, ca, closed_port_url, lab_raw,  # noqa: F401
+                          lab_sim, nested_urls, ops_servers, serve)
 from pvelab.cli import main
 from pvelab.ops.api import ApiError
 from pvelab.ops.connect import nested_client, nested_endpoints
@@ -125,7 +125,7 @@ def test_cli_table_and_json(cluster, ca, tmp_path, monkeypatch, capsys):
     (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
     monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
     monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
-    args = ["status", "-s", "t", "--nested-ca", ca] + [f"--nested-url={u}" for u in nested_urls(cluster)]
+    args = ["status", "-s", "t", "--nested-ca", ca, *CLI_TIMEOUT] + [f"--nested-url={u}" for u in nested_urls(cluster)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "quorate yes" in out and ROOT_PASSWORD not in out
@@ -181,7 +181,7 @@ def test_logs_of_each_node_as_text_and_json(cluster, ca, tmp_path, monkeypatch, 
     (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
     monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
     monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
-    args = ["status", "-s", "t", "--nested-ca", ca, "--logs", "--lines", "2", "--format", "json"]
+    args = ["status", "-s", "t", "--nested-ca", ca, "--logs", "--lines", "2", "--format", "json", *CLI_TIMEOUT]
     assert main(args + [f"--nested-url={u}" for u in nested_urls(cluster)]) == 1
     data = json.loads(capsys.readouterr().out)
     assert len(data["logs"]["pve2"]["lines"]) == 2 and data["log_lines"] == 2

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pytest
 import yaml
 
 import pvelab.ops.cli as ops_cli
-from ops_fixtures import (FAST, ROOT_PASSWORD, NestedFake, ca, lab_raw, lab_sim, nested_urls, ops_servers,  # noqa: F401
-                          serve)
+from ops_fixtures import (CLI_TIMEOUT, FAST, ROOT_PASSWORD, NestedFake, ca, lab_raw, lab_sim, nested_urls,  # noqa: F401
+                          ops_servers, serve)
 from pvelab.cli import main
 from pvelab.ops.api import Clock
 from pvelab.ops.connect import nested_client
@@ -94,7 +93,7 @@ def test_cli_watch(cluster, ca, tmp_path, monkeypatch, capsys):
     (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
     monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
     monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
-    args = ["status", "-s", "t", "--nested-ca", ca, "--watch", "--interval", "0.01", "--count", "2"]
+    args = ["status", "-s", "t", "--nested-ca", ca, "--watch", "--interval", "0.01", "--count", "2", *CLI_TIMEOUT]
     assert main(args + [f"--nested-url={u}" for u in nested_urls(cluster)]) == 0
     assert capsys.readouterr().out.count("Healthy.") == 2
 
@@ -105,9 +104,8 @@ def test_status_shows_a_frozen_started_service(cluster, ca):
     gather(client(cluster, ca))
     cluster.sim.power(9100, False)
     cluster.sim.power(9100, True)  # pve1 boots again, alone: no quorum, so its LRM does not start the VM
-    deadline = time.monotonic() + 10
-    while not cluster.sim.up("pve1") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    cluster.sim.clock.sleep(cluster.sim.boot_after * cluster.sim.scale)  # the lab time its boot takes
+    assert cluster.sim.up("pve1")
     report = gather(client(cluster, ca))
     assert report["ha"]["services"][0]["state"] == "started"
     assert report["guests"]["vm:100"]["status"] == "stopped"

@@ -23,6 +23,13 @@ NODES = {"pve1": ("10.10.10.11", 9100), "pve2": ("10.10.10.12", 9101), "pve3": (
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """`plan` writes plan-out/ in the current folder unless --out is given: never into the checkout (parallel
+    test workers would share it)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def default_plan(default_lab):
     return build_plan(default_lab, stack="lab")
