@@ -32,9 +32,11 @@ class Lab:
 
     def snapshots(self, timing=TIMING) -> LabSnapshots:
         spec = parse_spec(lab_raw())
-        outer = outer_client(spec, self.outer.url, self.ca, FAST, token=TOKEN)
-        nested = nested_client(spec, nested_urls(self.nested), self.ca, FAST, password=ROOT_PASSWORD)
-        return LabSnapshots(spec, "lab", outer, nested, timing, out=self.lines.append)
+        # the lab's simulated clock: its time moves on only when reset waits (tests/ops_fixtures.py SimClock)
+        clock = self.sim.clock
+        outer = outer_client(spec, self.outer.url, self.ca, FAST, clock, token=TOKEN)
+        nested = nested_client(spec, nested_urls(self.nested), self.ca, FAST, clock, password=ROOT_PASSWORD)
+        return LabSnapshots(spec, "lab", outer, nested, timing, clock=clock, out=self.lines.append)
 
     def posts(self):
         return [p.split("/qemu/")[1] for m, p, _ in self.outer.requests if m == "POST" and "/qemu/" in p]
