@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -84,21 +85,36 @@ def lock_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+_held = threading.local()  # lock paths this thread holds, with a count (the lock is re-entrant per thread)
+
+
 @contextlib.contextmanager
 def locked(path: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock for `path` (on `<path>.lock`, kept on disk) until the block ends.
 
-    Waits for another holder (e.g. a second `classroom render` of the same class) to finish.
+    Waits for another holder (another process, or another thread here: e.g. a second `classroom render` of
+    the same class) to finish. The thread that holds it may take it again (save_allocation inside render).
     """
     lock = lock_path(path)
+    key = str(lock.resolve())
+    counts = _held.__dict__.setdefault("counts", {})
+    if counts.get(key):
+        counts[key] += 1
+        try:
+            yield lock
+        finally:
+            counts[key] -= 1
+        return
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise FileWriteError([f"{lock}: cannot create the lock file ({_reason(exc)}); is the folder writable?"]) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        counts[key] = 1
         yield lock
     finally:
+        counts.pop(key, None)
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:

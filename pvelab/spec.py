@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import re
 import typing
@@ -300,14 +301,19 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+@functools.lru_cache(maxsize=None)
+def _shape(cls: type) -> tuple[dict, dict]:
+    """A spec class's type hints and its fields by YAML key (computed once: get_type_hints is slow)."""
+    return typing.get_type_hints(cls), {_camel(f.name): f for f in dataclasses.fields(cls)}
+
+
 def _parse(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
         problems.append(f"{_key(path)}: expected a mapping, got {type(raw).__name__}")
         return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    hints, fields = _shape(cls)
     kwargs = {}
     for key, value in raw.items():
         sub = f"{path}.{key_name(key)}" if path else key_name(key)
@@ -448,6 +454,7 @@ def _field_values(spec: LabSpec, path: str) -> list[tuple[str, Any]]:
     return [] if value is None else [(path, value)]
 
 
+@functools.lru_cache(maxsize=None)
 def _snake(name: str) -> str:
     name = name.replace("MiB", "Mib").replace("GiB", "Gib")
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
@@ -717,8 +724,8 @@ def validate(spec: LabSpec) -> list[str]:
 # Roles that would let a student reach beyond their own VMs (other pools, users, the host, SDN config).
 ADMIN_ROLES = frozenset({"Administrator", "PVEAdmin", "PVEVMAdmin", "PVESysAdmin", "PVEUserAdmin", "PVEPoolAdmin",
                          "PVEDatastoreAdmin", "PVESDNAdmin", "PVEMappingAdmin"})
-ROLE_RE = ROLE_ID_RE
-USER_RE = USER_ID_RE
+# Older names of the formats (use them with fullmatch, as everything here does).
+ROLE_RE, USER_RE, POOL_NAME_RE, HA_RULE_RE, VNET_RE = ROLE_ID_RE, USER_ID_RE, STORAGE_ID_RE, CONFIG_ID_RE, SDN_ID_RE
 
 
 def validate_student(spec: LabSpec) -> list[str]:

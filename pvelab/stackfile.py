@@ -85,6 +85,8 @@ def load_stack(stack: str, project_dir: Path = PROJECT_DIR, warn=None) -> StackC
         if not isinstance(key, str):
             raise SpecError([f"{path.name}: config key {key_name(key)} is not text like pve-lab:lab"])
         full = key if ":" in key else f"{CONFIG_NAMESPACE}:{key}"
+        if full in values or full in secure:  # 'lab' and 'pve-lab:lab' name the same key
+            raise SpecError([f"{path.name}: {full} is given twice (as '{key}' and with its namespace); keep one"])
         if isinstance(value, dict) and set(value) == {"secure"}:
             secure.add(full)
             continue

@@ -9,7 +9,6 @@ import copy
 import http.server
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -141,6 +140,29 @@ def test_roster_student_fields_refuse_a_trailing_newline(key, value):
     assert any(p.startswith(f"roster.students[0].{key}: ") for p in err.value.problems), err.value.problems
 
 
+@pytest.mark.parametrize("where,change", [
+    ("roster.class", lambda d: d.update({"class": "ha101\n"})),
+    ("roster.title", lambda d: d.update(title="Chapter 7\n")),
+    ("roster.outerNodes[0].name", lambda d: d.update(outerNodes=[{"name": "pve1\n"}])),
+    ("roster.outerNodes[0].storage", lambda d: d.update(outerNodes=[{"name": "pve1", "storage": "local\n"}])),
+    ("roster.outerNodes[0].imageStorage", lambda d: d.update(outerNodes=[{"name": "pve1", "imageStorage": "local\n"}])),
+    ("roster.limits.allowedNodes[0]", lambda d: d.update(limits={"allowedNodes": ["pve1\n"]})),
+    ("roster.limits.allowedStorages[0]", lambda d: d.update(limits={"allowedStorages": ["local\n"]})),
+    ("roster.allocation.network.bridge", lambda d: d["allocation"]["network"].update(bridge="vmbr1\n")),
+    ("roster.allocation.network.zone", lambda d: d["allocation"].update(network={"mode": "sdn", "zone": "z1\n"})),
+    ("roster.allocation.network.vnetPrefix", lambda d: d["allocation"].update(
+        network={"mode": "sdn", "zone": "z1", "vnetPrefix": "lab\n"})),
+    ("roster.allocation.network.mode", lambda d: d["allocation"]["network"].update(mode="vlan\n")),
+])
+def test_every_roster_text_field_refuses_a_trailing_newline(where, change):
+    doc = roster_doc()
+    change(doc)
+    with pytest.raises(RosterError) as err:
+        parse_roster(doc, Path("/nonexistent/c.yaml"))
+    assert any(p.startswith(f"{where}: ") for p in err.value.problems), err.value.problems
+    assert all("\n" not in p for p in err.value.problems)
+
+
 def test_admin_role_with_a_newline_is_refused_by_the_spec():
     problems = spec_problems(set_path(FULL_LAB, "student.role", "Administrator\n"))
     assert problems[0].startswith("pve-lab:lab.student.role: 'Administrator\\n' is not allowed")
@@ -253,6 +275,7 @@ STACK_FILES = [
     ("huge-string-int", "config: {pve-lab:lab: {nodes: {cores: '" + "9" * 5000 + "'}}}\n",
      "pve-lab:lab.nodes.cores: expected an integer"),
     ("newline-key", 'config: {pve-lab:lab: {"nodes\\nx": 1}}\n', "pve-lab:lab.'nodes\\nx': unknown key"),
+    ("same-key-twice", "config: {lab: {}, pve-lab:lab: {}}\n", "Pulumi.t.yaml: pve-lab:lab is given twice"),
 ]
 
 
@@ -442,7 +465,10 @@ def test_a_stack_name_with_a_newline_is_refused(tmp_path):
 
 
 class _Html(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):  # noqa: N802 - http.server's naming; a login answered with a web page
+        self.do_GET()
+
+    def do_GET(self):  # noqa: N802
         body = b"<html><body>Welcome to nginx</body></html>"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -501,6 +527,19 @@ def test_a_200_html_answer_is_one_clear_failure(stack_t, http_server, capsys):
     captured = capsys.readouterr()
     assert code == 1 and "Traceback" not in captured.err
     assert "not the PVE API" in captured.out and TOKEN_SECRET not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("html_login", [True, False])
+def test_a_nested_login_to_a_web_server_is_not_blamed_on_the_password(stack_t, http_server, monkeypatch, capsys,
+                                                                     html_login):
+    server = http_server(tls=True)
+    if not html_login:  # the server refuses POST (HTTP 501) instead of answering a page
+        monkeypatch.delattr(_Html, "do_POST")
+    code = main(["status", "-s", "t", "--nested-url", f"https://127.0.0.1:{server.server_port}",
+                 "--nested-ca", server.cert, "--retries", "1"])
+    out = capsys.readouterr().out
+    assert code == 1 and "wrong credentials" not in out and "a-root-password" not in out
+    assert ("not JSON" if html_login else "answered HTTP 501, not like a PVE API") in out
 
 
 # ---------------------------------------------------------------- kind 6: CSV cells are text
@@ -709,12 +748,6 @@ def test_outer_client_refuses_an_empty_url():
 
 def test_show_keeps_messages_on_one_line():
     assert show("a\nb") == "'a\\nb'" and len(show("x" * 500)) == 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("secrets", [{"pve-lab:outerApiToken": TOKEN + "\n"},

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ..atomicfile import atomic_write
+from ..atomicfile import atomic_write, locked
 from ..formats import PVE_NODE_RE, key_name, show
 from ..safeyaml import YamlInputError, read_yaml
 from ..spec import CONFIG_KEY, PVE_VMID_MAX, ImageSpec, LabSpec, SpecError, parse_spec
@@ -608,8 +608,10 @@ def image_downloads(roster: Roster, stacks: list[StudentStack]) -> list[ImageDow
 
 
 def save_allocation(plan: ClassPlan, path: str | Path) -> Path:
-    """Write the allocation file atomically (callers hold `atomicfile.locked(path)` for the read-modify-write)."""
-    return atomic_write(path, plan.allocation.to_yaml())
+    """Write the allocation file atomically, under its lock (a caller doing a read-modify-write, like
+    `render_class`, holds the lock for all of it; the lock is re-entrant for the thread holding it)."""
+    with locked(path):
+        return atomic_write(path, plan.allocation.to_yaml())
 
 
 def plan_class(roster_path: str | Path, *, strict: bool = True) -> ClassPlan:

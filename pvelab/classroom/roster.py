@@ -33,6 +33,7 @@ CLASS_ID_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
 STUDENT_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,19}")
 VNET_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,4}")
 ONE_LINE_RE = re.compile(r"[^\x00-\x1f\x7f]*")
+NODE_NAME_RE, STORAGE_RE, USER_RE = PVE_NODE_RE, STORAGE_ID_RE, USER_ID_RE  # older names (use fullmatch)
 
 
 class RosterError(SpecError):

@@ -132,6 +132,12 @@ def tls_error_message(what: str, ep: "Endpoint", exc: BaseException) -> str:
     return f"{what}: TLS handshake with {ep.url} failed ({_reason(exc)})"
 
 
+def _login_status(exc: BaseException) -> Optional[int]:
+    """The HTTP status proxmoxer saw when a login failed ("... code: 401"), if it says one."""
+    m = re.search(r"code: (\d{3})", str(exc))
+    return int(m.group(1)) if m else None
+
+
 def _check_api_answer(result: Any, ep: "Endpoint", what: str) -> None:
     """proxmoxer returns {'errors': <body>} for a 2xx answer that is not JSON (an HTML page, a proxy)."""
     if isinstance(result, dict) and set(result) == {"errors"} and isinstance(result["errors"], (bytes, str)):
@@ -223,9 +229,15 @@ class PveClient:
                     if not err.transient:
                         raise err from None
                     last, all_auth = err, False
-                except AuthenticationError:
-                    last = ApiError(f"{self.what}: login as {self.auth.user} at {ep.url} failed "
-                                    f"(wrong credentials, or the node is not ready)", auth=True)
+                except AuthenticationError as exc:
+                    code = _login_status(exc)
+                    if code in (None, 401):
+                        last = ApiError(f"{self.what}: login as {self.auth.user} at {ep.url} failed "
+                                        f"(wrong credentials, or the node is not ready)", auth=True)
+                    else:  # not PVE refusing the password: a proxy, another web server, a node starting
+                        last, all_auth = ApiError(
+                            f"{self.what}: the login at {ep.url} answered HTTP {code}, not like a PVE API "
+                            f"(is it the right host and port 8006?)", code, transient=code in TRANSIENT_STATUS), False
                 except requests.exceptions.SSLError as exc:
                     raise ApiError(tls_error_message(self.what, ep, exc)) from None
                 except requests.exceptions.JSONDecodeError:  # e.g. a login answered with an HTML page
