@@ -17,3 +17,16 @@ def default_lab():
     ev = evaluate_lab()
     assert ev.error is None, ev.error
     return ev
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Start the container and QEMU tests' slow work now, in the background (tests/containers/early.py)."""
+    from containers import early
+
+    early.start({item.module.__name__ for item in items})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from containers import early
+
+    early.wait_all()

@@ -134,7 +134,7 @@ def test_full_install_runs_the_steps_in_order(node):
     upgrade = index_of(log, r"apt-get .* full-upgrade$")
     kernel = index_of(log, r"apt-get .* install .*proxmox-default-kernel")
     ssh_stop = index_of(log, r"systemctl stop ssh\.service")
-    reboot = index_of(log, r"systemd-run .*--on-active=5 .*systemctl reboot")
+    reboot = index_of(log, r"systemd-run .*--on-active=5 --timer-property=AccuracySec=1s .*systemctl reboot")
     pve = index_of(log, r"apt-get .* install proxmox-ve postfix open-iscsi qemu-guest-agent$")
     removal = index_of(log, r"apt-get .* remove linux-image-6\.12\.48\+deb13-cloud-amd64 linux-image-cloud-amd64$")
     grub = index_of(log, r"update-grub")
@@ -285,7 +285,7 @@ def test_apt_failure_is_reported_and_the_step_resumes(node):
     arm_fault(node.state, "apt-fail", times=1)
     r = run(node, "prepare")
     assert r.returncode == 1
-    assert "pve-lab: error: apt-get update failed (exit 100)" in r.stderr
+    assert "pve-lab: error: apt-get update could not read every repository (exit 100)" in r.stderr
     assert r.stderr.rstrip().splitlines()[-1].endswith("run this step again; it resumes where it stopped.")
     r = run(node, "prepare")
     assert r.returncode == 0, r.output
@@ -375,3 +375,63 @@ def test_shellcheck_style_passes():
     proc = subprocess.run([shellcheck, "-x", "-S", "style", str(SCRIPT), str(SCRIPT.parent / "lib/common.sh")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_finish_disables_the_enterprise_source_pve_manager_installs(node):
+    install(node)
+    enterprise = node.root / "etc/apt/sources.list.d/pve-enterprise.sources"
+    assert enterprise.read_text() == _debian.PVE_ENTERPRISE_SOURCES + "Enabled: no\n"
+    # apt no longer reads it: a later update (e.g. prepare after a lost keyring) succeeds instead of 401
+    r = node.run("apt-get -q update", timeout=30)
+    assert r.returncode == 0, r.output
+    assert run(node, "finish").returncode == 0
+    assert enterprise.read_text().count("Enabled: no") == 1
+
+
+def test_an_enabled_enterprise_source_fails_update_with_401(node):
+    install(node)
+    enterprise = node.root / "etc/apt/sources.list.d/pve-enterprise.sources"
+    enterprise.write_text(_debian.PVE_ENTERPRISE_SOURCES)
+    r = node.run("apt-get -q update", timeout=30)
+    assert r.returncode == 100
+    assert "401  Unauthorized" in r.stderr
+    # the next prepare disables it before it updates
+    (node.root / "usr/share/keyrings/proxmox-archive-keyring.gpg").unlink()
+    r = run(node, "prepare")
+    assert r.returncode == 0, r.output
+    assert "disabled the enterprise repository" in r.stderr
+
+
+def test_the_enterprise_source_stays_when_the_enterprise_repository_is_chosen(node):
+    for step in ("prepare", "reboot"):
+        assert run(node, step, PVE_REPO_COMPONENT="pve-enterprise").returncode == 0
+    perform_reboot(node)
+    assert run(node, "finish", PVE_REPO_COMPONENT="pve-enterprise").returncode == 0
+    enterprise = node.root / "etc/apt/sources.list.d/pve-enterprise.sources"
+    assert enterprise.read_text() == _debian.PVE_ENTERPRISE_SOURCES
+
+
+def test_update_waits_while_another_apt_holds_the_lists_lock(node):
+    arm_fault(node.state, "apt-lists-lock", times=2)
+    r = run(node, "prepare")
+    assert r.returncode == 0, r.output
+    assert r.stderr.count("another apt process holds the package lists lock") == 2
+    assert "proxmox-default-kernel" in debian(node)["packages"]
+
+
+def test_update_gives_up_on_the_lists_lock_at_the_deadline(node):
+    arm_fault(node.state, "apt-lists-lock")
+    r = run(node, "prepare", DEADLINE_S="0.2")
+    assert r.returncode == 1
+    assert "another apt process still holds /var/lib/apt/lists/lock after 0.2s" in r.stderr
+    assert not [c for c in standin_log(node.state) if "full-upgrade" in c]
+
+
+def test_an_unreachable_proxmox_repository_stops_prepare(node):
+    # real apt exits 0 here, with warnings only (seen in tests/test_container_install.py)
+    arm_fault(node.state, "proxmox-unreachable")
+    r = run(node, "prepare")
+    assert r.returncode == 1
+    assert "apt-get update could not read every repository (exit 0)" in r.stderr
+    assert "Temporary failure resolving 'download.proxmox.com'" in r.stderr
+    assert not [c for c in standin_log(node.state) if "full-upgrade" in c]

@@ -20,6 +20,7 @@ TRIXIE_KEYRING_SHA256="136673be77aba35dcce385b28737689ad64fd785a797e57897589aed0
 KEYRING_URL="${KEYRING_URL:-https://enterprise.proxmox.com/debian/proxmox-archive-keyring-${PVE_SUITE}.gpg}"
 KEYRING_PATH="/usr/share/keyrings/proxmox-archive-keyring.gpg"
 SOURCES_PATH="/etc/apt/sources.list.d/proxmox.sources"
+PVE_ENTERPRISE_SOURCES="/etc/apt/sources.list.d/pve-enterprise.sources"
 CLOUD_HOSTS_DROPIN="/etc/cloud/cloud.cfg.d/99-pve-lab-hosts.cfg"
 CLOUD_HOSTS_TEMPLATE="/etc/cloud/templates/hosts.debian.tmpl"
 DEADLINE_S="${DEADLINE_S:-600}"
@@ -97,6 +98,61 @@ apt_get() {
         tail -n 15 "${PVE_LAB_ROOT:-}$APT_LOG" >&2
         fail "apt-get $1 failed (exit $rc): its last lines are above, all of it in $APT_LOG on $(hostname)" \
             "Fix the cause (network, mirror, held packages) and run this step again; it resumes where it stopped."
+    fi
+}
+
+# apt_update: `apt-get update` until the step's deadline while another apt (apt-daily) holds the lists lock
+# (DPkg::Lock::Timeout covers the dpkg lock only), then fail when any repository could not be fetched:
+# apt exits 0 on an unreachable host, with only "W: Failed to fetch" and "W: Some index files failed".
+apt_update() {
+    local start=$SECONDS output status
+    while :; do
+        status=0
+        output="$(DEBIAN_FRONTEND=noninteractive apt-get -q update 2>&1)" || status=$?
+        printf '%s\n' "$output" >&2
+        if ((status != 0)) && grep -q '^E: Could not get lock /var/lib/apt/lists/lock' <<<"$output"; then
+            if deadline_passed "$start"; then
+                fail "apt-get update: another apt process still holds /var/lib/apt/lists/lock after ${DEADLINE_S}s" \
+                    "See what runs apt on $NODE_HOSTNAME ('systemctl status apt-daily.service'), then run this step again."
+            fi
+            log "another apt process holds the package lists lock (apt-daily?); trying again in ${POLL_S}s"
+            sleep "$POLL_S"
+            continue
+        fi
+        break
+    done
+    local failed
+    failed="$(grep -E '^(E: |W: Failed to fetch|W: Some index files failed|W: GPG error)' <<<"$output" || true)"
+    if ((status != 0)) || [[ -n "$failed" ]]; then
+        fail "apt-get update could not read every repository (exit $status): ${failed//$'\n'/ }" \
+            "Check that $NODE_HOSTNAME reaches the repositories in /etc/apt/sources.list.d (DNS, proxy, subscription), then run this step again; it resumes where it stopped."
+    fi
+}
+
+# PVE_ENTERPRISE_SOURCES is pve-manager's conffile, enabled, for the enterprise repository, which answers
+# 401 without a subscription (so every `apt-get update` would fail). Add `Enabled: no` to its stanzas
+# unless the enterprise repository is what was asked for; dpkg keeps an edited conffile on upgrades
+# (--force-confold here; a prompt for a student's own upgrade).
+disable_enterprise_sources() {
+    local path="$ROOT$PVE_ENTERPRISE_SOURCES" wanted
+    [[ "$PVE_REPO_COMPONENT" != pve-enterprise && -f "$path" ]] || return 0
+    wanted="$(awk '
+        function flush() {
+            if (n == 0) return
+            for (i = 0; i < n; i++) {
+                if (enterprise && block[i] ~ /^Enabled:/) block[i] = "Enabled: no"
+                print block[i]
+            }
+            if (enterprise && !has_enabled) print "Enabled: no"
+            n = 0; enterprise = 0; has_enabled = 0
+        }
+        /^[[:space:]]*$/ { flush(); print; next }
+        { block[n++] = $0 }
+        /^URIs:.*enterprise\.proxmox\.com/ { enterprise = 1 }
+        /^Enabled:/ { has_enabled = 1 }
+        END { flush() }' "$path")"
+    if printf '%s\n' "$wanted" | write_if_changed "$PVE_ENTERPRISE_SOURCES" 644; then
+        log "disabled the enterprise repository in $PVE_ENTERPRISE_SOURCES (it needs a subscription; component is $PVE_REPO_COMPONENT)"
     fi
 }
 
@@ -252,9 +308,10 @@ step_prepare() {
     if write_sources; then
         lists_stale=1
     fi
+    disable_enterprise_sources
     if [[ -n "$(missing_packages proxmox-default-kernel chrony)" ]]; then
         # First run: refresh, upgrade Debian, then the Proxmox kernel and chrony (time sync for corosync/Ceph).
-        apt_get update
+        apt_update
         lists_stale=0
         if [[ -n "$(missing_packages proxmox-default-kernel)" ]]; then
             apt_get full-upgrade
@@ -262,7 +319,7 @@ step_prepare() {
         apt_install_missing chrony proxmox-default-kernel
     fi
     if ((lists_stale)); then
-        apt_get update
+        apt_update
     fi
     ensure_unit_running chrony.service
     log "prepare done: the Proxmox kernel is installed; next step: reboot"
@@ -289,7 +346,8 @@ step_reboot() {
             systemctl stop "$unit"
         fi
     done
-    if ! systemd-run --on-active="$REBOOT_DELAY_S" --unit="$REBOOT_UNIT" \
+    # A timer fires up to AccuracySec (1 min by default) late: ask for the delay as given.
+    if ! systemd-run --on-active="$REBOOT_DELAY_S" --timer-property=AccuracySec=1s --unit="$REBOOT_UNIT" \
         --description="pve-lab: reboot into the Proxmox kernel" systemctl reboot; then
         systemctl start ssh.service || true
         fail "could not schedule the reboot (systemd-run failed); sshd restarted" "Reboot $NODE_HOSTNAME by hand, then run the finish step."
@@ -333,7 +391,9 @@ step_finish() {
         fail "the running kernel is $(uname -r), not a Proxmox kernel: the node did not reboot into it" \
             "Run the reboot step (or reboot $NODE_HOSTNAME by hand), check 'uname -r' ends in -pve, then run finish again."
     preseed_postfix
+    disable_enterprise_sources
     apt_install_missing proxmox-ve postfix open-iscsi chrony qemu-guest-agent
+    disable_enterprise_sources
     local old_kernels
     mapfile -t old_kernels < <(debian_kernel_packages)
     if ((${#old_kernels[@]})); then

@@ -22,6 +22,14 @@ PVE_MANAGER_VERSION = "9.1.1/42db4a6cf33dac83"
 STANDIN_KEYRING = b"stand-in proxmox archive keyring (not a real OpenPGP key)\n"
 KEYRING_URL_PREFIX = "https://enterprise.proxmox.com/debian/proxmox-archive-keyring-"
 
+# pve-manager installs this conffile, enabled (pve-manager configs/pve-sources.sources, configs/Makefile).
+PVE_ENTERPRISE_SOURCES = """Types: deb
+URIs: https://enterprise.proxmox.com/debian/pve
+Suites: trixie
+Components: pve-enterprise
+Signed-By: /usr/share/keyrings/proxmox-archive-keyring.gpg
+"""
+
 FRESH_PACKAGES = [
     "bash", "coreutils", "cloud-init", "curl", "ca-certificates", "openssh-server", "systemd",
     "systemd-timesyncd", "grub-efi-amd64", "linux-image-cloud-amd64", f"linux-image-{DEBIAN_KERNEL}",

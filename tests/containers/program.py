@@ -1,0 +1,22 @@
+"""The node commands exactly as the Pulumi program builds them (its `remote.Command` create texts), taken
+from the program evaluated on the mock runtime, so the container tests follow any change of the command
+contract (pvelab/node_script.py) or of the environment the components pass.
+"""
+from __future__ import annotations
+
+import shlex
+
+from harness import COMMAND, command_text, evaluate_lab
+
+
+def node_commands(overrides: dict | None = None) -> dict[str, str]:
+    """Resource name (e.g. 'lab-pve1-prepare') -> the command text the command provider runs over SSH."""
+    ev = evaluate_lab(overrides or {})
+    assert ev.error is None, ev.error
+    return {r.name: command_text(r) for r in ev.records if r.type == COMMAND}
+
+
+def run_env(command: str) -> dict[str, str]:
+    """The variables of a command's run line (its last line: `env A=1 B=2 bash "$HOME/pve-lab/x.sh" ...`)."""
+    words = shlex.split(command.rstrip("\n").rsplit("\n", 1)[-1])
+    return dict(w.split("=", 1) for w in words[1:] if words[0] == "env" and "=" in w and not w.startswith("-"))
