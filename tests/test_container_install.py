@@ -21,7 +21,7 @@ from containers import early
 from containers.fixtures import container_host  # noqa: F401 (fixture)
 from containers.image import TrixieImage
 from containers.lab import APT_PROXY, LabNode, PackageHosts, destroy_all
-from containers.program import node_commands, run_env
+from containers.program import node_commands, run_env, scripts_step
 from standins.proxmox_repo import PVE_KERNEL, PVE_MANAGER_VERSION
 
 STEPS = ("prepare", "reboot", "finish", "ready")
@@ -38,9 +38,9 @@ HOLD_LISTS_LOCK = ("systemd-run --unit=apt-daily-standin --quiet python3 -c 'imp
 CLOUD_HOSTS_LOOPBACK = "127.0.1.1 {fqdn} {host}\n127.0.0.1 localhost\n"
 
 
-def new_node(workdir: Path, hosts, image, commands, name: str) -> LabNode:
+def new_node(workdir: Path, hosts, image, commands, name: str, scripts: tuple) -> LabNode:
     fqdn = run_env(commands[f"lab-{name}-prepare"])["NODE_FQDN"]
-    return LabNode(name, fqdn, workdir, hosts, image)
+    return LabNode(name, fqdn, workdir, hosts, image, scripts=scripts)
 
 
 def step(node: LabNode, commands: dict, name: str):
@@ -110,15 +110,16 @@ def half_configured(node: LabNode, commands: dict) -> dict:
 
 def prepare(hosts: PackageHosts, image: TrixieImage) -> tuple:
     """Main thread: the program's commands, with the test key's sha256 as the keyring's."""
-    return hosts, image, node_commands({"repository": {"keyringSha256": hosts.keyring_sha256}})
+    overrides = {"repository": {"keyringSha256": hosts.keyring_sha256}}
+    return hosts, image, node_commands(overrides), scripts_step(overrides)
 
 
 def run_scenarios(prepared: tuple) -> dict:
     """Background thread: the scenarios at once, one node each; what each saw (or its exception)."""
-    hosts, image, commands = prepared
+    hosts, image, commands, scripts = prepared
     runs = {"happy": happy_path, "unreachable": unreachable_repository, "half": half_configured}
     folder = Path(tempfile.mkdtemp(prefix="pve-lab-install-"))
-    nodes = {key: new_node(folder / key, hosts, image, commands, "pve1") for key in runs}
+    nodes = {key: new_node(folder / key, hosts, image, commands, "pve1", scripts) for key in runs}
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(len(runs)) as pool:

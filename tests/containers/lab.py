@@ -120,6 +120,9 @@ class LabNode:
     binds: tuple = ()
     session_env: dict = field(default_factory=dict)  # e.g. the remaining stand-ins' STANDIN_* and PATH
     files: dict = field(default_factory=dict)  # extra files written into the image before the first boot
+    # The program's scripts step for this node (create line, stdin): run once it first booted, as the
+    # program's first step on a new VM ships the node scripts to $HOME/pve-lab (components/node_step.py).
+    scripts: tuple = ()
     container: Container = field(init=False)
     server: Optional[subprocess.Popen] = field(default=None, init=False)
     requests_log: Path = field(init=False)
@@ -152,6 +155,10 @@ class LabNode:
         with self.file("etc/ssl/certs/ca-certificates.crt").open("ab") as bundle:
             bundle.write(self.hosts.ca_cert)
         self.boot()
+        if self.scripts:
+            create, stdin = self.scripts
+            r = self.run(create, stdin=stdin)
+            assert r.returncode == 0, f"the scripts step failed on {self.hostname}: {r.output[-2000:]}"
         return self
 
     def file(self, path: str) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 
 from harness import COMMAND, command_text, evaluate_lab
+from pvelab.evaluate import unwrap
 
 
 def node_commands(overrides: dict | None = None) -> dict[str, str]:
@@ -14,6 +15,14 @@ def node_commands(overrides: dict | None = None) -> dict[str, str]:
     ev = evaluate_lab(overrides or {})
     assert ev.error is None, ev.error
     return {r.name: command_text(r) for r in ev.records if r.type == COMMAND}
+
+
+def scripts_step(overrides: dict | None = None, node: str = "pve1") -> tuple[str, str]:
+    """The create line and stdin of the program's step that ships the node scripts to NODE."""
+    ev = evaluate_lab(overrides or {})
+    assert ev.error is None, ev.error
+    record = next(r for r in ev.records if r.type == COMMAND and r.name == f"lab-{node}-scripts")
+    return command_text(record), unwrap(record.inputs.get("stdin")) or ""
 
 
 def run_env(command: str) -> dict[str, str]:
