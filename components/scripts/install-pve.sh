@@ -106,10 +106,12 @@ apt_get() {
 # apt exits 0 on an unreachable host, with only "W: Failed to fetch" and "W: Some index files failed".
 apt_update() {
     local start=$SECONDS output status
+    mkdir -p "${PVE_LAB_ROOT:-}${APT_LOG%/*}"
+    log "apt-get update (its output: $APT_LOG)"
     while :; do
         status=0
         output="$(DEBIAN_FRONTEND=noninteractive apt-get -q update 2>&1)" || status=$?
-        printf '%s\n' "$output" >&2
+        printf '%s\n' "$output" >>"${PVE_LAB_ROOT:-}$APT_LOG"
         if ((status != 0)) && grep -q '^E: Could not get lock /var/lib/apt/lists/lock' <<<"$output"; then
             if deadline_passed "$start"; then
                 fail "apt-get update: another apt process still holds /var/lib/apt/lists/lock after ${DEADLINE_S}s" \
@@ -124,7 +126,7 @@ apt_update() {
     local failed
     failed="$(grep -E '^(E: |W: Failed to fetch|W: Some index files failed|W: GPG error)' <<<"$output" || true)"
     if ((status != 0)) || [[ -n "$failed" ]]; then
-        fail "apt-get update could not read every repository (exit $status): ${failed//$'\n'/ }" \
+        fail "apt-get update could not read every repository (exit $status): ${failed//$'\n'/ } (all of it in $APT_LOG on $(hostname))" \
             "Check that $NODE_HOSTNAME reaches the repositories in /etc/apt/sources.list.d (DNS, proxy, subscription), then run this step again; it resumes where it stopped."
     fi
 }

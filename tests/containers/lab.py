@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -130,8 +131,9 @@ class LabNode:
     def __post_init__(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
         root = self.workdir / "root"
-        self.container = Container(f"pvelab-{self.hostname}-{self.workdir.parent.name[-6:]}", root, self.hostname,
-                                   self.binds)
+        # A machine name is a host name: mkdtemp's suffix may hold '_', which systemd-nspawn refuses (exit 1).
+        suffix = re.sub(r"[^a-zA-Z0-9]", "x", self.workdir.parent.name[-6:])
+        self.container = Container(f"pvelab-{self.hostname}-{suffix}", root, self.hostname, self.binds)
         self.requests_log = self.workdir / "requests.log"
 
     def create(self, apt_proxy: str = APT_PROXY) -> "LabNode":
