@@ -21,10 +21,9 @@ from containers import early
 from containers.fixtures import container_host  # noqa: F401 (fixture)
 from containers.image import TrixieImage
 from containers.lab import APT_PROXY, LabNode, PackageHosts, destroy_all
-from containers.program import node_commands, run_env
+from containers.program import node_commands, run_env, scripts_step
 from standins.proxmox_repo import PVE_KERNEL, PVE_MANAGER_VERSION
 
-FIRST_STEPS = ("scripts", "apt-proxy")
 STEPS = ("prepare", "reboot", "finish", "ready")
 # What a re-run must leave alone: the files under /etc, /boot and the keyrings, and dpkg's database.
 TREE_DIGEST = r"""
@@ -39,21 +38,13 @@ HOLD_LISTS_LOCK = ("systemd-run --unit=apt-daily-standin --quiet python3 -c 'imp
 CLOUD_HOSTS_LOOPBACK = "127.0.1.1 {fqdn} {host}\n127.0.0.1 localhost\n"
 
 
-def new_node(workdir: Path, hosts, image, commands, name: str) -> LabNode:
+def new_node(workdir: Path, hosts, image, commands, name: str, scripts: tuple) -> LabNode:
     fqdn = run_env(commands[f"lab-{name}-prepare"])["NODE_FQDN"]
-    return LabNode(name, fqdn, workdir, hosts, image)
+    return LabNode(name, fqdn, workdir, hosts, image, scripts=scripts)
 
 
-def step(node: LabNode, commands, name: str):
-    key = f"lab-{node.hostname}-{name}"
-    return node.run(commands[key], stdin=commands.stdin[key], timeout=600)
-
-
-def ship_scripts(node: LabNode, commands) -> None:
-    """The steps that come first on every node in the graph: the scripts (on stdin), the apt proxy setting."""
-    for name in FIRST_STEPS:
-        r = step(node, commands, name)
-        assert r.returncode == 0, f"{name}: {r.output[-3000:]}"
+def step(node: LabNode, commands: dict, name: str):
+    return node.run(commands[f"lab-{node.hostname}-{name}"], timeout=600)
 
 
 def dpkg_status(node: LabNode, *packages: str) -> dict:
@@ -65,7 +56,6 @@ def happy_path(node: LabNode, commands: dict) -> dict:
     """All four steps, the first `apt-get update` meeting a held lists lock; then all four again."""
     seen = {}
     node.create()
-    ship_scripts(node, commands)
     assert node.run(HOLD_LISTS_LOCK.format(s=4)).returncode == 0
     for name in STEPS:
         seen[name] = step(node, commands, name)
@@ -95,7 +85,6 @@ def happy_path(node: LabNode, commands: dict) -> dict:
 def unreachable_repository(node: LabNode, commands: dict) -> dict:
     """download.proxmox.com has no route (no proxy for it, no network): real apt only warns."""
     node.create(apt_proxy=APT_PROXY.replace('Acquire::http::Proxy::download.proxmox.com', '// no proxy:'))
-    ship_scripts(node, commands)
     return {"prepare": step(node, commands, "prepare"),
             "packages": dpkg_status(node, "proxmox-default-kernel", "chrony")}
 
@@ -105,7 +94,6 @@ def half_configured(node: LabNode, commands: dict) -> dict:
     half-configured; once the cause is fixed, running finish again completes the install."""
     seen = {}
     node.create()
-    ship_scripts(node, commands)
     for name in ("prepare", "reboot"):
         assert step(node, commands, name).returncode == 0
         if name == "reboot":
@@ -113,7 +101,7 @@ def half_configured(node: LabNode, commands: dict) -> dict:
     good_hosts = node.file("etc/hosts").read_text()
     node.file("etc/hosts").write_text(CLOUD_HOSTS_LOOPBACK.format(fqdn=node.fqdn, host=node.hostname))
     seen["first"] = step(node, commands, "finish")
-    seen["apt_log"] = node.file("var/log/pve-lab/apt.log").read_text()
+    seen["apt_log"] = node.file("var/log/pve-lab/apt.log").read_text()  # all of apt's output (the step shows its end)
     seen["after_first"] = dpkg_status(node, "pve-cluster", "pve-manager", "proxmox-ve")
     node.file("etc/hosts").write_text(good_hosts)
     seen["second"] = step(node, commands, "finish")
@@ -123,15 +111,16 @@ def half_configured(node: LabNode, commands: dict) -> dict:
 
 def prepare(hosts: PackageHosts, image: TrixieImage) -> tuple:
     """Main thread: the program's commands, with the test key's sha256 as the keyring's."""
-    return hosts, image, node_commands({"repository": {"keyringSha256": hosts.keyring_sha256}})
+    overrides = {"repository": {"keyringSha256": hosts.keyring_sha256}}
+    return hosts, image, node_commands(overrides), scripts_step(overrides)
 
 
 def run_scenarios(prepared: tuple) -> dict:
     """Background thread: the scenarios at once, one node each; what each saw (or its exception)."""
-    hosts, image, commands = prepared
+    hosts, image, commands, scripts = prepared
     runs = {"happy": happy_path, "unreachable": unreachable_repository, "half": half_configured}
     folder = Path(tempfile.mkdtemp(prefix="pve-lab-install-"))
-    nodes = {key: new_node(folder / key, hosts, image, commands, "pve1") for key in runs}
+    nodes = {key: new_node(folder / key, hosts, image, commands, "pve1", scripts) for key in runs}
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(len(runs)) as pool:
@@ -206,12 +195,10 @@ def test_an_unreachable_proxmox_repository_stops_prepare_before_the_upgrade(scen
 def test_a_half_configured_install_completes_on_the_next_run(scenarios):
     seen = result(scenarios, "half")
     assert seen["first"].returncode == 1
-    # pmxcfs's reason goes to the journal; apt's log on the node shows the failed start and dpkg's error,
-    # and the step's message names that log (apt's output stays out of the step's stored output)
-    assert "apt-get install failed (exit 100)" in seen["first"].stderr, seen["first"].output
-    assert "all of it in /var/log/pve-lab/apt.log on pve1" in seen["first"].stderr
+    # pmxcfs's reason goes to the journal; apt shows the failed start and dpkg's error
     assert "Job for pve-cluster.service failed" in seen["apt_log"]
     assert "dpkg: error processing package pve-cluster (--configure)" in seen["apt_log"]
+    assert "apt-get install failed (exit 100): its last lines are above" in seen["first"].stderr
     assert seen["after_first"]["pve-cluster"] == "half-configured", seen["after_first"]
     assert seen["second"].returncode == 0, seen["second"].output[-3000:]
     assert set(seen["after_second"].values()) == {"installed"}, seen["after_second"]

@@ -23,9 +23,10 @@ SUITE = "trixie"
 # What a Debian 13 genericcloud VM has that the scripts use, and python3 for the stand-ins that remain.
 IMAGE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "ca-certificates", "curl", "python3", "iproute2",
                   "openssl", "procps", "openssh-server"]
-# What install-pve.sh later installs from Debian (with their dependencies; perl for pve-manager): kept in the
-# offline mirror.
-MIRROR_PACKAGES = ["chrony", "postfix", "open-iscsi", "qemu-guest-agent", "perl"]
+# What the node steps later install from Debian (with their dependencies): install-pve.sh's packages, perl
+# for pve-manager, and gdisk and nvme-cli, which `pveceph install` installs beside the Ceph packages
+# (pve-manager PVE/CLI/pveceph.pm). Kept in the offline mirror.
+MIRROR_PACKAGES = ["chrony", "postfix", "open-iscsi", "qemu-guest-agent", "perl", "gdisk", "nvme-cli"]
 # The guest of the QEMU disk test: Debian's kernel and an initramfs with udev, lsblk and bash.
 KERNEL_PACKAGES = ["linux-image-amd64", "initramfs-tools", "busybox", "util-linux", "udev"]
 RECIPE = repr((SUITE, IMAGE_PACKAGES, MIRROR_PACKAGES, 3))

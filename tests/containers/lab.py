@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -120,6 +121,9 @@ class LabNode:
     binds: tuple = ()
     session_env: dict = field(default_factory=dict)  # e.g. the remaining stand-ins' STANDIN_* and PATH
     files: dict = field(default_factory=dict)  # extra files written into the image before the first boot
+    # The program's scripts step for this node (create line, stdin): run once it first booted, as the
+    # program's first step on a new VM ships the node scripts to $HOME/pve-lab (components/node_step.py).
+    scripts: tuple = ()
     container: Container = field(init=False)
     server: Optional[subprocess.Popen] = field(default=None, init=False)
     requests_log: Path = field(init=False)
@@ -127,8 +131,8 @@ class LabNode:
     def __post_init__(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
         root = self.workdir / "root"
-        # nspawn's machine names allow letters, digits and '-' only (mkdtemp's suffix may hold '_')
-        suffix = hashlib.sha256(str(self.workdir).encode()).hexdigest()[:8]
+        # A machine name is a host name: mkdtemp's suffix may hold '_', which systemd-nspawn refuses (exit 1).
+        suffix = re.sub(r"[^a-zA-Z0-9]", "x", self.workdir.parent.name[-6:])
         self.container = Container(f"pvelab-{self.hostname}-{suffix}", root, self.hostname, self.binds)
         self.requests_log = self.workdir / "requests.log"
 
@@ -153,6 +157,10 @@ class LabNode:
         with self.file("etc/ssl/certs/ca-certificates.crt").open("ab") as bundle:
             bundle.write(self.hosts.ca_cert)
         self.boot()
+        if self.scripts:
+            create, stdin = self.scripts
+            r = self.run(create, stdin=stdin)
+            assert r.returncode == 0, f"the scripts step failed on {self.hostname}: {r.output[-2000:]}"
         return self
 
     def file(self, path: str) -> Path:

@@ -27,6 +27,14 @@ def node_commands(overrides: dict | None = None) -> NodeCommands:
                         {r.name: unwrap(r.inputs.get("stdin")) or "" for r in records})
 
 
+def scripts_step(overrides: dict | None = None, node: str = "pve1") -> tuple[str, str]:
+    """The create line and stdin of the program's step that ships the node scripts to NODE."""
+    ev = evaluate_lab(overrides or {})
+    assert ev.error is None, ev.error
+    record = next(r for r in ev.records if r.type == COMMAND and r.name == f"lab-{node}-scripts")
+    return command_text(record), unwrap(record.inputs.get("stdin")) or ""
+
+
 def run_env(command: str) -> dict[str, str]:
     """The variables of a command's run line (its last line: `env A=1 B=2 bash "$HOME/pve-lab/x.sh" ...`)."""
     words = shlex.split(command.rstrip("\n").rsplit("\n", 1)[-1])

@@ -17,6 +17,11 @@ from pathlib import Path
 
 SUITE = "trixie"
 COMPONENT = "pve-no-subscription"
+# The Ceph repository `pveceph install --repository no-subscription --version squid` writes to ceph.sources
+# (pve-manager PVE/CLI/pveceph.pm): http://download.proxmox.com/debian/ceph-squid, suite trixie.
+CEPH_RELEASE = "squid"
+CEPH_COMPONENT = "no-subscription"
+CEPH_VERSION = "19.2.3-pve1"  # squid's 19.2.x, as Proxmox versions its builds (-pveN)
 PVE_KERNEL = "6.17.2-1-pve"
 PVE_MANAGER_VERSION = "9.1.1"
 KEYRING_PATH = "usr/share/keyrings/proxmox-archive-keyring.gpg"
@@ -136,6 +141,40 @@ def packages(keyring: bytes) -> list[Package]:
     ]
 
 
+# What a dummy Ceph binary says when run: only the stand-ins on the test PATH (tests/standins/bin) answer.
+CEPH_BINARY = """#!/bin/sh
+echo "pve-lab stand-in package: $0 is not modelled (the test's stand-ins answer for Ceph)" >&2
+exit 1
+"""
+# ceph-common ships /etc/ceph/rbdmap as a conffile (ceph debian/ceph-common.install, rbdmap).
+RBDMAP = "# RbdDevice\t\tParameters\n#poolname/imagename\tid=client,keyring=/etc/ceph/ceph.client.keyring\n"
+
+
+def ceph_packages() -> list[Package]:
+    """The Ceph packages `pveceph install` asks apt for (ceph ceph-common ceph-fuse ceph-mds ceph-volume) and
+    the daemons `ceph` depends on, each with the binary pve-manager checks for (PVE/Ceph/Tools.pm: ceph_bin
+    /usr/bin/ceph, ceph_mon /usr/bin/ceph-mon, ceph_mgr /usr/bin/ceph-mgr, ceph_osd /usr/bin/ceph-osd,
+    ceph_volume /usr/sbin/ceph-volume). The dependency graph is simplified (no python3 or library deps)."""
+    v = CEPH_VERSION
+    binary = lambda path: {path: (CEPH_BINARY, 0o755)}  # noqa: E731
+    return [
+        Package("librados2", v, "amd64"),
+        Package("librbd1", v, "amd64", depends=f"librados2 (= {v})"),
+        Package("python3-ceph-argparse", v),
+        Package("ceph-common", v, "amd64", depends=f"librados2 (= {v}), librbd1 (= {v}), python3-ceph-argparse (= {v})",
+                files={**binary("usr/bin/ceph"), "etc/ceph/rbdmap": (RBDMAP, 0o644)},
+                conffiles=("/etc/ceph/rbdmap",)),
+        Package("ceph-base", v, "amd64", depends=f"ceph-common (= {v})"),
+        Package("ceph-mon", v, "amd64", depends=f"ceph-base (= {v})", files=binary("usr/bin/ceph-mon")),
+        Package("ceph-mgr", v, "amd64", depends=f"ceph-base (= {v})", files=binary("usr/bin/ceph-mgr")),
+        Package("ceph-osd", v, "amd64", depends=f"ceph-base (= {v})", files=binary("usr/bin/ceph-osd")),
+        Package("ceph-mds", v, "amd64", depends=f"ceph-base (= {v})", files=binary("usr/bin/ceph-mds")),
+        Package("ceph-fuse", v, "amd64", depends=f"ceph-common (= {v})", files=binary("usr/bin/ceph-fuse")),
+        Package("ceph-volume", v, depends=f"ceph-osd (= {v})", files=binary("usr/sbin/ceph-volume")),
+        Package("ceph", v, "amd64", depends=f"ceph-mgr (= {v}), ceph-mon (= {v}), ceph-osd (= {v})"),
+    ]
+
+
 def _build_deb(pkg: Package, work: Path, pool: Path) -> Path:
     tree = work / pkg.name
     (tree / "DEBIAN").mkdir(parents=True)
@@ -176,22 +215,14 @@ def _gpg(home: Path, *args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, **kw)
 
 
-def build_repository(folder: Path) -> Repository:
-    folder.mkdir(parents=True, exist_ok=True)
-    home = folder / "gnupg"
-    home.mkdir(mode=0o700)
-    _gpg(home, "--passphrase", "", "--quick-gen-key", "pve-lab test repository <tests@pve-lab.invalid>",
-         "ed25519", "sign", "never")
-    keyring = folder / "proxmox-archive-keyring-trixie.gpg"
-    keyring.write_bytes(_gpg(home, "--export").stdout)
-    repo = folder / "pve"
+def _build_suite(repo: Path, component: str, pkgs: list[Package], home: Path, work: Path) -> None:
+    """pool/*.deb and a signed dists/trixie (InRelease, Release, <component>/binary-amd64/Packages) in `repo`."""
     pool = repo / "pool"
     pool.mkdir(parents=True)
-    work = folder / "build"
-    for pkg in packages(keyring.read_bytes()):
+    for pkg in pkgs:
         _build_deb(pkg, work, pool)
     shutil.rmtree(work)
-    index_dir = repo / "dists" / SUITE / COMPONENT / "binary-amd64"
+    index_dir = repo / "dists" / SUITE / component / "binary-amd64"
     index_dir.mkdir(parents=True)
     scanned = subprocess.run(["dpkg-scanpackages", "--multiversion", "pool"], cwd=repo, check=True,
                              capture_output=True, text=True).stdout
@@ -208,10 +239,23 @@ def build_repository(folder: Path) -> Repository:
         Codename: {SUITE}
         Date: {formatdate(usegmt=True)}
         Architectures: amd64
-        Components: {COMPONENT}
+        Components: {component}
         Description: pve-lab test repository
         SHA256:
         """) + "\n".join(lines) + "\n"
     (dists / "Release").write_text(release)
     _gpg(home, "--clearsign", "-o", str(dists / "InRelease"), str(dists / "Release"))
+
+
+def build_repository(folder: Path) -> Repository:
+    """download.proxmox.com/debian/: pve (the PVE packages) and ceph-squid (the Ceph packages), one test key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    home = folder / "gnupg"
+    home.mkdir(mode=0o700)
+    _gpg(home, "--passphrase", "", "--quick-gen-key", "pve-lab test repository <tests@pve-lab.invalid>",
+         "ed25519", "sign", "never")
+    keyring = folder / "proxmox-archive-keyring-trixie.gpg"
+    keyring.write_bytes(_gpg(home, "--export").stdout)
+    _build_suite(folder / "pve", COMPONENT, packages(keyring.read_bytes()), home, folder / "build")
+    _build_suite(folder / f"ceph-{CEPH_RELEASE}", CEPH_COMPONENT, ceph_packages(), home, folder / "build")
     return Repository(folder, keyring)

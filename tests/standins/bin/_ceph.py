@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -113,11 +114,7 @@ def add_disk(state: Path, name: str, node_root: Path, serial: str, kernel_name: 
     if link.is_symlink():
         link.unlink()
     link.symlink_to(f"../../{kernel_name}")
-    blockdevs = (state / "nodes" / name / "blockdevs.json")
-    blockdevs.parent.mkdir(parents=True, exist_ok=True)
-    devs = json.loads(blockdevs.read_text()) if blockdevs.exists() else {}
-    devs[f"/dev/{kernel_name}"] = {"serial": serial, "size": "32G"}
-    blockdevs.write_text(json.dumps(devs, indent=1, sort_keys=True))
+    record_blockdev(state, name, kernel_name, serial)
     path = disks_path(state, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     disks = json.loads(path.read_text()) if path.exists() else {}
@@ -126,6 +123,15 @@ def add_disk(state: Path, name: str, node_root: Path, serial: str, kernel_name: 
     else:
         disks[f"/dev/{kernel_name}"] = content
     path.write_text(json.dumps(disks, indent=1, sort_keys=True))
+
+
+def record_blockdev(state: Path, name: str, kernel_name: str, serial: str) -> None:
+    """What lsblk shows of node `name`'s disk /dev/<kernel_name>: its serial (nodes/<node>/blockdevs.json)."""
+    blockdevs = (state / "nodes" / name / "blockdevs.json")
+    blockdevs.parent.mkdir(parents=True, exist_ok=True)
+    devs = json.loads(blockdevs.read_text()) if blockdevs.exists() else {}
+    devs[f"/dev/{kernel_name}"] = {"serial": serial, "size": "32G"}
+    blockdevs.write_text(json.dumps(devs, indent=1, sort_keys=True))
 
 
 def remove_disk(state: Path, name: str, node_root: Path, kernel_name: str) -> None:
@@ -175,11 +181,31 @@ def ceph_releases() -> tuple[list[str], str, set[str]]:
     return ["squid"], "squid", set()
 
 
+def real_dpkg() -> bool:
+    """STANDIN_REAL_APT=1: a booted container (tests/containers) with real apt and dpkg, where `pveceph install`
+    runs real apt-get against the stand-in Proxmox repository and dpkg's database says what is installed."""
+    return os.environ.get("STANDIN_REAL_APT") == "1"
+
+
+def dpkg_installed() -> dict[str, str]:
+    """Package -> version of every installed package, from the real dpkg database."""
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Status} ${Package} ${Version}\n"],
+                         capture_output=True, text=True).stdout
+    return {f[1]: f[2] for f in (line.split() for line in out.splitlines()) if len(f) == 3 and f[0] == "installed"}
+
+
 def installed_packages() -> set[str]:
+    if real_dpkg():
+        return set(dpkg_installed())
     return set(load()["packages"])
 
 
 def client_release() -> str:
+    if real_dpkg():  # the release of the installed ceph-common (e.g. 19.2.3-pve1: squid)
+        version = dpkg_installed().get("ceph-common")
+        if version is None:
+            die("bash: ceph: command not found", 127)
+        return next((r for r, v in VERSIONS.items() if version.startswith(v)), version)
     return load().get("ceph_release") or PVE_CLIENT_RELEASE
 
 
