@@ -21,7 +21,7 @@ from pvelab.spec import LabSpec, NodePlan
 
 from .apt_proxy import apt_proxy_step
 from .node_step import NodeConnection, node_scripts, node_step
-from .outer_vm import DESTROY_HARD, hardware_args
+from .outer_vm import DESTROY_HARD, hardware_args, lab_vm_identity
 
 if TYPE_CHECKING:
     from .node_template import TemplateRef
@@ -168,12 +168,9 @@ class NestedPveNode(pulumi.ComponentResource):
                 ipv4=proxmoxve.VmLegacyInitializationIpConfigIpv4Args(address=f"{plan.link1_ip}/{prefix}")))
         return proxmoxve.VmLegacy(
             f"{name}-vm",
-            name=plan.hostname,
-            node_name=spec.outer.node,
-            vm_id=plan.vmid,
-            pool_id=args.pool_id,
-            description=f"pve-lab nested PVE node {plan.fqdn} (cluster {spec.cluster.name})",
-            tags=sorted(set(spec.tags) | {"pve-lab-node"}),
+            **lab_vm_identity(spec, hostname=plan.hostname, vm_id=plan.vmid, pool_id=args.pool_id,
+                              description=f"pve-lab nested PVE node {plan.fqdn} (cluster {spec.cluster.name})",
+                              tag="pve-lab-node"),
             bios=n.bios,
             machine="q35",
             efi_disk=proxmoxve.VmLegacyEfiDiskArgs(datastore_id=storage, type="4m", pre_enrolled_keys=False)

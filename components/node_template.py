@@ -27,7 +27,7 @@ from pvelab.spec import LabSpec
 from .apt_proxy import apt_proxy_step
 from .nested_node import instance_identity
 from .node_step import NodeConnection, node_scripts, node_step
-from .outer_vm import debian_vm_args
+from .outer_vm import debian_vm_args, lab_vm_identity
 
 TEMPLATE_TAG = "pve-lab-template"
 BUILDER_FROZEN = ["template", "started", "cpu", "memory", "disks", "networkDevices", "initialization", "agent",
@@ -135,14 +135,11 @@ class NodeTemplate(pulumi.ComponentResource):
         prefix = spec.network.cidr.split("/")[1]
         return proxmoxve.VmLegacy(
             f"{name}-builder",
-            name=self.hostname,
-            node_name=spec.outer.node,
             # No fixed VMID (unless given): a new key is a new builder while the old template still exists.
-            vm_id=args.vm_id,
-            pool_id=args.pool_id,
-            description=f"pve-lab golden node template {self.key} (PVE {spec.pve_version}"
-                        + (f", Ceph {spec.ceph.release}" if spec.ceph.enabled else "") + f"), built as {fqdn}",
-            tags=sorted(set(spec.tags) | {TEMPLATE_TAG}),
+            **lab_vm_identity(spec, hostname=self.hostname, vm_id=args.vm_id, pool_id=args.pool_id,
+                              description=f"pve-lab golden node template {self.key} (PVE {spec.pve_version}"
+                                          + (f", Ceph {spec.ceph.release}" if spec.ceph.enabled else "")
+                                          + f"), built as {fqdn}", tag=TEMPLATE_TAG),
             bios=n.bios,
             machine="q35",
             efi_disk=proxmoxve.VmLegacyEfiDiskArgs(datastore_id=storage, type="4m", pre_enrolled_keys=False)

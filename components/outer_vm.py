@@ -11,6 +11,19 @@ import pulumi
 import pulumi_proxmoxve as proxmoxve
 
 
+def lab_vm_identity(spec: Any, *, hostname: str, vm_id: Optional[int], pool_id: Optional[str], description: str,
+                    tag: str) -> dict[str, Any]:
+    """Name, place and labels of a lab's VM on the outer host: the lab's tags plus the VM's own `tag`."""
+    return dict(
+        name=hostname,
+        node_name=spec.outer.node,
+        vm_id=vm_id,
+        pool_id=pool_id,
+        description=description,
+        tags=sorted(set(spec.tags) | {tag}),
+    )
+
+
 def hardware_args(*, cores: int, memory_mib: int) -> dict[str, Any]:
     """CPU type `host` (the lab sanity rules hold every outer VM of a lab to it), virtio SCSI, a serial console."""
     return dict(

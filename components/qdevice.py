@@ -23,7 +23,7 @@ from pvelab.spec import LabSpec
 from .cluster import ClusterMember
 from .apt_proxy import apt_proxy_step
 from .node_step import NodeConnection, node_scripts, node_step
-from .outer_vm import debian_vm_args
+from .outer_vm import debian_vm_args, lab_vm_identity
 
 POLL_S = 5
 
@@ -87,12 +87,9 @@ class QDevice(pulumi.ComponentResource):
         storage = spec.outer.storage
         return proxmoxve.VmLegacy(
             f"{name}-vm",
-            name=plan.hostname,
-            node_name=spec.outer.node,
-            vm_id=plan.vmid,
-            pool_id=args.pool_id,
-            description=f"pve-lab QDevice (corosync-qnetd) {plan.fqdn} for cluster {spec.cluster.name}",
-            tags=sorted(set(spec.tags) | {"pve-lab-qdevice"}),
+            **lab_vm_identity(spec, hostname=plan.hostname, vm_id=plan.vmid, pool_id=args.pool_id,
+                              description=f"pve-lab QDevice (corosync-qnetd) {plan.fqdn} for cluster "
+                                          f"{spec.cluster.name}", tag="pve-lab-qdevice"),
             machine="q35",
             **debian_vm_args(cores=QDEVICE_CORES, memory_mib=QDEVICE_MEMORY_MIB, storage=storage,
                              image_file_id=args.image_file_id, disk_gib=QDEVICE_DISK_GIB, bridge=args.bridge,
