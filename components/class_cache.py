@@ -12,6 +12,7 @@ import pulumi
 import pulumi_proxmoxve as proxmoxve
 
 from .node_step import NodeConnection, node_scripts, node_step
+from .outer_vm import debian_vm_args
 
 CACHE_HOSTNAME = "class-cache"
 CACHE_TAG = "pve-lab-cache"
@@ -36,30 +37,12 @@ class ClassCacheVm(pulumi.ComponentResource):
             node_name=site.node,
             description=f"pve-lab class package cache: apt-cacher-ng on {cache.url}",
             tags=sorted(set(site.tags) | {CACHE_TAG}),
-            cpu=proxmoxve.VmLegacyCpuArgs(type="host", cores=1, sockets=1),
-            memory=proxmoxve.VmLegacyMemoryArgs(dedicated=cache.memory_mib),
-            scsi_hardware="virtio-scsi-single",
-            disks=[proxmoxve.VmLegacyDiskArgs(interface="scsi0", datastore_id=site.storage,
-                                              import_from=args.image_file_id, size=cache.disk_gib, discard="on",
-                                              iothread=True, ssd=True, file_format="raw")],
-            network_devices=[proxmoxve.VmLegacyNetworkDeviceArgs(bridge=site.bridge, model="virtio",
-                                                                  vlan_id=cache.vlan_tag)],
-            operating_system=proxmoxve.VmLegacyOperatingSystemArgs(type="l26"),
-            serial_devices=[proxmoxve.VmLegacySerialDeviceArgs(device="socket")],
-            initialization=proxmoxve.VmLegacyInitializationArgs(
-                datastore_id=site.storage,
-                upgrade=False,
-                ip_configs=[proxmoxve.VmLegacyInitializationIpConfigArgs(
-                    ipv4=proxmoxve.VmLegacyInitializationIpConfigIpv4Args(address=cache.address, gateway=cache.gateway))],
-                dns=proxmoxve.VmLegacyInitializationDnsArgs(domain=site.domain, servers=list(site.dns)),
-                user_account=proxmoxve.VmLegacyInitializationUserAccountArgs(
-                    username="root", keys=[args.ssh_public_key], password=args.root_password),
-            ),
+            **debian_vm_args(cores=1, memory_mib=cache.memory_mib, storage=site.storage,
+                             image_file_id=args.image_file_id, disk_gib=cache.disk_gib, bridge=site.bridge,
+                             vlan_tag=cache.vlan_tag, firewall=None, address=cache.address, gateway=cache.gateway,
+                             domain=site.domain, dns=site.dns, ssh_public_key=args.ssh_public_key,
+                             root_password=args.root_password),
             on_boot=True,
-            started=True,
-            stop_on_destroy=True,
-            purge_on_destroy=True,
-            delete_unreferenced_disks_on_destroy=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
         conn = NodeConnection(CACHE_HOSTNAME, cache.ip, args.ssh_private_key)

@@ -21,6 +21,7 @@ from pvelab.spec import LabSpec, NodePlan
 
 from .apt_proxy import apt_proxy_step
 from .node_step import NodeConnection, node_scripts, node_step
+from .outer_vm import DESTROY_HARD, hardware_args, lab_vm_identity
 
 if TYPE_CHECKING:
     from .node_template import TemplateRef
@@ -167,24 +168,17 @@ class NestedPveNode(pulumi.ComponentResource):
                 ipv4=proxmoxve.VmLegacyInitializationIpConfigIpv4Args(address=f"{plan.link1_ip}/{prefix}")))
         return proxmoxve.VmLegacy(
             f"{name}-vm",
-            name=plan.hostname,
-            node_name=spec.outer.node,
-            vm_id=plan.vmid,
-            pool_id=args.pool_id,
-            description=f"pve-lab nested PVE node {plan.fqdn} (cluster {spec.cluster.name})",
-            tags=sorted(set(spec.tags) | {"pve-lab-node"}),
+            **lab_vm_identity(spec, hostname=plan.hostname, vm_id=plan.vmid, pool_id=args.pool_id,
+                              description=f"pve-lab nested PVE node {plan.fqdn} (cluster {spec.cluster.name})",
+                              tag="pve-lab-node"),
             bios=n.bios,
             machine="q35",
             efi_disk=proxmoxve.VmLegacyEfiDiskArgs(datastore_id=storage, type="4m", pre_enrolled_keys=False)
             if n.bios == "ovmf" else None,
             # CPU type host passes VMX/SVM through: the nested PVE can run its own VMs (HA test VM).
-            cpu=proxmoxve.VmLegacyCpuArgs(type="host", cores=n.cores, sockets=1),
-            memory=proxmoxve.VmLegacyMemoryArgs(dedicated=n.memory_mib),
-            scsi_hardware="virtio-scsi-single",
+            **hardware_args(cores=n.cores, memory_mib=n.memory_mib),
             disks=disks,
             network_devices=nics,
-            operating_system=proxmoxve.VmLegacyOperatingSystemArgs(type="l26"),
-            serial_devices=[proxmoxve.VmLegacySerialDeviceArgs(device="socket")],
             # The agent is installed by the `finish` step: the provider must not wait for its IP report
             # (bpg waits up to `timeout` for it at the end of create and on refresh otherwise).
             agent=proxmoxve.VmLegacyAgentArgs(enabled=True, timeout="2m", trim=True,
@@ -208,9 +202,7 @@ class NestedPveNode(pulumi.ComponentResource):
             # would go down at once. Pending changes are applied by the rolling restart, one node at a time.
             reboot_after_update=False,
             # Destroy must not wait on a hung or broken node: stop hard, then delete with its disks.
-            stop_on_destroy=True,
-            purge_on_destroy=True,
-            delete_unreferenced_disks_on_destroy=True,
+            **DESTROY_HARD,
             # The replacement has the same VMID (a rebuilt node, a clone of a new template): the old VM must be
             # gone before it is created. A clone waits for its template.
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,

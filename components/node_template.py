@@ -27,6 +27,7 @@ from pvelab.spec import LabSpec
 from .apt_proxy import apt_proxy_step
 from .nested_node import instance_identity
 from .node_step import NodeConnection, node_scripts, node_step
+from .outer_vm import debian_vm_args, lab_vm_identity
 
 TEMPLATE_TAG = "pve-lab-template"
 BUILDER_FROZEN = ["template", "started", "cpu", "memory", "disks", "networkDevices", "initialization", "agent",
@@ -134,44 +135,22 @@ class NodeTemplate(pulumi.ComponentResource):
         prefix = spec.network.cidr.split("/")[1]
         return proxmoxve.VmLegacy(
             f"{name}-builder",
-            name=self.hostname,
-            node_name=spec.outer.node,
             # No fixed VMID (unless given): a new key is a new builder while the old template still exists.
-            vm_id=args.vm_id,
-            pool_id=args.pool_id,
-            description=f"pve-lab golden node template {self.key} (PVE {spec.pve_version}"
-                        + (f", Ceph {spec.ceph.release}" if spec.ceph.enabled else "") + f"), built as {fqdn}",
-            tags=sorted(set(spec.tags) | {TEMPLATE_TAG}),
+            **lab_vm_identity(spec, hostname=self.hostname, vm_id=args.vm_id, pool_id=args.pool_id,
+                              description=f"pve-lab golden node template {self.key} (PVE {spec.pve_version}"
+                                          + (f", Ceph {spec.ceph.release}" if spec.ceph.enabled else "")
+                                          + f"), built as {fqdn}", tag=TEMPLATE_TAG),
             bios=n.bios,
             machine="q35",
             efi_disk=proxmoxve.VmLegacyEfiDiskArgs(datastore_id=storage, type="4m", pre_enrolled_keys=False)
             if n.bios == "ovmf" else None,
-            cpu=proxmoxve.VmLegacyCpuArgs(type="host", cores=n.cores, sockets=1),
-            memory=proxmoxve.VmLegacyMemoryArgs(dedicated=n.memory_mib),
-            scsi_hardware="virtio-scsi-single",
-            disks=[proxmoxve.VmLegacyDiskArgs(
-                interface="scsi0", datastore_id=storage, import_from=args.image_file_id, size=n.system_disk_gib,
-                discard="on", iothread=True, ssd=True, file_format="raw")],
-            network_devices=[proxmoxve.VmLegacyNetworkDeviceArgs(
-                bridge=args.bridge, model="virtio", vlan_id=args.vlan_tag, firewall=False)],
-            operating_system=proxmoxve.VmLegacyOperatingSystemArgs(type="l26"),
-            serial_devices=[proxmoxve.VmLegacySerialDeviceArgs(device="socket")],
+            **debian_vm_args(cores=n.cores, memory_mib=n.memory_mib, storage=storage,
+                             image_file_id=args.image_file_id, disk_gib=n.system_disk_gib, bridge=args.bridge,
+                             vlan_tag=args.vlan_tag, firewall=False, address=f"{self.ip}/{prefix}",
+                             gateway=spec.network.gateway, domain=spec.cluster.domain, dns=spec.network.dns,
+                             ssh_public_key=args.ssh_public_key, root_password=args.root_password),
             agent=proxmoxve.VmLegacyAgentArgs(enabled=True, timeout="2m", trim=True),
-            initialization=proxmoxve.VmLegacyInitializationArgs(
-                datastore_id=storage,
-                upgrade=False,
-                ip_configs=[proxmoxve.VmLegacyInitializationIpConfigArgs(
-                    ipv4=proxmoxve.VmLegacyInitializationIpConfigIpv4Args(
-                        address=f"{self.ip}/{prefix}", gateway=spec.network.gateway))],
-                dns=proxmoxve.VmLegacyInitializationDnsArgs(domain=spec.cluster.domain, servers=list(spec.network.dns)),
-                user_account=proxmoxve.VmLegacyInitializationUserAccountArgs(
-                    username="root", keys=[args.ssh_public_key], password=args.root_password),
-            ),
             on_boot=False,
-            started=True,
-            stop_on_destroy=True,
-            purge_on_destroy=True,
-            delete_unreferenced_disks_on_destroy=True,
             opts=pulumi.ResourceOptions(
                 # Once it is a template, the provider must not try to undo that (bpg refuses template -> VM) or
                 # start it, and its own settings no longer matter (clones set theirs): only a new key rebuilds.

@@ -23,6 +23,7 @@ from pvelab.spec import LabSpec
 from .cluster import ClusterMember
 from .apt_proxy import apt_proxy_step
 from .node_step import NodeConnection, node_scripts, node_step
+from .outer_vm import debian_vm_args, lab_vm_identity
 
 POLL_S = 5
 
@@ -86,39 +87,15 @@ class QDevice(pulumi.ComponentResource):
         storage = spec.outer.storage
         return proxmoxve.VmLegacy(
             f"{name}-vm",
-            name=plan.hostname,
-            node_name=spec.outer.node,
-            vm_id=plan.vmid,
-            pool_id=args.pool_id,
-            description=f"pve-lab QDevice (corosync-qnetd) {plan.fqdn} for cluster {spec.cluster.name}",
-            tags=sorted(set(spec.tags) | {"pve-lab-qdevice"}),
+            **lab_vm_identity(spec, hostname=plan.hostname, vm_id=plan.vmid, pool_id=args.pool_id,
+                              description=f"pve-lab QDevice (corosync-qnetd) {plan.fqdn} for cluster "
+                                          f"{spec.cluster.name}", tag="pve-lab-qdevice"),
             machine="q35",
-            # `host` like the nodes: the lab sanity rules (policy pack) hold every outer VM of a lab to it
-            cpu=proxmoxve.VmLegacyCpuArgs(type="host", cores=QDEVICE_CORES, sockets=1),
-            memory=proxmoxve.VmLegacyMemoryArgs(dedicated=QDEVICE_MEMORY_MIB),
-            scsi_hardware="virtio-scsi-single",
-            disks=[proxmoxve.VmLegacyDiskArgs(
-                interface="scsi0", datastore_id=storage, import_from=args.image_file_id, size=QDEVICE_DISK_GIB,
-                discard="on", iothread=True, ssd=True, file_format="raw")],
-            network_devices=[proxmoxve.VmLegacyNetworkDeviceArgs(
-                bridge=args.bridge, model="virtio", vlan_id=args.vlan_tag, firewall=False)],
-            operating_system=proxmoxve.VmLegacyOperatingSystemArgs(type="l26"),
-            serial_devices=[proxmoxve.VmLegacySerialDeviceArgs(device="socket")],
-            initialization=proxmoxve.VmLegacyInitializationArgs(
-                datastore_id=storage,
-                upgrade=False,
-                ip_configs=[proxmoxve.VmLegacyInitializationIpConfigArgs(
-                    ipv4=proxmoxve.VmLegacyInitializationIpConfigIpv4Args(address=plan.cidr_address,
-                                                                          gateway=spec.network.gateway))],
-                dns=proxmoxve.VmLegacyInitializationDnsArgs(domain=spec.cluster.domain, servers=list(spec.network.dns)),
-                user_account=proxmoxve.VmLegacyInitializationUserAccountArgs(
-                    username="root", keys=[args.ssh_public_key]),
-            ),
+            **debian_vm_args(cores=QDEVICE_CORES, memory_mib=QDEVICE_MEMORY_MIB, storage=storage,
+                             image_file_id=args.image_file_id, disk_gib=QDEVICE_DISK_GIB, bridge=args.bridge,
+                             vlan_tag=args.vlan_tag, firewall=False, address=plan.cidr_address,
+                             gateway=spec.network.gateway, domain=spec.cluster.domain, dns=spec.network.dns,
+                             ssh_public_key=args.ssh_public_key),
             on_boot=True,
-            started=True,
-            # destroy never waits on it: stop hard, delete with its disk
-            stop_on_destroy=True,
-            purge_on_destroy=True,
-            delete_unreferenced_disks_on_destroy=True,
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -87,6 +87,10 @@ class OuterVm:
                 f"pvesh create /nodes/{self.outer_node}/qemu/{self.plan.vmid}/status/start, or Start in the web UI)")
 
 
+def describe_quorum(facts: dict) -> str:
+    return f"quorate {facts['quorate']}, {facts['online']} of {facts['members']} online"
+
+
 class Drill:
     def __init__(self, spec: LabSpec, outer: PveClient, nested: PveClient, timing: DrillTiming = DrillTiming(),
                  clock: Optional[Clock] = None, out: Callable[[str], None] = print, ping: Optional[str] = None):
@@ -271,7 +275,7 @@ class Drill:
             except ApiError as exc:
                 last["facts"] = exc.message
                 return None
-            last["facts"] = f"quorate {facts['quorate']}, {facts['online']} of {facts['members']} online"
+            last["facts"] = describe_quorum(facts)
             return facts if facts["quorate"] and facts["online"] == facts["members"] else None
 
         try:
@@ -511,22 +515,9 @@ class Drill:
             if sid:
                 self.wait_settled(sid, None)
             return
-        last = {"seen": "nothing read yet"}
-
-        def lost():
-            try:
-                f = cluster_facts(self.nested)
-            except ApiError as exc:
-                if not exc.transient:
-                    raise
-                last["seen"] = exc.message
-                return None
-            last["seen"] = f"quorate {f['quorate']}, {f['online']} of {f['members']} online"
-            return f if f["quorate"] is False else None
-
         try:
-            after = poll(self.clock, self.timing.recovery_deadline_s, self.timing.poll_s, lost,
-                         f"{', '.join(survivors)} to lose quorum", lambda: last["seen"])
+            after = self.poll_cluster(f"{', '.join(survivors)} to lose quorum", describe_quorum,
+                                      lambda f, seen: f["quorate"] is False)
         except WaitTimeout as exc:
             raise DrillError(f"quorum was not lost: {exc}") from None
         self.event(f"quorum lost: {after['online']} of {after['members']} members online")
@@ -549,26 +540,15 @@ class Drill:
 
     def qdevice_keeps_quorum(self, survivors: list[str], down: set[str]) -> None:
         """Half the nodes are off: the QDevice's vote (ffsplit) keeps the other half quorate."""
-        last = {"seen": "nothing read yet"}
-
-        def kept():
-            try:
-                f = cluster_facts(self.nested)
-            except ApiError as exc:
-                if not exc.transient:
-                    raise
-                last["seen"] = exc.message
-                return None
+        def kept(f: dict, seen: str) -> bool:
             offline = {n["name"] for n in f["nodes"] if not n["online"]}
-            last["seen"] = f"quorate {f['quorate']}, {f['online']} of {f['members']} online"
             if f["quorate"] is False:
-                raise DrillError(f"{', '.join(survivors)} lost quorum although a QDevice is configured ({last['seen']}): "
+                raise DrillError(f"{', '.join(survivors)} lost quorum although a QDevice is configured ({seen}): "
                                  f"check `pvecm status` (Flags: Qdevice) and corosync-qnetd on the QDevice VM")
-            return f if down <= offline else None
+            return down <= offline
 
         try:
-            f = poll(self.clock, self.timing.recovery_deadline_s, self.timing.poll_s, kept,
-                     f"the cluster to see {', '.join(sorted(down))} offline", lambda: last["seen"])
+            f = self.poll_cluster(f"the cluster to see {', '.join(sorted(down))} offline", describe_quorum, kept)
         except WaitTimeout as exc:
             raise DrillError(f"the stopped node(s) did not go offline: {exc}") from None
         self.event(f"quorum kept: {f['online']} of {f['members']} members online, plus the QDevice's vote")
@@ -576,6 +556,28 @@ class Drill:
             f"{', '.join(survivors)}: still quorate with {f['online']} of {f['members']} nodes: the QDevice casts the "
             f"tie-breaking vote (pvecm status: 'Flags: Quorate Qdevice'), so an even cluster survives losing half "
             f"its nodes")
+
+    def poll_cluster(self, what: str, describe: Callable[[dict], str],
+                     ready: Callable[[dict, str], bool]) -> dict:
+        """Poll cluster_facts until ready(facts, describe(facts)) holds, within the recovery deadline.
+
+        A transient ApiError counts as not yet (a node's API may blink while corosync re-forms); the timeout
+        message names the last thing seen."""
+        last = {"seen": "nothing read yet"}
+
+        def check():
+            try:
+                f = cluster_facts(self.nested)
+            except ApiError as exc:
+                if not exc.transient:
+                    raise
+                last["seen"] = exc.message
+                return None
+            last["seen"] = describe(f)
+            return f if ready(f, last["seen"]) else None
+
+        return poll(self.clock, self.timing.recovery_deadline_s, self.timing.poll_s, check, what,
+                    lambda: last["seen"])
 
     def check_resets(self, before: dict[str, Optional[tuple[float, float]]]) -> None:
         """A node whose uptime grew less than our clock did was reset (its watchdog fired) meanwhile."""

@@ -23,7 +23,7 @@ from typing import Optional
 
 from .api import ApiError, WaitTimeout, poll
 from .drill import Drill, DrillError, DrillTiming, OuterVm
-from .status import ceph_facts, cluster_facts, ha_facts
+from .status import ceph_facts, ha_facts
 
 NIC_KEY_RE = re.compile(r"^net\d+$")
 PROBE_FILE = ".pvelab-partition-probe"
@@ -159,23 +159,13 @@ class PartitionDrill(Drill):
 
     # ---------------------------------------------------------------- majority, Ceph
     def majority_keeps_quorum(self, lost: str) -> None:
-        last = {"seen": "nothing read yet"}
-
-        def kept():
-            try:
-                f = cluster_facts(self.nested)
-            except ApiError as exc:
-                if not exc.transient:
-                    raise
-                last["seen"] = exc.message
-                return None
-            offline = [n["name"] for n in f["nodes"] if not n["online"]]
-            last["seen"] = f"quorate {f['quorate']}, offline: {', '.join(offline) or 'none'}"
-            return f if f["quorate"] and lost in offline else None
+        def offline(f: dict) -> list[str]:
+            return [n["name"] for n in f["nodes"] if not n["online"]]
 
         try:
-            f = poll(self.clock, self.timing.recovery_deadline_s, self.timing.poll_s, kept,
-                     f"the majority to see {lost} offline", lambda: last["seen"])
+            f = self.poll_cluster(f"the majority to see {lost} offline",
+                                  lambda f: f"quorate {f['quorate']}, offline: {', '.join(offline(f)) or 'none'}",
+                                  lambda f, seen: bool(f["quorate"]) and lost in offline(f))
         except WaitTimeout as exc:
             raise DrillError(f"the majority did not see {lost} go: {exc}") from None
         self.event(f"majority keeps quorum: {f['online']} of {f['members']} online, {lost} offline")

@@ -22,24 +22,26 @@ def _timing(p) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask first (needed when not run on a terminal)")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("baseline", help="snapshot every nested node VM at one consistent point (all shut down)",
-                       description="Shut every nested node down cleanly, snapshot each VM's disks while all are off, "
-                                   "start them again and prove the lab healthy. `reset` returns to it.")
+def _lab_args(p) -> None:
+    """What both commands take: the stack, both APIs and the timing."""
     _stack(p)
     _outer(p)
     _nested(p)
     _timing(p)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("baseline", help="snapshot every nested node VM at one consistent point (all shut down)",
+                       description="Shut every nested node down cleanly, snapshot each VM's disks while all are off, "
+                                   "start them again and prove the lab healthy. `reset` returns to it.")
+    _lab_args(p)
     p.add_argument("--replace", action="store_true", help="take the baseline again when one exists")
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("reset", help="roll the lab back to its baseline and prove it healthy (quorum, Ceph, HA)",
                        description="Hard-stop every nested node, roll each VM back to the baseline snapshot, start "
                                    "them and wait for quorum, every member online, Ceph HEALTH_OK and HA started.")
-    _stack(p)
-    _outer(p)
-    _nested(p)
-    _timing(p)
+    _lab_args(p)
     p.set_defaults(func=cmd_reset)
 
 
