@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from node_runner import Result  # what a command gave: the same shape as the stand-in tests' runs
+
 REBOOT_EXIT = 133  # systemd-nspawn's exit status when the container rebooted (systemd-nspawn(1))
 BOOT_TIMEOUT_S = 60
 SESSION_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
@@ -32,17 +34,6 @@ def container_support() -> Optional[str]:
     if not Path("/sys/fs/cgroup").is_dir():
         return "container tests need a cgroup file system at /sys/fs/cgroup"
     return None
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 @dataclass
