@@ -150,7 +150,7 @@ def main() -> int:
     once = all(v == 1 for k, v in per_node.items() if k != "ceph-install" or tpl_steps[k])
     print(f"target (template path): installs once per outer node: {'yes' if once else 'NO'} "
           f"({', '.join(f'{INSTALL_KINDS[k]} {v:g}' for k, v in per_node.items())} per node); "
-          f"per-lab critical path <= 10 min: {'yes' if tpl_lab <= 600 else 'NO'} ({format_duration(tpl_lab)})")
+          f"per-lab critical path <= 10 min: {'yes' if tpl_lab <= 600 else 'NO'} ({tpl_lab // 60} min {tpl_lab % 60:02d} s)")
     crit = next(p for p in clone_plans)
     print("per-lab critical path (template path): " + " -> ".join(
         f"{s.kind}({s.estimate_s}s)" for s in crit.steps if s.critical))

@@ -4,8 +4,9 @@ install (every node, right after its PVE install: in parallel with cluster forma
 -> init (first node, once the cluster is quorate) -> MON+MGR (one node at a time: concurrent monitor
 creation hits the ceph_conf lock) ; OSDs (every node in parallel, one per data disk, as soon as the first
 monitor is in quorum: `ceph-volume` only needs a monitor for the bootstrap-osd key and the OSD map) ->
-health wait (after every OSD and the last monitor) -> the pool, through the provider pointed at the nested
-cluster's API (not shell). Every node's steps are keyed on its VM instance: a rebuilt node gets them again.
+the pool, through the provider pointed at the nested cluster's API (not shell), as soon as the last monitor
+is in quorum and every OSD is up, alongside the health wait (after the same steps), which the HA test VMs
+wait for. Every node's steps are keyed on its VM instance: a rebuilt node gets them again.
 The pool lives inside the nested cluster: it is deleted with the cluster (deleted_with), so destroying the
 lab never waits on a nested API that may be down; it dies with the nested nodes' VMs (README "Destroy").
 """
@@ -101,7 +102,10 @@ class CephCluster(pulumi.ComponentResource):
             pg_num=pool.pg_num,
             application="rbd",
             add_storages=True,
-            opts=pulumi.ResourceOptions(parent=self, provider=args.inner_provider, depends_on=[self.healthy],
+            # Only needs the monitor quorum and the OSDs up (both steps wait for that), not the health gate,
+            # which runs alongside (pveceph pool create: mon commands only, pve-manager PVE/API2/Ceph/Pool.pm).
+            opts=pulumi.ResourceOptions(parent=self, provider=args.inner_provider,
+                                        depends_on=[self.monitors[-1], *self.osds],
                                         deleted_with=args.deleted_with, ignore_changes=["nodeName"]),
         )
         # `add_storages` registers an RBD storage named after the pool.

@@ -88,7 +88,8 @@ def test_plan_json_round_trips_and_matches_the_tree(capsys, tmp_path, default_la
     assert sorted(s["id"] for s in data["steps"]) == sorted(k for level in data["levels"] for k in level)
     totals = data["totals"]
     assert (totals["vcpu"], totals["memory_mib"], totals["disk_gib"]) == (12, 3 * 8192, 3 * 64.0)
-    assert data["critical_path"][0] == "lab-image" and data["critical_path"][-1] == "lab-ha-rule"
+    # the default lab ends with the rolling restart's checks (on a first build: nothing pending, reads only)
+    assert data["critical_path"][0] == "lab-image" and data["critical_path"][-1] == "lab-restart-back-pve3"
     assert data["estimate"]["is_estimate"] is True and data["estimate"]["wall_time_s"] > 0
     assert data["files"] == {"svg": str(tmp_path / "lab.svg"), "dot": str(tmp_path / "lab.dot")}
     # the same tree as the model's
@@ -206,8 +207,12 @@ def test_joins_are_chained_and_levels_match_depends_on(default_lab, default_plan
     for level in default_plan.levels:  # nothing on one level waits for anything on the same level
         for a in level:
             assert not closure(a) & set(level)
-    # the pool waits for Ceph health directly, the inner provider's wait for quorum comes through the provider
-    assert steps["lab-ceph-pool"].depends_on == ["lab-ceph-health"]
+    # the pool waits for the last monitor and the OSDs, beside the health wait; the HA test VM waits for both;
+    # the inner provider's wait for quorum comes through the provider
+    assert steps["lab-ceph-pool"].depends_on == ["lab-ceph-mon-pve3", "lab-ceph-osd-pve1", "lab-ceph-osd-pve2",
+                                                 "lab-ceph-osd-pve3"]
+    assert "lab-ceph-pool" not in closure("lab-ceph-health") and "lab-ceph-health" not in closure("lab-ceph-pool")
+    assert {"lab-ceph-pool", "lab-ceph-health"} <= set(steps["lab-ha-vm-100"].depends_on)
     assert "lab-cluster-quorum" in closure("lab-ha-rule")
 
 
@@ -230,6 +235,26 @@ def test_critical_path_is_the_longest_chain(default_plan):
         assert install.start_s < steps["lab-cluster-quorum"].start_s
     before_init = [k for k in path if k.startswith("lab-ceph-install-") or k == "lab-cluster-quorum"]
     assert len(before_init) == 1 and path[path.index(before_init[0]) + 1] == "lab-ceph-init"
+
+
+def test_node_1s_own_join_is_a_membership_check_on_a_first_build(default_plan):
+    # node 1 ran `pvecm create`; its join step (a rejoin through node 2 after a rebuild) changes nothing on a
+    # first build (cluster-join.sh's membership check), so it is not estimated as a full join
+    steps = {s.id: s for s in default_plan.steps}
+    assert steps["lab-cluster-join-pve1"].kind == "cluster-join@creator"
+    assert steps["lab-cluster-join-pve1"].estimate_s == STEP_DURATIONS["cluster-join@creator"].seconds
+    assert {steps[f"lab-cluster-join-{n}"].kind for n in ("pve2", "pve3")} == {"cluster-join"}
+
+
+def test_the_health_wait_settles_after_the_osds_not_after_its_own_start(default_plan):
+    # PGs peer from the moment the OSDs are up, while the monitors 2 and 3 are still being added: the poll
+    # ends settle_s after the last OSD step, or one read after its own start, whichever is later
+    steps = {s.id: s for s in default_plan.steps}
+    health, entry = steps["lab-ceph-health"], STEP_DURATIONS["ceph-health"]
+    last_osd = max(steps[f"lab-ceph-osd-{n}"].finish_s for n in ("pve1", "pve2", "pve3"))
+    assert health.start_s == steps["lab-ceph-mon-pve3"].finish_s
+    assert health.finish_s == max(health.start_s + entry.seconds, last_osd + entry.settle_s)
+    assert health.finish_s - health.start_s == health.estimate_s < entry.settle_s
 
 
 def test_every_default_step_has_a_documented_duration(default_plan):

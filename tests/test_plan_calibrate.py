@@ -74,6 +74,9 @@ def test_learns_each_kind_from_the_event_log(tmp_path, two_osds):
     assert measured["ceph-osd"].median_s == 90  # per OSD device: each step had two
     assert measured["vm:outer"].median_s == 45
     assert sorted(measured["install-pve:finish"].steps) == ["lab-pve1-finish", "lab-pve2-finish", "lab-pve3-finish"]
+    # node 1's own join (a membership check on a first build) is its own kind, as plan counts it
+    assert measured["cluster-join@creator"].steps == ["lab-cluster-join-pve1"]
+    assert sorted(measured["cluster-join"].steps) == ["lab-cluster-join-pve2", "lab-cluster-join-pve3"]
 
 
 def test_the_plan_uses_the_measured_figures_and_stays_an_estimate(tmp_path, two_osds):

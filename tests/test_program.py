@@ -183,7 +183,11 @@ def test_ceph_install_overlaps_cluster_forming_and_osds_follow_the_first_monitor
                 assert not ev.depends_on(a, b), "OSDs on different nodes can be created at once"
     health, pool = ev.named("lab-ceph-health"), ev.named("lab-ceph-pool")
     assert all(ev.depends_on(health, o) for o in osds) and ev.depends_on(health, mons[2])
-    assert ev.depends_on(pool, health)
+    # the pool needs the monitor quorum and the OSDs up, not the health gate; the HA test VM waits for both
+    assert not ev.depends_on(pool, health) and not ev.depends_on(health, pool)
+    assert ev.depends_on(pool, mons[2]) and all(ev.depends_on(pool, o) for o in osds)
+    ha_vm = ev.named("lab-ha-vm-100")
+    assert ev.depends_on(ha_vm, pool) and ev.depends_on(ha_vm, health)
     assert "OSD_SERIALS=pvelab-osd0" in command_text(osds[0])
     # ceph-osd finds disks by serial: lib/disks.sh reaches every node in its scripts step, before the OSD step;
     # the OSD step itself is the one run line (no script text in a step that can fail).

@@ -107,6 +107,16 @@ def read_events(path: Path) -> list[dict]:
     return events
 
 
+def _creator_address(finished: list[tuple[dict, float]]) -> Optional[str]:
+    """The address (LINK0) of the node that ran `pvecm create` in this log, if it did."""
+    for meta, _ in finished:
+        if meta.get("type") == REMOTE_COMMAND:
+            kind, _, env = _command_kind(((meta.get("new") or {}).get("inputs")) or {})
+            if kind == "cluster-create":
+                return env.get("LINK0")
+    return None
+
+
 def learn(path: Path) -> dict[str, Measured]:
     """Every step kind's measured durations in the event log."""
     events = sorted(read_events(Path(path)), key=lambda e: e.get("sequence", 0))
@@ -134,6 +144,7 @@ def learn(path: Path) -> dict[str, Measured]:
         if meta.get("type") == VM_TYPE and _vm_facts(new.get("inputs") or {})[0] == "vm:outer@clone":
             cloned_parents.add(new.get("parent"))
             cloned_names.add((new.get("inputs") or {}).get("name"))
+    creator = _creator_address(finished)
     out: dict[str, Measured] = {}
     for meta, seconds in finished:
         inputs = ((meta.get("new") or {}).get("inputs")) or {}
@@ -143,6 +154,8 @@ def learn(path: Path) -> dict[str, Measured]:
             on_clone = (meta.get("new") or {}).get("parent") in cloned_parents or env.get("NODE_NAME") in cloned_names
             if kind and on_clone and f"{kind}@clone" in STEP_DURATIONS:
                 kind = f"{kind}@clone"
+            if kind == "cluster-join" and creator and env.get("LINK0") == creator:
+                kind = "cluster-join@creator"  # as plan counts it: node 1's join, a check on a first build
         elif typ == LOCAL_COMMAND and _name(meta.get("urn", "")).endswith("-convert"):
             kind = "outer-template"
         elif typ == VM_TYPE:

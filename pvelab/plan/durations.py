@@ -19,6 +19,11 @@ class Duration:
     seconds: int
     source: str  # where the figure comes from
     per_unit: str = ""  # when set, `seconds` is per unit (e.g. per OSD device) and multiplied by the count
+    # A poll for a condition that starts converging when earlier steps finish, not when the poll starts:
+    # it ends `settle_s` after the last of its direct predecessors of these kinds, or `seconds` after its own
+    # start, whichever is later (e.g. PGs peer from the moment the OSDs are up, while monitors are still added).
+    settles_after: tuple[str, ...] = ()
+    settle_s: int = 0
 
 
 STEP_DURATIONS: dict[str, Duration] = {
@@ -62,13 +67,21 @@ STEP_DURATIONS: dict[str, Duration] = {
         5, "reads corosync.conf and the instance record; a no-op unless the node's VM was rebuilt (estimate)"),
     "cluster-join": Duration(
         60, "pvecm add copies the cluster config, restarts corosync, then the quorum wait (estimate)"),
+    # The first node's own join step (through node 2, for a rebuilt node 1: components/cluster.py): on a first
+    # build node 1 created the cluster, so cluster-join.sh finds it a member and changes nothing.
+    "cluster-join@creator": Duration(
+        5, "node 1 created the cluster: the join script's membership check only (a full join, ~1 min, only "
+           "after node 1's VM was rebuilt) (estimate)"),
     "cluster-quorum": Duration(10, "pvecm status polled until quorate with every node (estimate)"),
     # Ceph (pve9-cli.md "Ceph (pveceph)").
     "ceph-install": Duration(240, "pveceph install: the Ceph packages through apt (~300 MB) (estimate)"),
     "ceph-init": Duration(10, "pveceph init writes /etc/pve/ceph.conf"),
     "ceph-mon": Duration(60, "pveceph mon create (+ mgr), one node at a time (estimate)"),
     "ceph-osd": Duration(60, "pveceph osd create: ~1 min per data disk (estimate)", per_unit="OSD device"),
-    "ceph-health": Duration(120, "PGs peer and become active+clean on a fresh pool-less cluster (estimate)"),
+    "ceph-health": Duration(
+        10, "one `ceph status` read when everything is already active+clean; PGs peer from the moment the OSDs "
+            "are up, so it ends ~2 min after the last OSD step, whichever is later (estimate)",
+        settles_after=("ceph-osd",), settle_s=120),
     # Rolling restart (components/rolling_restart.py): on a first build nothing is pending, only checks run.
     "command:local:Command": Duration(
         5, "one API read of the VM's pending changes; a reboot (~1-2 min) only after a size change (estimate)"),

@@ -721,6 +721,8 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
                              component=component, detail=detail, estimate_s=seconds,
                              estimate_source=entry.source, estimate_is_default=is_default)
 
+    _creator_join(steps)
+
     preds = {urn_to_id[r.urn]: {urn_to_id[u] for u in graph.step_preds(r)} for r in step_records}
     order = _topological(preds)
     reduced = _reduce(order, preds)
@@ -730,7 +732,8 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
         s.depends_on = sorted(reduced[k], key=_natural)
         s.level = 1 + max((steps[p].level for p in preds[k]), default=-1)
         s.start_s = max((steps[p].finish_s for p in preds[k]), default=0)
-        s.finish_s = s.start_s + s.estimate_s
+        s.finish_s = max(s.start_s + s.estimate_s, _settled_s(s, [steps[p] for p in preds[k]]))
+        s.estimate_s = s.finish_s - s.start_s  # what the step itself waits, as the timeline shows it
     by_level: dict[int, list[str]] = defaultdict(list)
     for s in steps.values():
         by_level[s.level].append(s.id)
@@ -764,6 +767,25 @@ def build_plan(evaluation: Evaluation, *, stack: str = "lab", host: Optional[Hos
     plan.totals = _totals(outer_vms, records, outer_provider, graph, host)
     plan.tree = _tree(evaluation, graph, steps, plan, stack)
     return plan
+
+
+def _creator_join(steps: dict[str, Step]) -> None:
+    """The join step of the node that ran `pvecm create` is a membership check on a first build."""
+    creator_lanes = {s.lane for s in steps.values() if s.kind.split("@")[0] == "cluster-create"}
+    for s in steps.values():
+        if s.kind.split("@")[0] == "cluster-join" and s.lane in creator_lanes:
+            s.kind = "cluster-join@creator"
+            s.estimate_s, entry, s.estimate_is_default = duration_for(s.kind)
+            s.estimate_source = entry.source
+
+
+def _settled_s(step: Step, preds: list[Step]) -> int:
+    """When a polling step's condition holds, from the predecessors it converges after (0: not a poll)."""
+    entry = STEP_DURATIONS.get(step.kind)
+    if entry is None or not entry.settles_after:
+        return 0
+    after = [p.finish_s for p in preds if p.kind.split("@")[0] in entry.settles_after]
+    return max(after) + entry.settle_s if after else 0
 
 
 def _lane_rank(lanes: list[Lane], extra: dict[str, Lane], lane_id: str) -> int:
