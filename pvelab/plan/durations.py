@@ -3,7 +3,7 @@
 These are estimates for a lab on a reasonable outer host (SSD storage, ~30 Mbit/s or better to the Debian
 and Proxmox mirrors), not measurements of your host. They are here so that the plan can say which chain
 of steps decides the total time (the critical path) and about how long `pulumi up` will take. The sum
-along the default lab's critical path (~32 min) agrees with the README's "about 30-40 minutes, mostly
+along the default lab's critical path (~28 min) agrees with the README's "about 30-40 minutes, mostly
 package installs". Change a figure here when a real run shows better numbers, and say where it came from.
 
 Keys: a node script's name, `script:first-argument` for scripts with steps (install-pve), or a resource
