@@ -286,6 +286,18 @@ def test_a_join_that_waits_for_quorum_forever_is_stopped_at_the_deadline(lab):
     assert len([c for c in lab.calls() if ": pvecm add" in c]) == 1
 
 
+def test_a_hung_pvecm_status_is_stopped_at_each_steps_deadline(lab):
+    """`pvecm status` execs corosync-quorumtool, which blocks when corosync hangs: every poll is bounded."""
+    assert lab.create().returncode == 0
+    arm_fault(lab.state, "quorumtool-hangs")
+    started = time.monotonic()
+    result = lab.quorum(1, DEADLINE_S="2")
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1
+    assert "was not quorate with 1 members online within 2s" in error_lines(result)
+    assert "'pvecm status' exit 124" in error_lines(result) and "corosync hung?" in error_lines(result)
+
+
 def test_a_join_that_cannot_reach_the_api_in_time_is_stopped(lab, monkeypatch):
     assert lab.create().returncode == 0
     hang = lab.state / "hang-bin"

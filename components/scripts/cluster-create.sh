@@ -36,7 +36,7 @@ wait_for_quorum() {
     local start=$SECONDS status rc
     while :; do
         rc=0
-        status="$(pvecm status 2>&1)" || rc=$?
+        status="$(bounded "$start" pvecm status 2>&1)" || rc=$?
         if ((rc == 0)); then
             return 0
         fi

@@ -118,7 +118,7 @@ wait_for_quorum() {
     local start=$SECONDS status rc online
     while :; do
         rc=0
-        status="$(pvecm status 2>&1)" || rc=$?
+        status="$(bounded "$start" pvecm status 2>&1)" || rc=$?
         online="$(awk -F': *' '$1 == "Nodes" { print $2; exit }' <<<"$status")"
         if ((rc == 0)) && [[ "$online" =~ ^[0-9]+$ ]] && ((online >= EXPECTED_NODES)); then
             log "cluster '$CLUSTER_NAME' is quorate with $online nodes"

@@ -39,18 +39,18 @@ main() {
                 "To shrink the lab, destroy and re-create it (pulumi destroy, then pulumi up); to keep it, set pve-lab:lab.nodes.count back to ${#members[@]}."
         fi
         rc=0
-        status="$(pvecm status 2>&1)" || rc=$?
+        status="$(bounded "$start" pvecm status 2>&1)" || rc=$?
         online="$(awk -F': *' '$1 == "Nodes" { print $2; exit }' <<<"$status")"
         if ((rc == 0 && ${#members[@]} == EXPECTED_NODES)) && [[ "$online" == "$EXPECTED_NODES" ]]; then
             printf '%s\n' "$status"
-            printf '%s\n' "$(pvecm nodes 2>&1 || true)"
+            printf '%s\n' "$(bounded "$start" pvecm nodes 2>&1 || true)"
             log "cluster is quorate with all $EXPECTED_NODES members online: ${members[*]}"
             return 0
         fi
         if deadline_passed "$start"; then
             log "last 'pvecm status' (exit $rc):"
             printf '%s\n' "$status" >&2
-            fail "the cluster was not quorate with $EXPECTED_NODES members online within ${DEADLINE_S}s (members: ${members[*]:-none}; online: ${online:-unknown}; 'pvecm status' exit $rc: 2 = not quorate, or /etc/pve not mounted)" \
+            fail "the cluster was not quorate with $EXPECTED_NODES members online within ${DEADLINE_S}s (members: ${members[*]:-none}; online: ${online:-unknown}; 'pvecm status' exit $rc: 2 = not quorate, or /etc/pve not mounted; 124 = no answer before the deadline, corosync hung?)" \
                 "Start any node that is off, check 'journalctl -u corosync' on the nodes for link errors, then run this step again."
         fi
         sleep "$POLL_S"

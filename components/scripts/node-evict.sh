@@ -57,12 +57,12 @@ configured() {
 
 # online: NODE_NAME is a corosync member right now (`pvecm nodes` lists only the members that are up).
 online() {
-    pvecm nodes 2>/dev/null | awk '$1 ~ /^[0-9]+$/ { print $3 }' | grep -qxF -- "$NODE_NAME"
+    bounded "$START" pvecm nodes 2>/dev/null | awk '$1 ~ /^[0-9]+$/ { print $3 }' | grep -qxF -- "$NODE_NAME"
 }
 
 wait_for_quorum() {
     local last=""
-    until last="$(pvecm status 2>&1)"; do
+    until last="$(bounded "$START" pvecm status 2>&1)"; do
         deadline_passed "$START" &&
             fail "the cluster did not become quorate within ${DEADLINE_S}s, so $NODE_NAME cannot be removed (delnode needs quorum); last 'pvecm status': $(grep -E '^(Quorate|Nodes|Expected votes|Total votes):' <<<"$last" | tr -s ' ' | paste -sd ';' -)" \
                 "Start the members that are down (or fix corosync: journalctl -u corosync), then run this step again."

@@ -25,11 +25,11 @@ START=$SECONDS
 # One look at everything; prints what is still missing (nothing when all is well).
 missing() {
     local status nodes health ha
-    if ! pvecm nodes 2>/dev/null | awk '$1 ~ /^[0-9]+$/ { print $3 }' | grep -qxF -- "$NODE_NAME"; then
+    if ! bounded "$START" pvecm nodes 2>/dev/null | awk '$1 ~ /^[0-9]+$/ { print $3 }' | grep -qxF -- "$NODE_NAME"; then
         echo "$NODE_NAME is not back in the cluster (pvecm nodes)"
         return
     fi
-    if ! status="$(pvecm status 2>&1)"; then
+    if ! status="$(bounded "$START" pvecm status 2>&1)"; then
         echo "the cluster is not quorate ($(grep -E '^(Quorate|Nodes|Total votes):' <<<"$status" | tr -s ' ' | paste -sd ';' -))"
         return
     fi

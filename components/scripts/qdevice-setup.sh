@@ -60,7 +60,7 @@ wait_for_qdevice_vote() {
     local start=$SECONDS status rc
     while :; do
         rc=0
-        status="$(pvecm status 2>&1)" || rc=$?
+        status="$(bounded "$start" pvecm status 2>&1)" || rc=$?
         if ((rc == 0)) && grep -Eq '^Flags:.*Qdevice' <<<"$status" && grep -Eq '^Quorate: +Yes' <<<"$status"; then
             printf '%s\n' "$status"
             log "the QDevice at $QNETD_ADDRESS casts its vote"
