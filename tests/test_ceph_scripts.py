@@ -202,7 +202,14 @@ def test_install_apt_failure_then_rerun(fresh):
     assert "pveceph install --repository no-subscription --version squid failed on pve1" in err
     assert err.rstrip().splitlines()[-1].startswith("pve-lab: Check that pve1 reaches the Ceph repository")
     assert "ceph-mon" not in _debian.load(n.state, n.name)["packages"]
-    assert ok(install(n)).stdout.startswith("ceph version 19.2")
+    apt_log = n.root / "var/log/pve-lab/apt.log"
+    assert "Could not connect to download.proxmox.com:80" in apt_log.read_text()
+    again = ok(install(n))
+    assert again.stdout.startswith("ceph version 19.2")
+    # pveceph's apt progress goes to the node's apt log, not into the step's output (kept in the Pulumi state)
+    assert "update available package list" in apt_log.read_text().split("(stand-in fault apt-fail)")[-1]
+    assert "update available package list" not in again.output and "start installation" not in again.output
+    assert "(its output: /var/log/pve-lab/apt.log)" in again.stderr
 
 
 @pytest.mark.parametrize("pve_manager, note", [("9.1.5", True), ("9.1.12", True), ("9.1.13", False), ("9.2.11", False)])

@@ -9,6 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, fail, require_*, de
 
 DEADLINE_S="${DEADLINE_S:-1800}"
 START=$SECONDS
+# Where apt output goes, as in install-pve.sh (README "Day two": the step shows the tail and the path).
+APT_LOG=/var/log/pve-lab/apt.log
 
 require_env() {
     [[ -n "${NODE_NAME:-}" ]] || fail "missing environment variable NODE_NAME"
@@ -60,10 +62,18 @@ main() {
     if [[ "$CEPH_RELEASE" == tentacle ]]; then
         args+=(--allow-experimental 1)
     fi
-    log "installing Ceph $CEPH_RELEASE from the $CEPH_REPOSITORY repository on $NODE_NAME: pveceph ${args[*]}"
+    log "installing Ceph $CEPH_RELEASE from the $CEPH_REPOSITORY repository on $NODE_NAME: pveceph ${args[*]} (its output: $APT_LOG)"
     local output
     output="$(APT_CONFIG="$APT_ANSWERS" bounded "$START" pveceph "${args[@]}" </dev/null 2>&1)" || rc=$?
-    printf '%s\n' "$output" >&2
+    # apt's progress stays out of the step's output (the Pulumi state keeps it): it goes to the node's apt log,
+    # the step shows its last lines when something went wrong.
+    mkdir -p "${PVE_LAB_ROOT:-}${APT_LOG%/*}"
+    printf '%s\n' "$output" >>"${PVE_LAB_ROOT:-}$APT_LOG"
+    if ((rc != 0)); then
+        tail -n 15 <<<"$output" >&2
+    else
+        grep -E '^(NOTE|WARN|WARNING):' <<<"$output" >&2 || true # e.g. the tech-preview note
+    fi
     if timed_out "$rc"; then
         fail "pveceph ${args[*]} did not finish within ${DEADLINE_S}s on $NODE_NAME and was stopped" \
             "Check that $NODE_NAME reaches the Ceph repository and that no other apt/dpkg run holds its lock ('ps -C apt-get,dpkg'); 'dpkg --configure -a' repairs an interrupted install. Then run this step again."
@@ -73,8 +83,8 @@ main() {
             "Ceph tentacle needs pve-manager 9.1.5 or later ('pveversion'; 'apt full-upgrade' updates it), or set ceph.release to squid."
     fi
     ((rc == 0)) ||
-        fail "pveceph ${args[*]} failed on $NODE_NAME (exit $rc): see its messages above" \
-            "Check that $NODE_NAME reaches the Ceph repository (the enterprise one needs a subscription), then run this step again."
+        fail "pveceph ${args[*]} failed on $NODE_NAME (exit $rc): its last lines are above" \
+            "Check that $NODE_NAME reaches the Ceph repository (the enterprise one needs a subscription); all of pveceph's output is in $APT_LOG there. Then run this step again."
     if ! daemons_installed || [[ "$(client_release)" != "$CEPH_RELEASE" ]]; then
         fail "pveceph install exited 0, but ceph-mon/ceph-osd/ceph-mgr $CEPH_RELEASE are not installed on $NODE_NAME ($(ceph --version 2>&1 || true))" \
             "Run 'pveceph install --repository $CEPH_REPOSITORY --version $CEPH_RELEASE' on $NODE_NAME to see why, then run this step again."
