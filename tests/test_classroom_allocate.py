@@ -214,6 +214,11 @@ def test_roster_mistakes_are_one_line_naming_the_key(change, expected):
     (lambda d: d["lab"].update(cluster={"name": "x"}), "roster.lab.cluster.name: set by roster.allocation.clusterName"),
     (lambda d: d["students"][2].update(lab={"nodes": {"count": 11}}),
      "roster.students[2].lab.nodes.count: 11 nested nodes need 11 VMIDs but roster.allocation.vmidBlock gives each student 10"),
+    # the QDevice VM takes the VMID after the nodes' (pvelab/qdevice.py): it must fit in the student's block too
+    (lambda d: (d["allocation"].update(vmidBlock=4), d["students"][1].update(
+        lab={"nodes": {"count": 4, "qdevice": True}, "ha": {"enabled": False}, "ceph": {"enabled": False}})),
+     "roster.students[1].lab.nodes.count: 4 nested nodes and the QDevice VM need 5 VMIDs but "
+     "roster.allocation.vmidBlock gives each student 4"),
     (lambda d: d["allocation"].update(clusterName="{class}-{id}-cluster-long"),
      "roster.allocation (student s000, slot 0): lab.cluster.name:"),
 ])

@@ -81,7 +81,7 @@ def test_labs_already_built_are_not_counted_again(host, ca, roster):
     memory = checks(reports["pve"])["memory"]
     assert memory.status == "pass" and "54.0 GiB for 3 student lab(s) not built yet (1 built already)" in memory.detail
     vmids = checks(reports["pve"])["VMIDs"]
-    assert vmids.status == "pass" and "3 already this lab's nodes" in vmids.detail
+    assert vmids.status == "pass" and "3 already this lab's VMs" in vmids.detail
 
 
 def test_every_students_vmids_are_asked_of_the_host(host, ca, roster):

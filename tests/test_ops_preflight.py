@@ -12,6 +12,7 @@ from ops_fixtures import (FAST, GiB, TOKEN, ca, closed_port_url, lab_raw, ops_se
 from pvelab.cli import main
 from pvelab.ops.connect import outer_client
 from pvelab.ops.preflight import Requirement, failed, render_text, requirement_for, run_preflight
+from pvelab.qdevice import QDEVICE_MEMORY_MIB
 from pvelab.spec import parse_spec
 from pvelab.stackfile import load_stack
 
@@ -126,7 +127,7 @@ def test_unknown_node_names_the_existing_ones(serve, ca):
 def test_lab_already_built_owns_its_vmids(serve, ca):
     fake = serve(outer_fake(lab_vms=True))
     r = by_name(preflight(fake, ca))["VMIDs"]
-    assert r.status == "pass" and "already this lab's nodes" in r.detail
+    assert r.status == "pass" and "already this lab's VMs" in r.detail
 
 
 def test_shared_image_present_passes(serve, ca):
@@ -251,6 +252,19 @@ def test_a_vmid_held_by_a_guest_the_token_may_not_audit_is_not_free(serve, ca):
     fake.add_vm(9101, "someone-elses", node="pve")
     r = by_name(preflight(fake, ca))["VMIDs"]
     assert r.status == "fail" and "9101 (a guest this token may not audit)" in r.detail
+
+
+def test_the_qdevice_vm_is_counted_and_its_vmid_checked(serve, ca):
+    """The QDevice VM takes the VMID after the nodes' (pvelab/qdevice.py): preflight counts it and its VMID."""
+    raw = _raw(**{"nodes.count": 2, "nodes.qdevice": True, "ha.enabled": False, "ceph.enabled": False})
+    spec = parse_spec(copy.deepcopy(raw))
+    need = requirement_for(spec)
+    assert need.vmids == (9100, 9101, 9102) and need.vms == 3
+    assert need.memory_mib == 2 * spec.nodes.memory_mib + QDEVICE_MEMORY_MIB
+    fake = serve(outer_fake())
+    fake.add_vm(9102, "someone-elses", node="pve")
+    r = by_name(preflight(fake, ca, raw))["VMIDs"]
+    assert r.status == "fail" and "9102 (qemu 'someone-elses' on pve)" in r.detail
 
 
 STUDENT = {"id": "s01", "name": "Student 1", "user": "c1-s01@pve", "pool": "c1-s01",

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import yaml
 
 from ..atomicfile import atomic_write, locked
+from ..footprint import outer_vmids
 from ..formats import PVE_NODE_RE, key_name, show
 from ..safeyaml import YamlInputError, read_yaml
 from ..spec import CONFIG_KEY, PVE_VMID_MAX, ImageSpec, LabSpec, SpecError, parse_spec
@@ -218,8 +219,8 @@ class StudentStack:
         return self.lab["student"]
 
     @property
-    def vmids(self) -> range:
-        return range(self.lab["vmidBase"], self.lab["vmidBase"] + (self.spec.nodes.count if self.spec else 0))
+    def vmids(self) -> tuple[int, ...]:
+        return outer_vmids(self.spec) if self.spec else ()
 
     @property
     def network_text(self) -> str:
@@ -502,10 +503,12 @@ def allocate(roster: Roster, previous_allocation: Optional[Allocation] = None, *
             try:
                 spec = parse_spec(student_lab(roster, s, slots[s.id], default_node))
                 demands[s.id] = demand_of(spec)
-                if spec.nodes.count > roster.allocation.vmid_block:
+                vm_count = len(outer_vmids(spec))
+                if vm_count > roster.allocation.vmid_block:
                     where = (f"roster.students[{s.index}].lab.nodes.count" if _has_path(s.lab, "nodes.count")
                              else "roster.lab.nodes.count")
-                    problems.append(f"{where}: {spec.nodes.count} nested nodes need {spec.nodes.count} VMIDs but "
+                    what = f"{spec.nodes.count} nested nodes" + (" and the QDevice VM" if spec.nodes.qdevice else "")
+                    problems.append(f"{where}: {what} need {vm_count} VMIDs but "
                                     f"roster.allocation.vmidBlock gives each student {roster.allocation.vmid_block}")
             except SpecError as exc:
                 problems.extend(roster_key(p, roster, s, slots[s.id]) for p in exc.problems)

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from ..ops.preflight import EFI_DISK_GIB, Check, Preflight, Requirement, failed, render_text
+from ..ops.preflight import Check, Preflight, Requirement, failed, render_text, requirement_for
 from .allocate import ClassPlan, StudentStack
 
 # What preflight and `classroom plan` cannot check; said every time (README "Isolation").
@@ -36,11 +36,7 @@ class NodeReport:
 
 
 def student_requirement(st: StudentStack) -> Requirement:
-    n = st.spec.nodes
-    per_vm = n.system_disk_gib + n.ceph_disks * n.ceph_disk_gib + EFI_DISK_GIB
-    return Requirement(memory_mib=n.count * n.memory_mib, disk_gib=n.count * per_vm, vcpus=n.count * n.cores,
-                       vms=n.count, max_vm_cores=n.cores, vmids=tuple(st.vmids),
-                       own_vms=tuple((p.vmid, p.hostname) for p in st.spec.node_plans))
+    return requirement_for(st.spec)
 
 
 def is_built(st: StudentStack, guests: dict[int, dict]) -> bool:

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 from ..classroom.realms import PASSWORD_REALM, realm_of, stack_owns_user
+from ..footprint import NODE_TAG, QDEVICE_TAG, outer_vms
 from ..spec import LabSpec
 from .api import ApiError, PveClient
 
 MiB, GiB = 1024 ** 2, 1024 ** 3
 IMAGE_DOWNLOAD_GIB = 1  # a Debian 13 genericcloud qcow2 is ~0.4 GiB; leave room
-EFI_DISK_GIB = 1  # efidisk + cloud-init drive, rounded up
 # Storage types whose disks are thin (allocated as written): a class may overcommit them, with a warning.
 THIN_STORAGE_TYPES = ("lvmthin", "zfspool", "rbd")
 
@@ -43,10 +43,11 @@ class Requirement:
 
 
 def requirement_for(spec: LabSpec) -> Requirement:
-    n = spec.nodes
-    per_vm_disk = n.system_disk_gib + n.ceph_disks * n.ceph_disk_gib + EFI_DISK_GIB
-    return Requirement(memory_mib=n.count * n.memory_mib, disk_gib=n.count * per_vm_disk, vcpus=n.count * n.cores,
-                       vms=n.count, max_vm_cores=n.cores, vmids=tuple(spec.vmid_range))
+    """What one lab's outer VMs take: the nodes and the QDevice VM (pvelab/footprint.py)."""
+    vms = outer_vms(spec)
+    return Requirement(memory_mib=sum(v.memory_mib for v in vms), disk_gib=sum(v.disk_gib for v in vms),
+                       vcpus=sum(v.cores for v in vms), vms=len(vms), max_vm_cores=max(v.cores for v in vms),
+                       vmids=tuple(v.vmid for v in vms), own_vms=tuple((v.vmid, v.hostname) for v in vms))
 
 
 @dataclass
@@ -357,9 +358,9 @@ class Preflight:
         """Each VMID asked of /cluster/nextid?vmid=N (pve-manager PVE/API2/Cluster.pm nextid: 400 "VM N already
         exists" when the cluster's VM list has it; any user may ask). /cluster/resources only lists the guests the
         token may audit, so it alone would call a VMID free that a guest of someone else holds."""
-        vmids = self.requirement.vmids or tuple(self.spec.vmid_range)
+        vmids = self.requirement.vmids or tuple(v.vmid for v in outer_vms(self.spec))
         visible = {int(r["vmid"]): r for r in self.client.get("cluster/resources", type="vm") if "vmid" in r}
-        ours = dict(self.requirement.own_vms) or {p.vmid: p.hostname for p in self.spec.node_plans}
+        ours = dict(self.requirement.own_vms) or {v.vmid: v.hostname for v in outer_vms(self.spec)}
         clashes, own = [], []
         for vmid in vmids:
             if self.vmid_free(vmid):
@@ -367,7 +368,7 @@ class Preflight:
             r = visible.get(vmid)
             if r is None:
                 clashes.append(f"{vmid} (a guest this token may not audit)")
-            elif ours.get(vmid) == r.get("name") and "pve-lab-node" in str(r.get("tags", "")).split(";"):
+            elif ours.get(vmid) == r.get("name") and {NODE_TAG, QDEVICE_TAG} & set(str(r.get("tags", "")).split(";")):
                 own.append(vmid)
             else:
                 clashes.append(f"{vmid} ({r.get('type')} '{r.get('name', '')}' on {r.get('node')})")
@@ -376,7 +377,7 @@ class Preflight:
             self.add("VMIDs", "fail", f"VMIDs {span} are not free: {', '.join(clashes)}",
                      "set pve-lab:lab.vmidBase to a free block (or remove those guests)")
         elif own:
-            self.add("VMIDs", "pass", f"VMIDs {span}: {len(own)} already this lab's nodes (built before)")
+            self.add("VMIDs", "pass", f"VMIDs {span}: {len(own)} already this lab's VMs (built before)")
         else:
             self.add("VMIDs", "pass", f"VMIDs {span} are free")
 
