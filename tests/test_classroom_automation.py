@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import shutil
 import types
 from pathlib import Path
@@ -106,6 +107,27 @@ def test_student_up_sets_plain_config_in_argv_and_the_token_only_through_stdin(c
     (up,) = ops(cli, "up")
     assert "--color" in up and "never" in up and "--show-secrets" not in up
     assert "Updating (c1-s01)" in lines
+
+
+def test_the_instructors_secrets_in_the_environment_reach_no_pulumi_process(cli, tmp_path, monkeypatch):
+    """`classroom up` reads the token from PVE_LAB_OUTER_API_TOKEN; the `pulumi` it starts (and its language host
+    and provider plugins, which inherit its environment) get it only as a config secret on stdin."""
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", "shared-root-pw-123")
+    monkeypatch.setattr(automation, "_PULUMI_COMMAND", [])  # made again here: its `pulumi version` is checked too
+    backend = AutomationBackend(work_dir=tmp_path, which=FAKE_CLI)
+    backend.up(student(1), lambda line: None)
+    backend.existing_stacks()
+    backend.state_resources("c1-s01")
+    backend.destroy(student(1), lambda line: None)
+    assert all(ops(cli, kind) for kind in ("up", "config set", "destroy", "stack export", "stack ls"))
+    for call in cli.calls:
+        env = json.dumps(call["env"])
+        assert TOKEN not in env and "shared-root-pw-123" not in env, call["argv"]
+    (secret_call,) = [c for c in cli.calls if "config" in c["argv"] and "set" in c["argv"]]
+    assert secret_call["stdin"] == TOKEN
+    assert ["version"] in cli.argvs()
+    assert os.environ["PVE_LAB_OUTER_API_TOKEN"] == TOKEN  # this process keeps them
 
 
 def test_a_second_up_sets_no_secret_at_all(cli, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 from ..spec import SpecError
-from ..stackfile import PROJECT_DIR, load_stack
+from ..stackfile import PROJECT_DIR, SECRET_ENV, load_stack
 from .runner import StackJob, StackNotFound
 
 CLASS_PROJECT = "pve-lab-class"
@@ -59,6 +59,41 @@ def _auto():
     return automation
 
 
+def child_env_overrides() -> dict[str, str]:
+    """The instructor's secrets in this process's environment (the outer token, a shared root password), blanked
+    for every `pulumi` this tool starts: its language host and provider plugins inherit its environment, and the
+    stacks get these values as config secrets (on stdin), so no child needs them."""
+    return {name: "" for name in SECRET_ENV.values()}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, **child_env_overrides(), **extra}
+
+
+_PULUMI_COMMAND: list = []
+_COMMAND_LOCK = threading.Lock()
+
+
+def pulumi_command() -> Any:
+    """One PulumiCommand for the process. Making one runs `pulumi version` with this process's own environment
+    (pulumi automation/_cmd.py PulumiCommand.__init__, no way to pass another), so it is made once, with the
+    secrets taken out of the environment for that moment (the first workspace is made before any stack runs;
+    this process reads its secrets from the environment before that)."""
+    with _COMMAND_LOCK:
+        if not _PULUMI_COMMAND:
+            saved = {name: os.environ.pop(name) for name in SECRET_ENV.values() if name in os.environ}
+            try:
+                _PULUMI_COMMAND.append(_auto().PulumiCommand())
+            finally:
+                os.environ.update(saved)
+        return _PULUMI_COMMAND[0]
+
+
+def workspace_options(work_dir: Path) -> Any:
+    return _auto().LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=child_env_overrides(),
+                                         pulumi_command=pulumi_command())
+
+
 def config_values(job: StackJob) -> dict[str, Any]:
     """The job's plain config as Automation API values. Secrets never go through here: `set_all_config` puts
     every value on the `pulumi` command line, which `ps` shows to every local user (see `set_missing_secrets`)."""
@@ -79,7 +114,7 @@ def set_secret_from_stdin(workspace: Any, stack_name: str, key: str, value: str)
     """`pulumi config set KEY --secret` with the value on stdin (the CLI reads stdin when no value is given and
     stdin is not a terminal: pkg/cmd/pulumi/config/config.go configSetCmd.Run), so it is never in argv."""
     command = getattr(getattr(workspace, "pulumi_command", None), "command", None) or "pulumi"
-    env = {**os.environ, **(getattr(workspace, "env_vars", None) or {}), "PULUMI_AUTOMATION_API": "true"}
+    env = {**child_env(), **(getattr(workspace, "env_vars", None) or {}), "PULUMI_AUTOMATION_API": "true"}
     done = subprocess.run([command, "--non-interactive", "config", "set", key, "--secret", "--stack", stack_name],
                           input=value, text=True, capture_output=True, cwd=workspace.work_dir, env=env, check=False)
     if done.returncode != 0:
@@ -172,22 +207,24 @@ class AutomationBackend:
     def prepare(self, on_output: Callable[[str], None]) -> None:
         """Install the program's provider plugins once, before stacks run in parallel: concurrent installs of
         the same plugin by several `pulumi up` interfere (pulumi/pulumi#22784)."""
-        auto = _auto()
+        auto, command = _auto(), pulumi_command()
         with _WORKSPACE_LOCK:
-            workspace = auto.LocalWorkspace(work_dir=str(self.work_dir))
+            workspace = auto.LocalWorkspace(work_dir=str(self.work_dir), env_vars=child_env_overrides(),
+                                            pulumi_command=command)
             for name, version in install_plugins(workspace):
                 on_output(f"provider plugin {name} {version} installed")
 
     def existing_stacks(self) -> dict[str, Optional[int]]:
         """This project's stacks in the logged-in backend: name -> resource count (`pulumi stack ls --json`)."""
-        auto = _auto()
+        auto, command = _auto(), pulumi_command()
         with _WORKSPACE_LOCK:
-            workspace = auto.LocalWorkspace(work_dir=str(self.work_dir))
+            workspace = auto.LocalWorkspace(work_dir=str(self.work_dir), env_vars=child_env_overrides(),
+                                            pulumi_command=command)
             return {s.name: s.resource_count for s in workspace.list_stacks()}
 
     def state_resources(self, stack_name: str) -> list[dict]:
         """The stack's resources in its state (`pulumi stack export`, secrets left encrypted): [{urn, type}, ...]."""
-        env = {**os.environ, "PULUMI_AUTOMATION_API": "true"}
+        env = child_env(PULUMI_AUTOMATION_API="true")
         done = subprocess.run([require_pulumi_cli(), "--non-interactive", "stack", "export", "--stack", stack_name],
                               text=True, capture_output=True, cwd=self.work_dir, env=env, check=False)
         if done.returncode != 0:
@@ -201,7 +238,8 @@ class AutomationBackend:
         auto = _auto()
         with _WORKSPACE_LOCK:
             try:
-                stack = auto.select_stack(stack_name=stack_name, work_dir=str(self.work_dir))
+                stack = auto.select_stack(stack_name=stack_name, work_dir=str(self.work_dir),
+                                         opts=workspace_options(self.work_dir))
             except auto.StackNotFoundError:
                 raise StackNotFound(f"no stack '{stack_name}': run `classroom up` first") from None
         return {key: out.value for key, out in stack.outputs().items()}
@@ -220,7 +258,8 @@ class AutomationBackend:
         for key in unchanged_config(job, self.work_dir):
             values.pop(key)  # keep the stack file `classroom render` wrote (structured YAML, comments)
         with _WORKSPACE_LOCK:
-            stack = auto.create_or_select_stack(stack_name=job.stack, work_dir=str(self.work_dir))
+            stack = auto.create_or_select_stack(stack_name=job.stack, work_dir=str(self.work_dir),
+                                                opts=workspace_options(self.work_dir))
             if values:
                 stack.set_all_config(values)
             set_missing_secrets(stack, job)
@@ -228,7 +267,8 @@ class AutomationBackend:
 
     def destroy(self, job: StackJob, on_output: Callable[[str], None], remove_stack: bool = True) -> None:
         # Destroy needs neither the program nor a healthy lab (README "Destroy"): state has all it needs.
-        _destroy(job, lambda auto: auto.select_stack(stack_name=job.stack, work_dir=str(self.work_dir)),
+        _destroy(job, lambda auto: auto.select_stack(stack_name=job.stack, work_dir=str(self.work_dir),
+                                                           opts=workspace_options(self.work_dir)),
                  on_output, remove_stack)
 
 
@@ -362,7 +402,7 @@ class ClassImagesBackend:
     def _stack(self, job: StackJob, create: bool):
         auto = _auto()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        opts = auto.LocalWorkspaceOptions(work_dir=str(self.work_dir))
+        opts = workspace_options(self.work_dir)
         open_stack = auto.create_or_select_stack if create else auto.select_stack
         return open_stack(stack_name=job.stack, project_name=CLASS_PROJECT,
                           program=images_program(self.downloads, self.endpoint, self.insecure,
