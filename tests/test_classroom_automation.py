@@ -474,6 +474,29 @@ def test_up_from_the_example_roster_records_the_allocation_and_uses_the_class_im
     assert "allocation recorded" not in err2.getvalue() and alloc.read_text() == before
 
 
+def test_up_never_overwrites_an_allocation_written_while_it_started(monkeypatch, tmp_path, roster):
+    """Another `classroom render` (or `up`) writes the allocation file after this run read it: this run must not
+    put its older slots back over it; it refuses before any stack starts."""
+    from pvelab.classroom.allocate import plan_class, save_allocation
+
+    backend, images = RecordingBackend(), RecordingBackend()
+    alloc = roster.with_name("classroom.alloc.yaml")
+
+    def make(plan, jobs, **kw):  # runs after this run read the roster and the (missing) allocation file
+        save_allocation(plan_class(roster), alloc)
+        alloc.write_text(alloc.read_text() + "# written by another classroom render\n")
+        return backend, images
+
+    monkeypatch.setattr(run_cli, "make_backends", make)
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    args = parse(["up", str(roster), "--log-dir", str(tmp_path / "logs"), "--no-preflight"])
+    err = io.StringIO()
+    assert run_cli.run_command("up", args, io.StringIO(), err) == 2
+    assert f"{alloc} changed while this run was starting" in err.getvalue() and "nothing started" in err.getvalue()
+    assert alloc.read_text().endswith("# written by another classroom render\n")
+    assert backend.calls == [] and images.calls == []
+
+
 def test_the_real_backends_for_the_example_roster(monkeypatch, roster):
     monkeypatch.setattr(automation.shutil, "which", FAKE_CLI)
     plan = run_cli.load_plan(roster)

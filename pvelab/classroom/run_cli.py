@@ -89,24 +89,56 @@ def _command(action: str) -> Callable[[argparse.Namespace], int]:
 # ---------------------------------------------------------------- plan -> jobs
 
 
-def load_plan(roster_path: Path) -> Any:
-    """Roster + its allocation file -> ClassPlan, exactly as `classroom plan/render` see it."""
-    from .allocate import plan_class
+class AllocationChanged(Exception):
+    pass
 
-    return plan_class(roster_path)
+
+def _allocation_text(path: Path) -> Optional[str]:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def load_plan(roster_path: Path) -> Any:
+    """Roster + its allocation file -> ClassPlan, exactly as `classroom plan/render` see it. Read under the
+    allocation file's lock (a `classroom render` writing it meanwhile is waited for); the text read is kept on
+    the plan, so that `record_allocation` can tell whether someone changed the file since."""
+    from ..atomicfile import locked
+    from .allocate import allocation_path, plan_class
+
+    path = allocation_path(roster_path)
+    with locked(path):
+        seen = _allocation_text(path)
+        plan = plan_class(roster_path)
+    try:
+        plan.allocation_seen = seen
+    except AttributeError:  # a test double without attributes
+        pass
+    return plan
 
 
 def record_allocation(plan: Any, roster_path: Path) -> Optional[Path]:
-    """Write the allocation file when `up` is about to create stacks it does not list yet (keeps slots stable)."""
+    """Write the allocation file when `up` is about to create stacks it does not list yet (keeps slots stable).
+    Under the file's lock, and only if the file is still what this run read: a `classroom render` or another
+    `up` that wrote it meanwhile is never overwritten with older slots (AllocationChanged instead)."""
     allocation = getattr(plan, "allocation", None)
     if allocation is None:
         return None
+    from ..atomicfile import locked
     from .allocate import allocation_path, save_allocation
 
     path = allocation_path(roster_path)
-    if path.exists() and path.read_text() == allocation.to_yaml():
-        return None
-    return save_allocation(plan, path)
+    with locked(path):
+        current = _allocation_text(path)
+        if current == allocation.to_yaml():
+            return None
+        seen = getattr(plan, "allocation_seen", current)
+        if current != seen:
+            raise AllocationChanged(
+                f"{path} changed while this run was starting (another `classroom render` or `up`?): nothing "
+                f"started; run `classroom up` again, it reads the new allocation")
+        return save_allocation(plan, path)
 
 
 def student_jobs(plan: Any, api_token: Optional[str]) -> list[StackJob]:
@@ -358,7 +390,10 @@ def run_command(action: str, args: argparse.Namespace, stdout: Optional[TextIO] 
         if refusal:
             return fail(refusal)
     if action == "up":
-        recorded = record_allocation(plan, roster_path)
+        try:
+            recorded = record_allocation(plan, roster_path)
+        except AllocationChanged as exc:
+            return fail(f"classroom up: {exc}")
         if recorded:
             print(f"allocation recorded in {recorded} (commit it: it keeps every student's slot)", file=stderr)
     logs = StackLogs(args.log_dir)
