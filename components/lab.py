@@ -101,7 +101,8 @@ class PveLab(pulumi.ComponentResource):
             if spec.ha.enabled and spec.ha.test_vms > 0:
                 self.ha = HaTestVms(f"{name}-ha", HaTestVmsArgs(
                     spec=spec, node_names=[p.hostname for p in spec.node_plans], storage_id=self.ceph.storage_id,
-                    inner_provider=self.inner_provider, after=[self.ceph.pool], deleted_with=with_cluster),
+                    inner_provider=self.inner_provider, after=[self.ceph.pool], deleted_with=with_cluster,
+                    endpoint_node=endpoint.hostname),
                     opts=child)
 
         self.rolling_restart = None
