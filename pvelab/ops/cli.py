@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import os
 import sys
 from typing import Optional
 
@@ -17,7 +18,7 @@ from .i18n import LANGS, default_lang, translate, translating
 from .migrate import run_migrate
 from .partition import run_partition
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
-from .status import gather, render_json as status_json, render_text as status_text
+from .status import gather, ping_test_vm, render_json as status_json, render_text as status_text
 from .watch import DrillView, TickingClock, watch
 
 EXIT_STILL_STOPPED = 3
@@ -134,6 +135,10 @@ def register(sub) -> None:
     p.add_argument("--interval", type=seconds, default=5.0, metavar="S", help="--watch: seconds between frames "
                    "(default 5)")
     p.add_argument("--count", type=count, default=None, metavar="N", help="--watch: stop after N frames")
+    _outer(p)
+    p.add_argument("--no-ping", action="store_true",
+                   help="do not ping the HA test VM (with ha.testVmImage, status pings it once per frame from a "
+                        f"node through the outer host's guest agent when ${SECRET_ENV['outerApiToken']} is set)")
     _lang(p)
     p.set_defaults(func=cmd_status)
 
@@ -206,13 +211,35 @@ def cmd_status(args) -> int:
         client = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
+    try:
+        probe = _status_probe(args, spec)
+    except ApiError as exc:
+        return _fail(exc.message)
     lang = args.lang or default_lang()
     if args.watch:
         return watch(client, sys.stdout, args.interval, args.count, args.format, args.lines if args.logs else None,
-                     translate=lambda text: translate(text, lang))
-    report = gather(client, args.lines if args.logs else None)
+                     translate=lambda text: translate(text, lang), probe=probe)
+    report = gather(client, args.lines if args.logs else None, probe)
     print(status_json(report) if args.format == "json" else translate(status_text(report), lang))
     return 0 if report["healthy"] else 1
+
+
+def _status_probe(args, spec):
+    """`status` pings the HA test VM once per frame when it boots an OS (ha.testVmImage): from a node, through
+    the outer host's guest agent, so only when the outer token is in the environment (status itself needs only
+    the nested root password); without it the line says how to get the ping."""
+    address = None if args.no_ping else default_ping_address(spec)
+    if address is None:
+        return None
+    env = SECRET_ENV["outerApiToken"]
+    if not os.environ.get(env):
+        note = {"address": address, "from_node": None, "answers": None,
+                "error": f"export {env} to ping it through the outer host's guest agent"}
+        return lambda report: note
+    outer = outer_client(spec, args.outer_url, args.outer_ca,
+                         Retry(attempts=1, request_timeout_s=min(args.request_timeout, 5.0)))
+    vmids = {p.hostname: p.vmid for p in spec.node_plans}
+    return lambda report: ping_test_vm(outer, spec.outer.node, vmids, address, report)
 
 
 def _confirm_drill(args, spec) -> bool:
