@@ -37,9 +37,6 @@ CLOUD_INIT_TYPE = "configdrive2"
 DOWNLOAD_TIMEOUT_S = 600  # a ~20 MB image; bpg's default (10 min)
 EMPTY_DISK = "empty disk"  # the replacement trigger of a test VM without an OS
 
-EXAMPLE = ("e.g. CirrOS 0.6.3: url https://download.cirros-cloud.net/0.6.3/cirros-0.6.3-x86_64-disk.img, "
-           "checksum from that folder's SHA256SUMS, fileName cirros-0.6.3-x86_64-disk.qcow2")
-
 
 def image_on(spec: "LabSpec") -> bool:
     """True when the HA test VMs boot an OS (ha.testVmImage set on a lab with HA test VMs)."""

@@ -276,7 +276,8 @@ class LabSim:
                 return {"exited": 1, "exitcode": 0 if quorate == "Yes" else 2,
                         "out-data": f"Cluster information\n-------------------\nName:             pve-lab\n\n"
                                     f"Quorum information\n------------------\nQuorate:          {quorate}\n"}
-            if list(argv[:3]) == ["ping", "-c", "1"]:  # `status`: one ping of the HA test VM (iputils exit codes)
+            # `status`: one ping of the HA test VM; iputils ping(8): exit 1 when no reply came, 0 when one did
+            if list(argv[:3]) == ["ping", "-c", "1"]:
                 if self.vm_runs() and self.guest_answers:
                     return {"exited": 1, "exitcode": 0,
                             "out-data": f"64 bytes from {argv[-1]}: icmp_seq=1 ttl=64 time=0.41 ms\n"

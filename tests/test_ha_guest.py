@@ -262,3 +262,27 @@ def test_the_commented_example_in_the_stack_file_is_valid_once_filled_in():
     spec = parse_spec(doc["config"]["pve-lab:lab"])
     assert spec.ha.test_vm_image.file_name == "cirros-0.6.3-x86_64-disk.qcow2"
     assert guest_addresses(spec) == ["10.10.10.20"]
+
+
+def test_what_the_engine_compares_when_the_option_or_the_address_changes(default_lab, guest_lab):
+    """replaceOnChanges ["initialization"] fires on a diff under that key: on/off adds or removes it, a new
+    address changes it (also for a lab recorded before the replacement trigger existed: no trigger to compare)."""
+    off, on = default_lab.named("lab-ha-vm-100"), guest_lab.named("lab-ha-vm-100")
+    assert "initialization" not in off.inputs and "initialization" in on.inputs
+    moved = evaluate_lab(deep_merge(ON, {"ha": {"testVmAddress": "10.10.10.30"}}))
+    assert moved.error is None, moved.error
+    vm = moved.named("lab-ha-vm-100")
+    assert vm.plain("initialization") != on.plain("initialization")
+    assert vm.options["replacementTrigger"] == on.options["replacementTrigger"]  # same image: only the address
+    assert moved.stack_outputs["haTestVmAddresses"].value == ["10.10.10.30"]
+
+
+def test_memory_and_disk_sums_are_the_same_with_the_option(default_lab, guest_lab):
+    """The test VM keeps its size (the image is imported into the same 4 GiB disk): the outer host's totals
+    and the nodes' memory budget (spec sizing, preflight) do not change."""
+    from pvelab.plan.model import build_plan
+
+    off, on = build_plan(default_lab).totals, build_plan(guest_lab).totals
+    assert (on.vcpu, on.memory_mib, on.disk_gib, on.inner_vm_memory_mib) == (
+        off.vcpu, off.memory_mib, off.disk_gib, off.inner_vm_memory_mib)
+    assert guest_lab.named("lab-ha-vm-100").plain("memory") == default_lab.named("lab-ha-vm-100").plain("memory")
