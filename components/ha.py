@@ -5,9 +5,9 @@ preference as an HA rule (`Harule`, type node-affinity); PVE 8 only has HA group
 All of it is deleted with the cluster (deleted_with): destroying the lab makes no call to a nested API that
 may be down (quorum lost, node off), while removing one object (fewer test VMs, a renamed rule) deletes it.
 
-With ha.testVmImage (off by default) the test VMs boot a tiny OS: the image is downloaded once, on the node
-whose API the lab uses, into a directory storage of its own, and imported onto Ceph; cloud-init (a
-configdrive2 drive on Ceph) gives each guest its lab address. The facts behind it are in pvelab/ha_guest.py.
+With ha.testVmImage (off by default) the test VMs boot a small OS: the image is downloaded once, on the node
+whose API the lab uses, into a directory storage of its own, and imported onto Ceph; cloud-init (a nocloud
+drive on Ceph) gives each guest its lab address and root the lab's SSH key. The facts are in pvelab/ha_guest.py.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class HaTestVmsArgs:
     # The node whose API the inner provider uses (pvelab/inner_api.py): with ha.testVmImage the image is
     # downloaded there and the test VMs are created there (import-from reads the image on the creating node).
     endpoint_node: Optional[str] = None
+    ssh_public_key: Optional[pulumi.Input[str]] = None  # root's key in the booted test VMs (the lab's key pair)
 
 
 def node_priorities(preferred: str, node_names: Sequence[str]) -> dict[str, int]:
@@ -44,7 +45,7 @@ def node_priorities(preferred: str, node_names: Sequence[str]) -> dict[str, int]
 
 
 def guest_args(spec: LabSpec, address: str, storage_id: pulumi.Input[str], image_id: pulumi.Input[str],
-               disk_gib: int) -> dict:
+               disk_gib: int, ssh_public_key: Optional[pulumi.Input[str]] = None) -> dict:
     """A test VM's boot disk imported from the image, and its address by cloud-init (both on Ceph)."""
     net = spec.network
     prefix = ipaddress.ip_network(net.cidr, strict=False).prefixlen
@@ -60,6 +61,8 @@ def guest_args(spec: LabSpec, address: str, storage_id: pulumi.Input[str], image
                 ipv4=proxmoxve.VmLegacyInitializationIpConfigIpv4Args(address=f"{address}/{prefix}",
                                                                       gateway=net.gateway))],
             dns=proxmoxve.VmLegacyInitializationDnsArgs(domain=spec.cluster.domain, servers=list(net.dns)),
+            user_account=(proxmoxve.VmLegacyInitializationUserAccountArgs(username="root", keys=[ssh_public_key])
+                          if ssh_public_key is not None else None),
         ),
     )
 
@@ -90,7 +93,8 @@ class HaTestVms(pulumi.ComponentResource):
                                                   size=ha.test_vm_disk_gib, file_format="raw", iothread=True)])
             created_on, after = preferred, list(args.after)
             if self.image is not None:
-                disk = guest_args(spec, self.addresses[i], args.storage_id, self.image.id, ha.test_vm_disk_gib)
+                disk = guest_args(spec, self.addresses[i], args.storage_id, self.image.id, ha.test_vm_disk_gib,
+                                  args.ssh_public_key)
                 # Created where the image is; HA then moves it to the preferred node (the node-affinity rule).
                 created_on, after = args.endpoint_node or preferred, after + [self.image]
             vm = proxmoxve.VmLegacy(

@@ -16,10 +16,13 @@ How the image reaches Ceph, each fact from its source:
 - qemu-server src/PVE/API2/Qemu.pm accepts `import-from` volumes of type images or import (not iso), and only
   where the creating node can read them: the VM is created on the node that holds the image, and HA moves it
   to its preferred node (the node-affinity rule, failback on).
-- The address comes by cloud-init on a drive on Ceph (it moves with the VM). The format is configdrive2:
-  qemu-server src/PVE/QemuServer/Cloudinit.pm writes its network config as an interfaces(5) file
-  (configdrive2_network), the kind CirrOS's ConfigDrive reader applies; `nocloud` (PVE's default for Linux)
-  writes cloud-init's v1 YAML network-config instead.
+- The address comes by cloud-init from a drive on Ceph (it moves with the VM), in PVE's default format for a
+  Linux guest, nocloud (qemu-server src/PVE/QemuServer/Cloudinit.pm get_cloudinit_format; nocloud_network
+  writes a v1 network-config matched by MAC address), as for the lab's own Debian VMs. So the image must
+  run cloud-init: Debian or Ubuntu "genericcloud"/cloud images do. CirrOS does not: 0.6.3 takes its
+  address only by DHCP (cirros src/etc/init.d/S40network runs `dhcpcd -w -t 180`; its config-drive and
+  nocloud readers, src/lib/cirros/ds/, apply no network config), so on a lab network without a DHCP server
+  it would have no address (and wait 3 minutes for one at every boot).
 """
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
 
 IMPORT_STORAGE_ID = "pvelab-import"  # a directory storage with content import, on the downloading node only
 IMPORT_STORAGE_PATH = "/var/lib/pvelab-import"
-CLOUD_INIT_TYPE = "configdrive2"
-DOWNLOAD_TIMEOUT_S = 600  # a ~20 MB image; bpg's default (10 min)
+CLOUD_INIT_TYPE = "nocloud"
+DOWNLOAD_TIMEOUT_S = 1800  # a ~400 MB cloud image on a slow link, as the outer image (components/lab.py)
 EMPTY_DISK = "empty disk"  # the replacement trigger of a test VM without an OS
 
 

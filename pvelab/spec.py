@@ -132,7 +132,7 @@ class CephSpec:
 
 @dataclass(frozen=True)
 class TestVmImage:
-    """A tiny OS for the HA test VMs (ha.testVmImage; pvelab/ha_guest.py): downloaded inside the nested cluster,
+    """An OS for the HA test VMs (ha.testVmImage; pvelab/ha_guest.py): a cloud-init image downloaded inside the nested cluster,
     checked against its digest, imported onto Ceph. Every key is required (an unverified image never boots)."""
 
     __test__ = False  # not a pytest test class
@@ -444,15 +444,15 @@ FIELD_RULES: dict[str, Any] = {
     "ha.testVmDiskGiB": Bounds(1, 1024),
     "ha.ruleName": Text(CONFIG_ID_RE, "a PVE config id: letters, digits, '_' and '-', starting with a letter", 64, 2),
     # The test VMs' OS image (pvelab/ha_guest.py has the rules across keys: required keys, digest length, address).
-    "ha.testVmImage.url": HttpsUrl(missing="missing; an https:// URL of a small disk image, e.g. "
-                                           "https://download.cirros-cloud.net/0.6.3/cirros-0.6.3-x86_64-disk.img"),
+    "ha.testVmImage.url": HttpsUrl(missing="missing; an https:// URL of a cloud image that runs cloud-init, e.g. "
+                                           "a dated build of Debian 13 genericcloud (README 'A test VM that runs')"),
     "ha.testVmImage.checksum": Text(re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}"), "", 128, 0,
                                     says="is not a sha256 or sha512 digest (64 or 128 lower-case hex digits); give the "
                                          "image's digest as its publisher lists it: an unverified image never boots "
                                          "in the lab"),
     "ha.testVmImage.checksumAlgorithm": Choice(TEST_VM_CHECKSUMS),
     "ha.testVmImage.fileName": Text(IMPORT_FILE_RE, "a plain file name ending in .qcow2, .raw or .vmdk, after the "
-                                                    "image's real format (CirrOS's -disk.img is qcow2)", 200),
+                                                    "image's real format (PVE checks it)", 200),
     "ha.testVmAddress": IPV4,
     "image.url": HttpsUrl(),
     "image.fileName": Text(IMPORT_FILE_RE, "a plain file name ending in .qcow2, .raw or .vmdk (what PVE imports)", 200),

@@ -63,9 +63,10 @@ FULL_LAB = deep_merge(lab_raw(), {
     "outer": {"vlanTag": 10, "pool": "labpool", "sshUser": "root"},
     "network": {"link1": {"cidr": "10.10.20.0/24", "firstAddress": "10.10.20.11", "bridge": "vmbr1", "vlanTag": 20}},
     "ha": {"ruleName": "lab-prefer", "testVmAddress": "10.10.10.60",
-           "testVmImage": {"url": "https://download.cirros-cloud.net/0.6.3/cirros-0.6.3-x86_64-disk.img",
-                           "checksum": "c" * 64, "checksumAlgorithm": "sha256",
-                           "fileName": "cirros-0.6.3-x86_64-disk.qcow2"}},
+           "testVmImage": {"url": "https://cloud.debian.org/images/cloud/trixie/20260101-0000/"
+                                  "debian-13-genericcloud-amd64-20260101-0000.qcow2",
+                           "checksum": "c" * 128, "checksumAlgorithm": "sha512",
+                           "fileName": "debian-13-genericcloud-amd64-20260101-0000.qcow2"}},
     "image": {"checksum": "ab" * 64, "checksumAlgorithm": "sha512",
               "fileId": "local:import/debian-13-genericcloud-amd64.qcow2"},
     "repository": {"keyringUrl": "https://enterprise.proxmox.com/debian/proxmox-archive-keyring-trixie.gpg",

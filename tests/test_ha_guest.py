@@ -11,15 +11,17 @@ from harness import VM, deep_merge, evaluate_lab, lab_raw
 
 from pvelab.ha_guest import (EMPTY_DISK, IMPORT_STORAGE_ID, boot_disk_key, default_ping_address, guest_addresses,
                              taken_addresses)
+from pvelab.evaluate import MOCK_PUBLIC_KEY
 from pvelab.provider_types import check_all
 from pvelab.spec import SpecError, parse_spec
 
 IMAGE = "proxmoxve:download/fileLegacy:FileLegacy"
 STORAGE = "proxmoxve:storage/directoryLegacy:DirectoryLegacy"
-CIRROS = {"url": "https://download.cirros-cloud.net/0.6.3/cirros-0.6.3-x86_64-disk.img",
-          "checksum": "0123456789abcdef" * 4,  # a made-up digest (tests download nothing)
-          "fileName": "cirros-0.6.3-x86_64-disk.qcow2"}
-ON = {"ha": {"testVmImage": CIRROS}}
+FILE = "debian-13-genericcloud-amd64-20260101-0000.qcow2"
+GUEST = {"url": f"https://cloud.debian.org/images/cloud/trixie/20260101-0000/{FILE}",
+         "checksum": "0123456789abcdef" * 8, "checksumAlgorithm": "sha512",  # a made-up digest (nothing is downloaded)
+         "fileName": FILE}
+ON = {"ha": {"testVmImage": GUEST}}
 
 
 def spec_of(overrides):
@@ -61,47 +63,47 @@ def test_default_address_is_the_first_free_one_after_the_nodes():
 
 
 BAD = [
-    ("no-checksum", {"ha": {"testVmImage": {"url": CIRROS["url"], "fileName": CIRROS["fileName"]}}},
+    ("no-checksum", {"ha": {"testVmImage": {"url": GUEST["url"], "fileName": GUEST["fileName"]}}},
      "pve-lab:lab.ha.testVmImage.checksum: '' is not a sha256 or sha512 digest (64 or 128 lower-case hex digits); "
      "give the image's digest as its publisher lists it: an unverified image never boots in the lab"),
-    ("checksum-not-hex", {"ha": {"testVmImage": {**CIRROS, "checksum": "Z" * 64}}},
+    ("checksum-not-hex", {"ha": {"testVmImage": {**GUEST, "checksum": "Z" * 128}}},
      "pve-lab:lab.ha.testVmImage.checksum: 'ZZZZ"),
-    ("checksum-wrong-algorithm", {"ha": {"testVmImage": {**CIRROS, "checksumAlgorithm": "sha512"}}},
-     "pve-lab:lab.ha.testVmImage.checksum: 64 hex digits, but ha.testVmImage.checksumAlgorithm is sha512 "
-     "(128 digits)"),
-    ("md5", {"ha": {"testVmImage": {**CIRROS, "checksumAlgorithm": "md5"}}},
+    ("checksum-wrong-algorithm", {"ha": {"testVmImage": {**GUEST, "checksumAlgorithm": "sha256"}}},
+     "pve-lab:lab.ha.testVmImage.checksum: 128 hex digits, but ha.testVmImage.checksumAlgorithm is sha256 "
+     "(64 digits)"),
+    ("md5", {"ha": {"testVmImage": {**GUEST, "checksumAlgorithm": "md5"}}},
      "pve-lab:lab.ha.testVmImage.checksumAlgorithm: 'md5' is not allowed (allowed: sha256, sha512)"),
-    ("plain-http", {"ha": {"testVmImage": {**CIRROS, "url": "http://download.cirros-cloud.net/x.img"}}},
-     "pve-lab:lab.ha.testVmImage.url: 'http://download.cirros-cloud.net/x.img' uses plain http://; use https://"),
-    ("no-url", {"ha": {"testVmImage": {"checksum": CIRROS["checksum"], "fileName": CIRROS["fileName"]}}},
-     "pve-lab:lab.ha.testVmImage.url: missing; an https:// URL of a small disk image"),
-    ("img-file-name", {"ha": {"testVmImage": {**CIRROS, "fileName": "cirros-0.6.3-x86_64-disk.img"}}},
-     "pve-lab:lab.ha.testVmImage.fileName: 'cirros-0.6.3-x86_64-disk.img' is not allowed: 1-200 characters, a plain "
+    ("plain-http", {"ha": {"testVmImage": {**GUEST, "url": "http://cloud.debian.org/x.qcow2"}}},
+     "pve-lab:lab.ha.testVmImage.url: 'http://cloud.debian.org/x.qcow2' uses plain http://; use https://"),
+    ("no-url", {"ha": {"testVmImage": {k: v for k, v in GUEST.items() if k != "url"}}},
+     "pve-lab:lab.ha.testVmImage.url: missing; an https:// URL of a cloud image that runs cloud-init"),
+    ("img-file-name", {"ha": {"testVmImage": {**GUEST, "fileName": "debian-13-genericcloud-amd64.img"}}},
+     "pve-lab:lab.ha.testVmImage.fileName: 'debian-13-genericcloud-amd64.img' is not allowed: 1-200 characters, a plain "
      "file name ending in .qcow2, .raw or .vmdk"),
-    ("unknown-image-key", {"ha": {"testVmImage": {**CIRROS, "sha256": "x"}}},
+    ("unknown-image-key", {"ha": {"testVmImage": {**GUEST, "sha256": "x"}}},
      "pve-lab:lab.ha.testVmImage.sha256: unknown key"),
-    ("image-without-test-vms", {"ha": {"testVmImage": CIRROS, "testVms": 0}},
+    ("image-without-test-vms", {"ha": {"testVmImage": GUEST, "testVms": 0}},
      "pve-lab:lab.ha.testVmImage: boots the HA test VMs, and this lab has none (ha.enabled: true, ha.testVms: 0)"),
     ("address-without-image", {"ha": {"testVmAddress": "10.10.10.40"}},
      "pve-lab:lab.ha.testVmAddress: only used with ha.testVmImage"),
-    ("address-not-ipv4", {"ha": {"testVmImage": CIRROS, "testVmAddress": "10.10.10"}},
+    ("address-not-ipv4", {"ha": {"testVmImage": GUEST, "testVmAddress": "10.10.10"}},
      "pve-lab:lab.ha.testVmAddress: '10.10.10' is not allowed"),
-    ("address-of-a-node", {"ha": {"testVmImage": CIRROS, "testVmAddress": "10.10.10.12"}},
+    ("address-of-a-node", {"ha": {"testVmImage": GUEST, "testVmAddress": "10.10.10.12"}},
      "pve-lab:lab.ha.testVmAddress: 10.10.10.12 is taken by node pve2; give a free address of 10.10.10.0/24"),
-    ("address-of-the-gateway", {"ha": {"testVmImage": CIRROS, "testVmAddress": "10.10.10.1"}},
+    ("address-of-the-gateway", {"ha": {"testVmImage": GUEST, "testVmAddress": "10.10.10.1"}},
      "pve-lab:lab.ha.testVmAddress: 10.10.10.1 is taken by the gateway"),
-    ("address-of-the-qdevice", {"nodes": {"count": 4, "qdevice": True}, "ha": {"testVmImage": CIRROS,
+    ("address-of-the-qdevice", {"nodes": {"count": 4, "qdevice": True}, "ha": {"testVmImage": GUEST,
                                                                                 "testVmAddress": "10.10.10.15"}},
      "pve-lab:lab.ha.testVmAddress: 10.10.10.15 is taken by the QDevice VM"),
-    ("address-outside", {"ha": {"testVmImage": CIRROS, "testVmAddress": "10.10.11.20"}},
+    ("address-outside", {"ha": {"testVmImage": GUEST, "testVmAddress": "10.10.11.20"}},
      "pve-lab:lab.ha.testVmAddress: the 1 test VM address(es) from 10.10.11.20 do not fit in 10.10.10.0/24"),
-    ("addresses-overflow", {"ha": {"testVmImage": CIRROS, "testVmAddress": "10.10.10.254", "testVms": 2}},
+    ("addresses-overflow", {"ha": {"testVmImage": GUEST, "testVmAddress": "10.10.10.254", "testVms": 2}},
      "pve-lab:lab.ha.testVmAddress: the 2 test VM address(es) from 10.10.10.254 do not fit in 10.10.10.0/24"),
-    ("second-address-taken", {"ha": {"testVmImage": CIRROS, "testVmAddress": "10.10.10.10", "testVms": 2}},
+    ("second-address-taken", {"ha": {"testVmImage": GUEST, "testVmAddress": "10.10.10.10", "testVms": 2}},
      "pve-lab:lab.ha.testVmAddress: 10.10.10.11 is taken by node pve1"),
     ("no-free-address", {"network": {"cidr": "10.10.10.8/29", "gateway": "10.10.10.9", "dns": ["10.10.10.13", "10.10.10.14"],
                                      "firstAddress": "10.10.10.10"},
-                         "ha": {"testVmImage": CIRROS}},
+                         "ha": {"testVmImage": GUEST}},
      "pve-lab:lab.ha.testVmAddress: no free address left for 1 test VM(s) in 10.10.10.8/29"),
 ]
 
@@ -114,7 +116,7 @@ def test_each_bad_input_gives_one_message_naming_its_key(case, overrides, messag
 
 
 def test_a_bad_image_stops_the_program_before_any_resource():
-    ev = evaluate_lab({"ha": {"testVmImage": {**CIRROS, "checksum": ""}}})
+    ev = evaluate_lab({"ha": {"testVmImage": {**GUEST, "checksum": ""}}})
     assert ev.error is not None and "ha.testVmImage.checksum" in ev.error
     assert [r for r in ev.records if r.custom] == []
 
@@ -147,10 +149,10 @@ def test_the_image_is_downloaded_once_on_the_api_node_into_its_own_import_storag
     assert storage.plain("resourceId") == IMPORT_STORAGE_ID and storage.plain("contents") == ["import"]
     assert storage.plain("nodes") == ["pve2"] and storage.plain("shared") is False  # the node the API is reached on
     assert image.plain("nodeName") == "pve2" and image.plain("datastoreId") == IMPORT_STORAGE_ID
-    assert image.plain("contentType") == "import" and image.plain("url") == CIRROS["url"]
-    assert image.plain("fileName") == CIRROS["fileName"]
-    assert image.plain("checksum") == CIRROS["checksum"] and image.plain("checksumAlgorithm") == "sha256"
-    assert image.plain("overwrite") is False and image.plain("uploadTimeout") == 600
+    assert image.plain("contentType") == "import" and image.plain("url") == GUEST["url"]
+    assert image.plain("fileName") == GUEST["fileName"]
+    assert image.plain("checksum") == GUEST["checksum"] and image.plain("checksumAlgorithm") == "sha512"
+    assert image.plain("overwrite") is False and image.plain("uploadTimeout") == 1800
     assert ev.depends_on(image, storage) and ev.depends_on(storage, ev.named("lab-cluster-quorum"))
     # the download overlaps the Ceph steps (only the VM needs the pool)
     assert not ev.depends_on(image, ev.named("lab-ceph-pool"))
@@ -165,10 +167,12 @@ def test_the_vm_boots_the_image_from_ceph_with_its_address_by_cloud_init(guest_l
     assert vm.plain("nodeName") == "pve2" and vm.options["ignoreChanges"] == ["nodeName", "started"]
     disk = vm.plain("disks")[0]
     assert disk["interface"] == "scsi0" and disk["datastoreId"] == "vmpool" and disk["size"] == 4
-    assert disk["importFrom"] == f"{IMPORT_STORAGE_ID}:import/{CIRROS['fileName']}"
+    assert disk["importFrom"] == f"{IMPORT_STORAGE_ID}:import/{GUEST['fileName']}"
     assert vm.plain("bootOrders") == ["scsi0"]
     init = vm.plain("initialization")
-    assert init["type"] == "configdrive2" and init["datastoreId"] == "vmpool"  # the drive moves with the VM
+    # PVE's own format for a Linux guest (Cloudinit.pm), read by the image's cloud-init; the drive moves with the VM
+    assert init["type"] == "nocloud" and init["datastoreId"] == "vmpool"
+    assert init["userAccount"] == {"username": "root", "keys": [MOCK_PUBLIC_KEY]} and init["upgrade"] is False
     assert init["ipConfigs"] == [{"ipv4": {"address": "10.10.10.14/24", "gateway": "10.10.10.1"}}]
     assert init["dns"] == {"domain": "lab.internal", "servers": ["10.10.10.1"]}
     assert vm.plain("networkDevices") == [{"bridge": "vmbr0", "model": "virtio", "firewall": False}]
@@ -191,9 +195,9 @@ def test_day_two_options_keep_the_vm_its_ha_resource_and_rule_together(default_l
         assert rule.options["replaceWith"] == [res.urn] and rule.options["deleteBeforeReplace"]
     assert default_lab.named("lab-ha-vm-100").options["replacementTrigger"] == EMPTY_DISK
     key = guest_lab.named("lab-ha-vm-100").options["replacementTrigger"]
-    assert key.startswith("image cirros-0.6.3-x86_64-disk.qcow2 ")
+    assert key.startswith(f"image {FILE} ")
     # a new digest (a new image at the same name) is a new key; the same config is the same key (up twice)
-    other = spec_of({"ha": {"testVmImage": {**CIRROS, "checksum": "0" * 64}}})
+    other = spec_of({"ha": {"testVmImage": {**GUEST, "checksum": "0" * 128}}})
     assert boot_disk_key(other) != key and boot_disk_key(spec_of(ON)) == key
     # destroy on a broken lab: no call to the nested API for the new objects either
     for name in ("lab-ha-import-storage", "lab-ha-image"):
@@ -238,9 +242,9 @@ def test_plan_shows_the_download_with_its_estimate_and_source(guest_lab):
     steps = {s.id: s for s in build_plan(guest_lab).steps}
     image, vm = steps["lab-ha-image"], steps["lab-ha-vm-100"]
     assert image.kind == "image:inner" and image.phase == "ha" and not image.estimate_is_default
-    assert image.title == "download cirros-0.6.3-x86_64-disk.qcow2 on pve2"
-    assert image.estimate_s == STEP_DURATIONS["image:inner"].seconds and "CirrOS" in image.estimate_source
-    assert vm.kind == "vm:inner@image" and "boots cirros-0.6.3-x86_64-disk.qcow2" in vm.title
+    assert image.title == f"download {FILE} on pve2"
+    assert image.estimate_s == STEP_DURATIONS["image:inner"].seconds and "genericcloud" in image.estimate_source
+    assert vm.kind == "vm:inner@image" and f"boots {FILE}" in vm.title
     assert not steps["lab-ha-import-storage"].estimate_is_default
     assert build_plan(guest_lab).policy == []
 
@@ -257,10 +261,10 @@ def test_the_commented_example_in_the_stack_file_is_valid_once_filled_in():
     indent = block.group(1)
     lines = [line.replace(f"{indent}# ", indent, 1) for line in block.group(0).splitlines()]
     filled = "\n".join(line for line in lines if not line.strip().startswith("#"))
-    filled = filled.replace("<64 hex digits>", "ab" * 32)
+    filled = filled.replace("<128 hex digits>", "ab" * 64).replace("<build>", "20260101-0000")
     doc = load_yaml(text.replace(block.group(0), filled + "\n"), "Pulumi.lab.yaml")
     spec = parse_spec(doc["config"]["pve-lab:lab"])
-    assert spec.ha.test_vm_image.file_name == "cirros-0.6.3-x86_64-disk.qcow2"
+    assert spec.ha.test_vm_image.file_name.startswith("debian-13-genericcloud-amd64-")
     assert guest_addresses(spec) == ["10.10.10.20"]
 
 

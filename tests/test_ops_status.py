@@ -202,8 +202,10 @@ def test_journal_merges_units_in_time_order():
 
 # ------------------------------------------------------------------ the HA test VM's reachability (ha.testVmImage)
 
-GUEST_IMAGE = {"url": "https://download.cirros-cloud.net/0.6.3/cirros-0.6.3-x86_64-disk.img",
-               "checksum": "0123456789abcdef" * 4, "fileName": "cirros-0.6.3-x86_64-disk.qcow2"}
+GUEST_IMAGE = {"url": "https://cloud.debian.org/images/cloud/trixie/20260101-0000/"
+                       "debian-13-genericcloud-amd64-20260101-0000.qcow2",
+               "checksum": "0123456789abcdef" * 8, "checksumAlgorithm": "sha512",  # made up: nothing is downloaded
+               "fileName": "debian-13-genericcloud-amd64-20260101-0000.qcow2"}
 
 
 @pytest.fixture

@@ -80,10 +80,11 @@ STEP_DURATIONS: dict[str, Duration] = {
     "proxmoxve:storage/directoryLegacy:DirectoryLegacy": Duration(
         5, "one storage.cfg entry (POST /storage); PVE makes the directory when it first uses it"),
     "image:inner": Duration(
-        20, "CirrOS 0.6.3 x86_64 disk image is ~21 MB: ~6 s at ~30 Mbit/s, plus PVE's digest and qemu-img checks "
-            "(estimate)"),
+        130, "a Debian 13 genericcloud qcow2 is ~400 MB: ~2 min at ~30 Mbit/s (as the outer image), plus PVE's "
+             "digest and qemu-img checks (estimate; a smaller image is faster)"),
     "vm:inner@image": Duration(
-        20, "create the VM, qemu-img convert the ~112 MiB image onto Ceph RBD, write the cloud-init drive (estimate)"),
+        60, "create the VM, qemu-img convert the image (3 GiB virtual) onto Ceph RBD in the nested "
+            "cluster, write the cloud-init drive (estimate)"),
     "proxmoxve:index/haresource:Haresource": Duration(10, "ha-manager add: one API call"),
     "proxmoxve:index/harule:Harule": Duration(5, "ha-manager rules add: one API call"),
     "proxmoxve:index/hagroup:Hagroup": Duration(5, "ha-manager groupadd (PVE 8): one API call"),
