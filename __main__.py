@@ -34,6 +34,8 @@ if lab.ceph is not None:
 if lab.ha is not None:
     pulumi.export("haResources", lab.ha.resource_ids)
     pulumi.export("haPreferredNode", lab.ha.preferred_node)
+    if lab.ha.addresses:  # ha.testVmImage: the guests boot an OS with these lab addresses (the drills ping the first)
+        pulumi.export("haTestVmAddresses", lab.ha.addresses)
 if lab.student_access is not None:  # a classroom stack: what to hand the student
     student = spec.student
     pulumi.export("student", {"id": student.id, "name": student.name, "user": student.user, "pool": student.pool})

@@ -102,7 +102,7 @@ class PveLab(pulumi.ComponentResource):
                 self.ha = HaTestVms(f"{name}-ha", HaTestVmsArgs(
                     spec=spec, node_names=[p.hostname for p in spec.node_plans], storage_id=self.ceph.storage_id,
                     inner_provider=self.inner_provider, after=[self.ceph.pool, self.ceph.healthy],
-                    deleted_with=with_cluster),
+                    deleted_with=with_cluster, endpoint_node=endpoint.hostname, ssh_public_key=creds.ssh_public_key),
                     opts=child)
 
         self.rolling_restart = None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pulumi
+from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_pulumi_func
@@ -178,6 +179,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             "deleteBeforeReplace": request.deleteBeforeReplace,
             "protect": request.protect if request.HasField("protect") else False,
             "deletedWith": request.deletedWith,
+            "replaceWith": list(request.replace_with),
+            "replacementTrigger": (json_format.MessageToDict(request.replacement_trigger)
+                                   if request.HasField("replacement_trigger") else None),
         }
         record = Record(
             urn=response.urn, type=request.type, name=request.name, custom=bool(request.custom),

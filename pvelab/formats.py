@@ -48,6 +48,8 @@ UNIX_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 HEX_RE = re.compile(r"[0-9a-f]+")
 # pve-storage src/PVE/API2/Storage/Status.pm download-url 'checksum-algorithm' enum, and each digest's length.
 CHECKSUM_HEX_LEN = {"md5": 32, "sha1": 40, "sha224": 56, "sha256": 64, "sha384": 96, "sha512": 128}
+# What a guest image booted inside a student's lab must be checked with (md5/sha1 are not accepted there).
+TEST_VM_CHECKSUMS = ("sha256", "sha512")
 # qemu-server src/PVE/QemuServer/Memory.pm get_max_mem: at most 4 TiB of memory per VM.
 MAX_VM_MEMORY_MIB = 4 * 1024 * 1024
 # pve-manager PVE/API2/Ceph/Pool.pm: pg_num 1..32768.

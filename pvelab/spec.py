@@ -18,7 +18,7 @@ from typing import Any, Optional
 from .formats import (
     BRIDGE_RE, CHECKSUM_HEX_LEN, CONFIG_ID_RE, HEX_RE, HOSTNAME_RE, IMPORT_FILE_RE, MAX_FQDN, MAX_LABEL, MAX_PG_NUM,
     MAX_VM_MEMORY_MIB, POOL_ID_RE, PVE_NODE_RE, PVE_TAG_RE, ROLE_ID_RE, SDN_ID_MAX, SDN_ID_RE, STORAGE_ID_RE,
-    UNIX_USER_RE, USER_ID_MAX, USER_ID_RE, Bounds, Choice, HttpsUrl, Text, key_name, show,
+    TEST_VM_CHECKSUMS, UNIX_USER_RE, USER_ID_MAX, USER_ID_RE, Bounds, Choice, HttpsUrl, Text, key_name, show,
 )
 
 CONFIG_NAMESPACE = "pve-lab"
@@ -131,6 +131,19 @@ class CephSpec:
 
 
 @dataclass(frozen=True)
+class TestVmImage:
+    """An OS for the HA test VMs (ha.testVmImage; pvelab/ha_guest.py): a cloud-init image downloaded inside the nested cluster,
+    checked against its digest, imported onto Ceph. Every key is required (an unverified image never boots)."""
+
+    __test__ = False  # not a pytest test class
+
+    url: str = ""
+    checksum: str = ""
+    checksum_algorithm: str = "sha256"
+    file_name: str = ""  # what PVE stores it as: an import file name, after its real format (.qcow2 / .raw)
+
+
+@dataclass(frozen=True)
 class HaSpec:
     enabled: bool = True
     test_vms: int = 1
@@ -139,6 +152,8 @@ class HaSpec:
     test_vmid_base: int = 100
     preferred_node: Optional[str] = None  # default: the first node
     rule_name: str = "lab-prefer"
+    test_vm_image: Optional[TestVmImage] = None  # off: an empty disk, no OS (the default)
+    test_vm_address: Optional[str] = None  # the first test VM's lab address; default: allocated (pvelab/ha_guest.py)
 
 
 @dataclass(frozen=True)
@@ -428,6 +443,17 @@ FIELD_RULES: dict[str, Any] = {
     "ha.testVmMemoryMiB": Bounds(128, 65536),
     "ha.testVmDiskGiB": Bounds(1, 1024),
     "ha.ruleName": Text(CONFIG_ID_RE, "a PVE config id: letters, digits, '_' and '-', starting with a letter", 64, 2),
+    # The test VMs' OS image (pvelab/ha_guest.py has the rules across keys: required keys, digest length, address).
+    "ha.testVmImage.url": HttpsUrl(missing="missing; an https:// URL of a cloud image that runs cloud-init, e.g. "
+                                           "a dated build of Debian 13 genericcloud (README 'A test VM that runs')"),
+    "ha.testVmImage.checksum": Text(re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}"), "", 128, 0,
+                                    says="is not a sha256 or sha512 digest (64 or 128 lower-case hex digits); give the "
+                                         "image's digest as its publisher lists it: an unverified image never boots "
+                                         "in the lab"),
+    "ha.testVmImage.checksumAlgorithm": Choice(TEST_VM_CHECKSUMS),
+    "ha.testVmImage.fileName": Text(IMPORT_FILE_RE, "a plain file name ending in .qcow2, .raw or .vmdk, after the "
+                                                    "image's real format (PVE checks it)", 200),
+    "ha.testVmAddress": IPV4,
     "image.url": HttpsUrl(),
     "image.fileName": Text(IMPORT_FILE_RE, "a plain file name ending in .qcow2, .raw or .vmdk (what PVE imports)", 200),
     "image.checksumAlgorithm": Choice(tuple(CHECKSUM_HEX_LEN)),
@@ -745,6 +771,9 @@ def validate(spec: LabSpec) -> list[str]:
     from .node_template import validate_template  # its own module (it imports this one)
 
     problems += validate_template(spec)  # the builder's address among the lab's addresses
+    from .ha_guest import validate_guest  # its own module (it imports this one)
+
+    problems += validate_guest(spec)  # the HA test VMs' image and addresses
     return problems
 
 

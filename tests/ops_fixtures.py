@@ -176,6 +176,7 @@ class LabSim:
         self.vm_on: tuple = (ha_node, -1e9)  # (node, its boot time) the VM was started on
         self.runs_history: list[tuple[float, bool]] = []  # (lab time, the HA VM runs) at every change
         self.pings: dict[int, dict] = {}  # agent pid -> {"node", "address", "start", "stop"} (lab times)
+        self.guest_answers = True  # the HA VM's OS answers ping while it runs (False: e.g. cloud-init failed)
         self.start_at = -1e9  # when the LRM of ha_node was asked to start the service
         self.migrate_at: Optional[float] = None
         self.migrated_at: Optional[float] = None
@@ -275,6 +276,13 @@ class LabSim:
                 return {"exited": 1, "exitcode": 0 if quorate == "Yes" else 2,
                         "out-data": f"Cluster information\n-------------------\nName:             pve-lab\n\n"
                                     f"Quorum information\n------------------\nQuorate:          {quorate}\n"}
+            # `status`: one ping of the HA test VM; iputils ping(8): exit 1 when no reply came, 0 when one did
+            if list(argv[:3]) == ["ping", "-c", "1"]:
+                if self.vm_runs() and self.guest_answers:
+                    return {"exited": 1, "exitcode": 0,
+                            "out-data": f"64 bytes from {argv[-1]}: icmp_seq=1 ttl=64 time=0.41 ms\n"
+                                        f"1 packets transmitted, 1 received, 0% packet loss, time 0ms\n"}
+                return {"exited": 1, "exitcode": 1, "out-data": "1 packets transmitted, 0 received, 100% packet loss\n"}
             if list(argv[:2]) == ["sh", "-c"] and str(argv[2]).startswith("touch /etc/pve/"):
                 path = str(argv[2]).split()[1]
                 if not self.node_quorate(node):

@@ -62,7 +62,11 @@ def assert_one_clean_line(text: str, *, secrets: tuple[str, ...] = ()) -> None:
 FULL_LAB = deep_merge(lab_raw(), {
     "outer": {"vlanTag": 10, "pool": "labpool", "sshUser": "root"},
     "network": {"link1": {"cidr": "10.10.20.0/24", "firstAddress": "10.10.20.11", "bridge": "vmbr1", "vlanTag": 20}},
-    "ha": {"ruleName": "lab-prefer"},
+    "ha": {"ruleName": "lab-prefer", "testVmAddress": "10.10.10.60",
+           "testVmImage": {"url": "https://cloud.debian.org/images/cloud/trixie/20260101-0000/"
+                                  "debian-13-genericcloud-amd64-20260101-0000.qcow2",
+                           "checksum": "c" * 128, "checksumAlgorithm": "sha512",
+                           "fileName": "debian-13-genericcloud-amd64-20260101-0000.qcow2"}},
     "image": {"checksum": "ab" * 64, "checksumAlgorithm": "sha512",
               "fileId": "local:import/debian-13-genericcloud-amd64.qcow2"},
     "repository": {"keyringUrl": "https://enterprise.proxmox.com/debian/proxmox-archive-keyring-trixie.gpg",

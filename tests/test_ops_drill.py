@@ -545,3 +545,61 @@ def test_ping_output_parsing():
     rep = parse(text, "10.0.0.5", "pve2", 1000.0)
     assert (rep.sent, rep.answered, rep.first_lost_s, rep.answered_again_s, rep.downtime_s) == (5, 2, 0.5, 3.5, 3.0)
     assert rep.outages == [[0.5, 3.5], [10.0, -1]]
+
+
+GUEST_IMAGE = {"url": "https://cloud.debian.org/images/cloud/trixie/20260101-0000/"
+                       "debian-13-genericcloud-amd64-20260101-0000.qcow2",
+               "checksum": "0123456789abcdef" * 8, "checksumAlgorithm": "sha512",  # made up: nothing is downloaded
+               "fileName": "debian-13-genericcloud-amd64-20260101-0000.qcow2"}
+
+
+def _guest_stack(tmp_path, monkeypatch, lab):
+    """A stack whose HA test VM boots an OS (ha.testVmImage): its address is 10.10.10.14 (after the 3 nodes)."""
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump(
+        {"config": {"pve-lab:lab": {**lab_raw(), "ha": {"testVmImage": GUEST_IMAGE}}}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    use_sim_clock(monkeypatch, lab.sim.clock)
+    return ["-s", "t", "--outer-url", lab.outer.url, "--outer-ca", lab.ca, "--nested-ca", lab.ca, "--poll", "0.02",
+            "--yes", *CLI_TIMEOUT, *[f"--nested-url={u}" for u in nested_urls(lab.nested)]]
+
+
+def _pings(lab):
+    return [a["command"][2] for c, a in lab.outer.vm(9101).agent_requests + lab.outer.vm(9102).agent_requests
+            if c == "exec" and "exec ping" in a["command"][2]]
+
+
+def test_ha_drill_pings_the_booted_test_vm_by_default(lab, tmp_path, monkeypatch, capsys):
+    lab = lab(master="pve2")
+    args = _guest_stack(tmp_path, monkeypatch, lab)
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    assert main(["drill", "ha", *args, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ping"]["address"] == "10.10.10.14" and data["ping"]["downtime_s"] > 0
+    assert [p.rsplit(" ", 1)[-1] for p in _pings(lab)] == ["10.10.10.14"]
+
+
+def test_ping_overrides_and_no_ping_skips_the_default(lab, tmp_path, monkeypatch, capsys):
+    lab = lab()
+    args = _guest_stack(tmp_path, monkeypatch, lab)
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    assert main(["drill", "migrate", *args, "--to", "pve3", "--ping", "10.10.10.50", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ping"]["address"] == "10.10.10.50"
+    before = len(_pings(lab))
+    assert main(["drill", "migrate", *args, "--to", "pve2", "--no-ping", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ping"] is None and len(_pings(lab)) == before
+    with pytest.raises(SystemExit):
+        main(["drill", "ha", *args, "--ping", "10.10.10.50", "--no-ping"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_migrate_with_the_default_ping_says_why_it_needs_the_outer_token(lab, tmp_path, monkeypatch, capsys):
+    lab = lab()
+    args = _guest_stack(tmp_path, monkeypatch, lab)
+    monkeypatch.delenv("PVE_LAB_OUTER_API_TOKEN", raising=False)
+    assert main(["drill", "migrate", *args, "--to", "pve3"]) == 2
+    err = capsys.readouterr().err
+    assert "PVE_LAB_OUTER_API_TOKEN is not set" in err
+    assert "pings the HA test VM at 10.10.10.14 through the outer host's guest agent; --no-ping skips" in err
+    assert lab.outer.requests == [] and lab.nested.requests == []
+    # without an OS in the test VM nothing is pinged by default and migrate needs no outer token (test_cli_migrate_...)

@@ -198,3 +198,91 @@ def test_journal_merges_units_in_time_order():
                                     cursor]}[params["unit"]]
 
     assert [x[-1] for x in journal(Fake(), "pve1", ("corosync", "pve-cluster"), 2)] == ["b", "c"]
+
+
+# ------------------------------------------------------------------ the HA test VM's reachability (ha.testVmImage)
+
+GUEST_IMAGE = {"url": "https://cloud.debian.org/images/cloud/trixie/20260101-0000/"
+                       "debian-13-genericcloud-amd64-20260101-0000.qcow2",
+               "checksum": "0123456789abcdef" * 8, "checksumAlgorithm": "sha512",  # made up: nothing is downloaded
+               "fileName": "debian-13-genericcloud-amd64-20260101-0000.qcow2"}
+
+
+@pytest.fixture
+def guest_lab(serve, ca, tmp_path, monkeypatch):
+    """Outer host and nested cluster sharing one simulated lab, and a stack whose test VM boots an OS."""
+    from ops_fixtures import outer_fake
+
+    sim = lab_sim()
+    outer, nested = serve(outer_fake(sim, lab_vms=True)), serve(NestedFake(sim))
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump(
+        {"config": {"pve-lab:lab": {**lab_raw(), "ha": {"testVmImage": GUEST_IMAGE}}}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    args = ["status", "-s", "t", "--nested-ca", ca, "--outer-url", outer.url, "--outer-ca", ca, *CLI_TIMEOUT,
+            *[f"--nested-url={u}" for u in nested_urls(nested)]]
+    return sim, outer, args
+
+
+def _pinged(outer):
+    return [a["command"] for v in outer.vms for c, a in v.agent_requests if c == "exec"]
+
+
+def test_status_pings_the_booted_test_vm_once(guest_lab, monkeypatch, capsys):
+    from ops_fixtures import TOKEN
+
+    sim, outer, args = guest_lab
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    assert main(args + ["--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["test_vm"] == {"address": "10.10.10.14", "from_node": "pve1", "answers": True}
+    assert _pinged(outer) == [["ping", "-c", "1", "-W", "1", "-n", "10.10.10.14"]]  # one ping, no shell
+    assert main(args) == 0
+    assert "Test VM 10.10.10.14: answers ping from pve1  [ping]" in capsys.readouterr().out
+    assert main(args + ["--lang", "ja"]) == 0
+    assert "テスト VM 10.10.10.14: pve1 からの ping に応答あり  [ping]" in capsys.readouterr().out
+
+
+def test_a_running_test_vm_that_does_not_answer_is_a_problem(guest_lab, monkeypatch, capsys):
+    from ops_fixtures import TOKEN
+
+    sim, outer, args = guest_lab
+    sim.guest_answers = False
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "Test VM 10.10.10.14: does NOT answer ping from pve1  [ping]" in out
+    assert "the HA test VM runs but 10.10.10.14 does not answer ping (from pve1): check its console" in out
+
+
+def test_status_without_the_outer_token_says_how_to_get_the_ping_and_no_ping_skips_it(guest_lab, monkeypatch,
+                                                                                        capsys):
+    sim, outer, args = guest_lab
+    monkeypatch.delenv("PVE_LAB_OUTER_API_TOKEN", raising=False)
+    assert main(args) == 0  # the cluster is healthy; the ping is only not possible
+    out = capsys.readouterr().out
+    assert ("Test VM 10.10.10.14: not pinged (export PVE_LAB_OUTER_API_TOKEN to ping it through the outer host's "
+            "guest agent)  [ping]") in out
+    assert outer.requests == []
+    assert main(args + ["--no-ping", "--format", "json"]) == 0
+    assert "test_vm" not in json.loads(capsys.readouterr().out) and outer.requests == []
+
+
+def test_status_watch_pings_once_per_frame(guest_lab, monkeypatch, capsys):
+    from ops_fixtures import TOKEN
+
+    sim, outer, args = guest_lab
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", TOKEN)
+    assert main(args + ["--watch", "--interval", "0.01", "--count", "2"]) == 0
+    assert capsys.readouterr().out.count("Test VM 10.10.10.14: answers ping from pve1") == 2
+    assert len(_pinged(outer)) == 2
+
+
+def test_a_lab_without_an_os_in_the_test_vm_is_not_pinged(cluster, ca, tmp_path, monkeypatch, capsys):
+    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump({"config": {"pve-lab:lab": lab_raw()}}))
+    monkeypatch.setattr(ops_cli, "load_stack", lambda name: load_stack(name, tmp_path))
+    monkeypatch.setenv("PVE_LAB_ROOT_PASSWORD", ROOT_PASSWORD)
+    monkeypatch.setenv("PVE_LAB_OUTER_API_TOKEN", "root@pam!x=00000000-1111-2222-3333-444444444444")
+    args = ["status", "-s", "t", "--nested-ca", ca, "--format", "json", *CLI_TIMEOUT]
+    assert main(args + [f"--nested-url={u}" for u in nested_urls(cluster)]) == 0
+    assert "test_vm" not in json.loads(capsys.readouterr().out)

@@ -4,18 +4,21 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import os
 import sys
+from typing import Optional
 
 from ..formats import PVE_NODE_RE, show, url_problem
+from ..ha_guest import default_ping_address
 from ..stackfile import SECRET_ENV, load_stack
 from .api import ApiError, Clock, Retry
-from .connect import ca_problem, nested_client, outer_client
+from .connect import MissingSecret, ca_problem, nested_client, outer_client
 from .drill import DrillTiming, render_json as drill_json, render_text as drill_text, run_drill
 from .i18n import LANGS, default_lang, translate, translating
 from .migrate import run_migrate
 from .partition import run_partition
 from .preflight import failed, render_json as preflight_json, render_text as preflight_text, run_preflight
-from .status import gather, render_json as status_json, render_text as status_text
+from .status import gather, ping_test_vm, render_json as status_json, render_text as status_text
 from .watch import DrillView, TickingClock, watch
 
 EXIT_STILL_STOPPED = 3
@@ -132,6 +135,10 @@ def register(sub) -> None:
     p.add_argument("--interval", type=seconds, default=5.0, metavar="S", help="--watch: seconds between frames "
                    "(default 5)")
     p.add_argument("--count", type=count, default=None, metavar="N", help="--watch: stop after N frames")
+    _outer(p)
+    p.add_argument("--no-ping", action="store_true",
+                   help="do not ping the HA test VM (with ha.testVmImage, status pings it once per frame from a "
+                        f"node through the outer host's guest agent when ${SECRET_ENV['outerApiToken']} is set)")
     _lang(p)
     p.set_defaults(func=cmd_status)
 
@@ -161,9 +168,12 @@ def register(sub) -> None:
                         f"(default {d.settle_deadline_s:g})")
     _lang(p)
     p.add_argument("--to", metavar="NODE", help="migrate drill: the target node (default: the next node)")
-    p.add_argument("--ping", type=ip_address, metavar="ADDRESS",
-                   help="ping this address (the HA test VM's, if it runs an OS with an address on the nested "
-                        "vmbr0) from a node the drill leaves alone, and report the downtime a client sees")
+    pinging = p.add_mutually_exclusive_group()
+    pinging.add_argument("--ping", type=ip_address, metavar="ADDRESS",
+                         help="ping this address from a node the drill leaves alone, and report the downtime a "
+                              "client sees (default: the HA test VM's address when it boots an OS, "
+                              "ha.testVmImage; otherwise no ping)")
+    pinging.add_argument("--no-ping", action="store_true", help="do not ping the HA test VM")
     p.add_argument("--watch", action="store_true", help="show the live status view (as status --watch) above the "
                    "drill's progress while it runs (on a terminal)")
     p.add_argument("--yes", action="store_true",
@@ -201,13 +211,35 @@ def cmd_status(args) -> int:
         client = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
     except ApiError as exc:
         return _fail(exc.message)
+    try:
+        probe = _status_probe(args, spec)
+    except ApiError as exc:
+        return _fail(exc.message)
     lang = args.lang or default_lang()
     if args.watch:
         return watch(client, sys.stdout, args.interval, args.count, args.format, args.lines if args.logs else None,
-                     translate=lambda text: translate(text, lang))
-    report = gather(client, args.lines if args.logs else None)
+                     translate=lambda text: translate(text, lang), probe=probe)
+    report = gather(client, args.lines if args.logs else None, probe)
     print(status_json(report) if args.format == "json" else translate(status_text(report), lang))
     return 0 if report["healthy"] else 1
+
+
+def _status_probe(args, spec):
+    """`status` pings the HA test VM once per frame when it boots an OS (ha.testVmImage): from a node, through
+    the outer host's guest agent, so only when the outer token is in the environment (status itself needs only
+    the nested root password); without it the line says how to get the ping."""
+    address = None if args.no_ping else default_ping_address(spec)
+    if address is None:
+        return None
+    env = SECRET_ENV["outerApiToken"]
+    if not os.environ.get(env):
+        note = {"address": address, "from_node": None, "answers": None,
+                "error": f"export {env} to ping it through the outer host's guest agent"}
+        return lambda report: note
+    outer = outer_client(spec, args.outer_url, args.outer_ca,
+                         Retry(attempts=1, request_timeout_s=min(args.request_timeout, 5.0)))
+    vmids = {p.hostname: p.vmid for p in spec.node_plans}
+    return lambda report: ping_test_vm(outer, spec.outer.node, vmids, address, report)
 
 
 def _confirm_drill(args, spec) -> bool:
@@ -232,18 +264,31 @@ def _confirm_drill(args, spec) -> bool:
     return answer in ("y", "yes")
 
 
+def ping_target(args, spec) -> Optional[str]:
+    """What the drill pings: --ping, else the HA test VM when it boots an OS (ha.testVmImage), unless --no-ping."""
+    if getattr(args, "no_ping", False):
+        return None
+    return args.ping or default_ping_address(spec)
+
+
 def cmd_drill(args) -> int:
     spec = load_stack(args.stack).spec()
     if not _confirm_drill(args, spec):
         return 2
+    ping = ping_target(args, spec)
     timing = DrillTiming(poll_s=args.poll, task_deadline_s=args.task_timeout,
                          recovery_deadline_s=args.recovery_timeout, rejoin_deadline_s=args.rejoin_timeout,
                          observe_s=args.observe, settle_deadline_s=args.settle_timeout)
     try:
         # migrate powers nothing off and cuts nothing: it needs no outer host (nor its token)
-        outer = (None if args.kind == "migrate" and not args.ping
+        outer = (None if args.kind == "migrate" and not ping
                  else outer_client(spec, args.outer_url, args.outer_ca, _retry(args)))
         nested = nested_client(spec, args.nested_url, args.nested_ca, _retry(args))
+    except MissingSecret as exc:
+        if args.kind == "migrate" and ping and not args.ping:
+            return _fail(f"{exc.message} (drill migrate pings the HA test VM at {ping} through the outer host's "
+                         f"guest agent; --no-ping skips the ping and needs no outer token)")
+        return _fail(exc.message)
     except ApiError as exc:
         return _fail(exc.message)
     lang = args.lang or default_lang()
@@ -255,11 +300,11 @@ def cmd_drill(args) -> int:
         view = DrillView(view_client, sys.stdout, args.poll, translate=lambda text: translate(text, lang))
         progress, clock = view.line, TickingClock(Clock(), view.tick)
     if args.kind == "partition":
-        report = run_partition(spec, outer, nested, timing, clock, out=progress, ping=args.ping)
+        report = run_partition(spec, outer, nested, timing, clock, out=progress, ping=ping)
     elif args.kind == "migrate":
-        report = run_migrate(spec, outer, nested, timing, clock, out=progress, target=args.to, ping=args.ping)
+        report = run_migrate(spec, outer, nested, timing, clock, out=progress, target=args.to, ping=ping)
     else:
-        report = run_drill(args.kind, spec, outer, nested, timing, clock, out=progress, ping=args.ping)
+        report = run_drill(args.kind, spec, outer, nested, timing, clock, out=progress, ping=ping)
     print(drill_json(report) if args.format == "json" else translate(drill_text(report), lang))
     if report.still_stopped or report.still_cut:
         return EXIT_STILL_STOPPED

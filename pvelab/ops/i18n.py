@@ -38,6 +38,13 @@ JA: list[tuple[str, str]] = [
     (r"HA service (\S+) is started on (\S+) but its guest is (\S+) \(not running yet, or frozen while quorum was "
      r"lost\)", r"HA サービス \1 は \2 で started ですが、ゲストは \3 です（まだ起動していないか、クォーラム喪失中に"
                 r"凍結されたまま）"),
+    (r"^Test VM (\S+): answers ping from (\S+)  \[ping\]", r"テスト VM \1: \2 からの ping に応答あり  [ping]"),
+    (r"^Test VM (\S+): does NOT answer ping from (\S+)  \[ping\]",
+     r"テスト VM \1: \2 からの ping に応答なし  [ping]"),
+    (r"^Test VM (\S+): not pinged \((.*)\)  \[ping\]", r"テスト VM \1: ping できません (\2)  [ping]"),
+    (r"the HA test VM runs but (\S+) does not answer ping \(from (\S+)\): check its console \(cloud-init, "
+     r"network\)", r"HA テスト VM は稼働中ですが \1 が ping に応答しません（\2 から）: コンソールで確認してください"
+                    r"（cloud-init、ネットワーク）"),
     (r"^pve-lab status (\S+), every (\S+) s \(Ctrl-C to stop\)", r"pve-lab status \1、\2 秒ごとに更新（Ctrl-C で終了）"),
     # ---- drill: report
     (r"^drill (\S+): completed", r"ドリル \1: 完了"), (r"^drill (\S+): FAILED", r"ドリル \1: 失敗"),

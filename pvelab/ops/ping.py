@@ -26,6 +26,12 @@ def start_argv(address: str, max_s: int) -> list[str]:
     return ["sh", "-c", f"echo $$ > {PID_FILE}; exec ping -D -O -n -i {INTERVAL_S:g} -W 1 -w {max_s} {address}"]
 
 
+def once_argv(address: str) -> list[str]:
+    """One ping, one second at most (`status`): no shell, the address as its own argument. iputils ping exits 0
+    when a reply came, 1 when none did."""
+    return ["ping", "-c", "1", "-W", "1", "-n", str(ipaddress.ip_address(address))]
+
+
 STOP_ARGV = ["sh", "-c", f"kill -INT \"$(cat {PID_FILE})\" 2>/dev/null; rm -f {PID_FILE}"]
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .api import ApiError, PveClient
+from . import ping
+from .api import ApiError, Clock, PveClient
 from .logs import CHAPTER_UNITS, gather_logs, render_logs
 
 SERVICE_STATUS_RE = re.compile(r"^\s*(?P<sid>\S+)\s+\((?P<node>[^,()]+),\s*(?P<state>[^,()]+)")
@@ -118,10 +119,41 @@ def guest_facts(client: PveClient, sids: list[str]) -> dict[str, Any]:
     return out
 
 
-def gather(client: PveClient, log_lines: Optional[int] = None) -> dict[str, Any]:
+PROBE_DEADLINE_S = 4.0  # one `ping -c 1 -W 1` through the guest agent: about a second, a few API round trips
+
+
+def ping_test_vm(outer: PveClient, outer_node: str, vmids: dict[str, int], address: str, report: dict[str, Any],
+                 clock: Optional[Clock] = None, deadline_s: float = PROBE_DEADLINE_S) -> dict[str, Any]:
+    """Whether the HA test VM answers one ping, sent from the first online member through the OUTER host's guest
+    agent (the nested API has no ping). `vmids`: node name -> its outer VMID."""
+    clock = clock or Clock()
+    online = [n["name"] for n in (report.get("cluster") or {}).get("nodes", []) if n.get("online")]
+    node = next((n for n in online if n in vmids), None)
+    if node is None:
+        return {"address": address, "from_node": None, "answers": None, "error": "no online node to ping from"}
+    path = f"nodes/{outer_node}/qemu/{vmids[node]}/agent"
+    try:
+        pid = int(outer.post(f"{path}/exec", command=ping.once_argv(address))["pid"])
+        until = clock.now() + deadline_s
+        while True:
+            st = outer.get(f"{path}/exec-status", pid=pid)
+            if st.get("exited"):
+                return {"address": address, "from_node": node, "answers": st.get("exitcode") == 0}
+            if clock.now() >= until:
+                return {"address": address, "from_node": node, "answers": None,
+                        "error": f"the ping did not end within {deadline_s:g} s"}
+            clock.sleep(0.2)
+    except (ApiError, KeyError, TypeError, ValueError) as exc:
+        return {"address": address, "from_node": node, "answers": None,
+                "error": exc.message if isinstance(exc, ApiError) else f"unexpected answer ({type(exc).__name__})"}
+
+
+def gather(client: PveClient, log_lines: Optional[int] = None,
+           probe: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None) -> dict[str, Any]:
     """Everything `status` shows; a part that cannot be read carries its error instead.
 
-    log_lines: also each member's last N corosync and pve-cluster journal lines (`logs`)."""
+    log_lines: also each member's last N corosync and pve-cluster journal lines (`logs`).
+    probe: pings the HA test VM (ping_test_vm) given what was read so far: `test_vm`."""
     report: dict[str, Any] = {}
     for key, read in (("cluster", cluster_facts), ("ceph", ceph_facts), ("ha", ha_facts)):
         try:
@@ -137,6 +169,8 @@ def gather(client: PveClient, log_lines: Optional[int] = None) -> dict[str, Any]
         members = [(n["name"], n["online"]) for n in report["cluster"].get("nodes", [])]
         report["logs"] = gather_logs(client, members, log_lines)
         report["log_lines"] = log_lines
+    if probe is not None:
+        report["test_vm"] = probe(report)
     report["endpoint"] = client.last_endpoint.name if client.last_endpoint else None
     report["problems"] = problems(report)
     report["healthy"] = not report["problems"]
@@ -174,6 +208,11 @@ def problems(report: dict[str, Any]) -> list[str]:
                 g = guests[s["sid"]]
                 out.append(f"HA service {s['sid']} is started on {s['node']} but its guest is {g.get('status')} "
                            f"(not running yet, or frozen while quorum was lost)")
+    probe = report.get("test_vm") or {}
+    running = any(isinstance(g, dict) and g.get("status") == "running" for g in guests.values())
+    if probe.get("answers") is False and running:  # a stopped guest is already reported above
+        out.append(f"the HA test VM runs but {probe['address']} does not answer ping (from {probe['from_node']}): "
+                   f"check its console (cloud-init, network)")
     return out
 
 
@@ -227,6 +266,13 @@ def render_text(report: dict[str, Any]) -> str:
             lines += _table(rows)
         else:
             lines.append("  no HA services")
+    probe = report.get("test_vm")
+    if probe:
+        if probe.get("answers") is None:
+            lines.append(f"Test VM {probe['address']}: not pinged ({probe.get('error')})  [ping]")
+        else:
+            lines.append(f"Test VM {probe['address']}: {'answers' if probe['answers'] else 'does NOT answer'} "
+                         f"ping from {probe['from_node']}  [ping]")
     if report.get("logs") is not None:
         lines += render_logs(report["logs"], report.get("log_lines") or 0, CHAPTER_UNITS)
     if report.get("endpoint"):

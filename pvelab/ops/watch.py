@@ -24,15 +24,17 @@ def frame_text(report: dict, interval_s: float, stamp: str, translate: Callable[
 
 def watch(client: PveClient, stream: TextIO, interval_s: float = 5.0, count: Optional[int] = None,
           fmt: str = "text", log_lines: Optional[int] = None, clock: Optional[Clock] = None,
-          translate: Callable[[str], str] = lambda text: text, tty: Optional[bool] = None) -> int:
-    """Redraw until Ctrl-C (or `count` frames); the exit code of the last frame (0 healthy, 1 not)."""
+          translate: Callable[[str], str] = lambda text: text, tty: Optional[bool] = None,
+          probe: Optional[Callable[[dict], dict]] = None) -> int:
+    """Redraw until Ctrl-C (or `count` frames); the exit code of the last frame (0 healthy, 1 not).
+    probe: the HA test VM's ping (status.ping_test_vm), once per frame."""
     clock = clock or Clock()
     tty = stream.isatty() if tty is None else tty
     healthy, frames = True, 0
     try:
         while count is None or frames < count:
             started = clock.now()
-            report = gather(client, log_lines)
+            report = gather(client, log_lines, probe)
             healthy = report["healthy"]
             stamp = time.strftime("%H:%M:%S", time.localtime(clock.wall()))
             if fmt == "json":

@@ -89,6 +89,15 @@ STEP_DURATIONS: dict[str, Duration] = {
     # Inside the nested cluster, through its API.
     "proxmoxve:ceph/pool:Pool": Duration(30, "pool create + RBD storage entry; PGs go active (estimate)"),
     "vm:inner": Duration(15, "create a small VM with an empty disk on Ceph (estimate)"),
+    # ha.testVmImage (pvelab/ha_guest.py): a tiny OS for the test VMs, fetched by a nested node.
+    "proxmoxve:storage/directoryLegacy:DirectoryLegacy": Duration(
+        5, "one storage.cfg entry (POST /storage); PVE makes the directory when it first uses it"),
+    "image:inner": Duration(
+        130, "a Debian 13 genericcloud qcow2 is ~400 MB: ~2 min at ~30 Mbit/s (as the outer image), plus PVE's "
+             "digest and qemu-img checks (estimate; a smaller image is faster)"),
+    "vm:inner@image": Duration(
+        60, "create the VM, qemu-img convert the image (3 GiB virtual) onto Ceph RBD in the nested "
+            "cluster, write the cloud-init drive (estimate)"),
     "proxmoxve:index/haresource:Haresource": Duration(10, "ha-manager add: one API call"),
     "proxmoxve:index/harule:Harule": Duration(5, "ha-manager rules add: one API call"),
     "proxmoxve:index/hagroup:Hagroup": Duration(5, "ha-manager groupadd (PVE 8): one API call"),

@@ -538,6 +538,12 @@ class _Missing(dict):
         return "?"
 
 
+def _image_name(vm: Record) -> str:
+    """The file a test VM's disk is imported from (`storage:import/<file>`), or 'its image' while unknown."""
+    source = ((_plain(vm, "disks") or [{}])[0] or {}).get("importFrom")
+    return source.rsplit("/", 1)[-1] if isinstance(source, str) else "its image"
+
+
 def _resource_title(r: Record, outer_vm: bool, parent: Optional[Record] = None) -> tuple[str, str, str]:
     """(kind, phase, title) of a non-command resource."""
     t = r.type
@@ -549,9 +555,15 @@ def _resource_title(r: Record, outer_vm: bool, parent: Optional[Record] = None) 
         vmid, name = _int(_plain(r, "vmId")), _plain(r, "name") or ""
         if outer_vm:
             return "vm:outer", "outer", f"create VM {vmid} {name}".strip()
+        if _plain(r, "initialization"):  # ha.testVmImage: its disk is imported from the image
+            return "vm:inner@image", "ha", f"test VM {vmid} {name} (boots {_image_name(r)})".strip()
         return "vm:inner", "ha", f"test VM {vmid} {name}".strip()
+    if t == IMAGE and parent is not None and parent.type == "pve-lab:index:HaTestVms":
+        return "image:inner", "ha", f"download {_plain(r, 'fileName') or 'image'} on {_plain(r, 'nodeName')}"
     if t == IMAGE:
         return t, "outer", f"download {_plain(r, 'fileName') or 'image'}"
+    if t == "proxmoxve:storage/directoryLegacy:DirectoryLegacy":
+        return t, "ha", f"import storage {_plain(r, 'resourceId')} on {', '.join(_plain(r, 'nodes') or [])}"
     if t == "random:index/randomPassword:RandomPassword":
         # lab-credentials-root-password -> "root password"; lab-student-password -> "student password"
         prefix = f"{parent.name}-" if parent is not None and r.name.startswith(f"{parent.name}-") else ""
