@@ -90,6 +90,9 @@ host_keys_present() {
 ensure_host_keys() {
     if ! host_keys_present; then
         ssh-keygen -A >&2
+        # Without host keys sshd failed at boot until systemd's start limit (Restart=on-failure): a restart is
+        # refused until that is reset.
+        systemctl reset-failed ssh.service
         systemctl restart ssh.service
         log "generated SSH host keys"
     fi
