@@ -254,8 +254,10 @@ def test_a_clone_gets_its_own_identity_on_real_debian(seen):
     for name, r in clone["steps"].items():
         assert r.returncode == 0, f"{name}: {r.output[-3000:]}\n{clone['boot_journal']}\n{clone['steps_journal']}"
     before, after = seen["before"], clone["after"]
-    # pmxcfs failed at boot (/etc/hosts named pve1 only on loopback) and so did sshd (no host keys)
-    assert clone["boot_units"][:2] == ["failed", "failed"], clone["boot_units"]
+    # pmxcfs failed at boot (/etc/hosts named pve1 only on loopback); sshd (no host keys) failed or is being
+    # restarted by systemd until its start limit
+    assert clone["boot_units"][0] in ("failed", "activating") and clone["boot_units"][1] == "failed", \
+        clone["boot_units"]
     assert "restarted pve-cluster (pmxcfs) with /etc/hosts in place" in clone["steps"]["pve"].stderr
     assert "generated SSH host keys" in clone["steps"]["identity"].stderr
     assert re.fullmatch(r"[0-9a-f]{32}", after["machine_id"]) and after["machine_id"] != before["machine_id"]
