@@ -42,8 +42,10 @@ builder_name() {
     fi
 }
 
-# Poll until cloud-init's first boot of the clone is over (it sets the host name and the keys).
+# Poll until cloud-init's first boot of the clone is over (it sets the host name and the keys). A clone
+# without cloud-init has nothing to wait for (`cloud-init status` would only say "command not found").
 wait_for_cloud_init() {
+    command -v cloud-init >/dev/null || return 0
     local status="" start=$SECONDS
     while :; do
         status="$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')" || true
@@ -88,6 +90,9 @@ host_keys_present() {
 ensure_host_keys() {
     if ! host_keys_present; then
         ssh-keygen -A >&2
+        # Without host keys sshd failed at boot until systemd's start limit (Restart=on-failure): a restart is
+        # refused until that is reset.
+        systemctl reset-failed ssh.service
         systemctl restart ssh.service
         log "generated SSH host keys"
     fi

@@ -135,7 +135,8 @@ schedule_poweroff() {
         return 0
     fi
     sync
-    systemd-run --on-active="$POWEROFF_DELAY_S" --unit="$POWEROFF_UNIT" \
+    # A timer fires up to AccuracySec (1 min by default) late: ask for the delay as given.
+    systemd-run --on-active="$POWEROFF_DELAY_S" --timer-property=AccuracySec=1s --unit="$POWEROFF_UNIT" \
         --description="pve-lab: power off the sealed template builder" systemctl poweroff ||
         fail "could not schedule the power-off (systemd-run failed)" "Power $NODE_HOSTNAME off by hand; the outer host then makes it a template."
     log "sealed; powering off in ${POWEROFF_DELAY_S}s"

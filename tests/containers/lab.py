@@ -136,12 +136,18 @@ class LabNode:
         self.container = Container(f"pvelab-{self.hostname}-{suffix}", root, self.hostname, self.binds)
         self.requests_log = self.workdir / "requests.log"
 
-    def create(self, apt_proxy: str = APT_PROXY) -> "LabNode":
-        """The image made into a fresh cloud VM of this name, booted."""
-        self.image.unpack(self.container.root)
+    def create(self, apt_proxy: str = APT_PROXY, disk: Optional[Path] = None, named: bool = True) -> "LabNode":
+        """The image made into a fresh cloud VM of this name, booted. With DISK (the root of a powered-off
+        node), a copy of that disk instead of the image, as `qm clone` gives; NAMED=False leaves its host name
+        and /etc/hosts as they are on the disk (cloud-init did not run)."""
+        if disk is None:
+            self.image.unpack(self.container.root)
+        else:
+            self.container.root.mkdir(parents=True)
+            subprocess.run(["cp", "-a", "--reflink=auto", f"{disk}/.", str(self.container.root)], check=True)
         files = {
-            "etc/hostname": f"{self.hostname}\n",
-            "etc/hosts": CLOUD_HOSTS.format(fqdn=self.fqdn, hostname=self.hostname),
+            **({"etc/hostname": f"{self.hostname}\n",
+                "etc/hosts": CLOUD_HOSTS.format(fqdn=self.fqdn, hostname=self.hostname)} if named else {}),
             "etc/apt/apt.conf.d/00pve-lab-test-proxy": apt_proxy,
             "root/.curlrc": CURLRC,
             "usr/local/bin/uname": UNAME,
@@ -154,8 +160,9 @@ class LabNode:
             target.write_text(text)
             if text.startswith("#!"):
                 target.chmod(0o755)
-        with self.file("etc/ssl/certs/ca-certificates.crt").open("ab") as bundle:
-            bundle.write(self.hosts.ca_cert)
+        if disk is None:
+            with self.file("etc/ssl/certs/ca-certificates.crt").open("ab") as bundle:
+                bundle.write(self.hosts.ca_cert)
         self.boot()
         if self.scripts:
             create, stdin = self.scripts
