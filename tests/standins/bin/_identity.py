@@ -76,23 +76,15 @@ def updatecerts(args: list[str]) -> None:
     ip = node_ip(name)
     if ip is None:
         die(f"unable to get IP for node '{name}' - node offline?", 255)
-    force = any(a.lstrip("-").startswith("force") and not a.endswith("=0") for a in args)
-    silent = any(a.lstrip("-").startswith("silent") for a in args)
-    pve = root() / "etc/pve"
-    for d in ("priv", f"nodes/{name}/lxc", f"nodes/{name}/qemu-server", f"nodes/{name}/priv"):
-        (pve / d).mkdir(parents=True, exist_ok=True)
-    (root() / "var/lib/pve-cluster").mkdir(parents=True, exist_ok=True)
-    (root() / "var/lib/pve-cluster/config.db").touch()
+    force, silent = _flags(args)
+    pve = _node_tree(name)
     for key in ("priv/authkey.key", "priv/pve-root-ca.key", f"nodes/{name}/pve-ssl.key", "pve-www.key"):
         if not (pve / key).exists():
             (pve / key).write_text(f"stand-in key {key}\n")
     new_ca = not (pve / "pve-root-ca.pem").exists()
     if new_ca:
         write_cert(pve / "pve-root-ca.pem", "Proxmox Virtual Environment", [])
-    local = pve / "local"
-    if local.is_symlink() or local.exists():
-        local.unlink()
-    local.symlink_to(f"nodes/{name}")
+    _link_local(pve, name)
     cert = pve / f"nodes/{name}/pve-ssl.pem"
     if force or new_ca or not cert.exists():
         san = ["IP:127.0.0.1", "IP:::1", "DNS:localhost", f"IP:{ip}", f"DNS:{name}"]
@@ -102,6 +94,35 @@ def updatecerts(args: list[str]) -> None:
             fqdn = f"{name}.{domain}"
             san.append(f"DNS:{fqdn}")
         write_cert(cert, fqdn, san)
+    _report(silent, force)
+
+
+def _flags(args: list[str]) -> tuple[bool, bool]:
+    """(--force, --silent) as pvecm updatecerts reads them."""
+    force = any(a.lstrip("-").startswith("force") and not a.endswith("=0") for a in args)
+    silent = any(a.lstrip("-").startswith("silent") for a in args)
+    return force, silent
+
+
+def _node_tree(name: str) -> Path:
+    """/etc/pve's node directories, and pmxcfs's database file (the stand-in keeps /etc/pve as plain files:
+    no FUSE in a container)."""
+    pve = root() / "etc/pve"
+    for d in ("priv", f"nodes/{name}/lxc", f"nodes/{name}/qemu-server", f"nodes/{name}/priv"):
+        (pve / d).mkdir(parents=True, exist_ok=True)
+    (root() / "var/lib/pve-cluster").mkdir(parents=True, exist_ok=True)
+    (root() / "var/lib/pve-cluster/config.db").touch()
+    return pve
+
+
+def _link_local(pve: Path, name: str) -> None:
+    local = pve / "local"
+    if local.is_symlink() or local.exists():
+        local.unlink()
+    local.symlink_to(f"nodes/{name}")
+
+
+def _report(silent: bool, force: bool) -> None:
     if not silent:
         print("(re)generate node files")
         if force:
@@ -123,14 +144,8 @@ def updatecerts_real(args: list[str]) -> None:
     ip = node_ip(name)
     if ip is None:
         die(f"unable to get IP for node '{name}' - node offline?", 255)
-    force = any(a.lstrip("-").startswith("force") and not a.endswith("=0") for a in args)
-    silent = any(a.lstrip("-").startswith("silent") for a in args)
-    pve = root() / "etc/pve"
-    for d in ("priv", f"nodes/{name}/lxc", f"nodes/{name}/qemu-server", f"nodes/{name}/priv"):
-        (pve / d).mkdir(parents=True, exist_ok=True)
-    # pmxcfs keeps /etc/pve in this database (the stand-in keeps it as plain files: no FUSE in a container)
-    (root() / "var/lib/pve-cluster").mkdir(parents=True, exist_ok=True)
-    (root() / "var/lib/pve-cluster/config.db").touch()
+    force, silent = _flags(args)
+    pve = _node_tree(name)
     for key in ("priv/authkey.key", "pve-www.key", f"nodes/{name}/pve-ssl.key"):
         if not (pve / key).exists():
             _openssl("genrsa", "-out", str(pve / key), "2048")
@@ -141,10 +156,7 @@ def updatecerts_real(args: list[str]) -> None:
         _openssl("req", "-batch", "-days", "3650", "-new", "-x509", "-nodes", "-addext",
                  "keyUsage=critical,keyCertSign,cRLSign", "-key", str(ca_key), "-out", str(ca_cert),
                  "-subj", f"/CN=Proxmox Virtual Environment/OU={uuid.uuid4()}/O=PVE Cluster Manager CA/")
-    local = pve / "local"
-    if local.is_symlink() or local.exists():
-        local.unlink()
-    local.symlink_to(f"nodes/{name}")
+    _link_local(pve, name)
     cert = pve / f"nodes/{name}/pve-ssl.pem"
     if force or new_ca or not cert.exists():
         names = f"IP:127.0.0.1,IP:::1,DNS:localhost,IP:{ip},DNS:{name}"
@@ -164,8 +176,4 @@ def updatecerts_real(args: list[str]) -> None:
         _openssl("x509", "-req", "-in", str(request), "-days", "730", "-out", str(cert), "-CAkey", str(ca_key),
                  "-CA", str(ca_cert), "-CAserial", str(serial), "-copy_extensions", "copyall")
         request.unlink()
-    if not silent:
-        print("(re)generate node files")
-        if force:
-            print("generate new node certificate")
-        print("merge authorized SSH keys")
+    _report(silent, force)
