@@ -26,21 +26,6 @@ installed() {
     dpkg-query -W -f='${db:Status-Status}\n' apt-cacher-ng 2>/dev/null | grep -qx installed
 }
 
-# Poll until cloud-init's first boot is over (it holds the dpkg lock while it works).
-wait_for_cloud_init() {
-    local status="" start=$SECONDS
-    while :; do
-        status="$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')" || true
-        case "$status" in
-            running | "not started" | "") ;;
-            *) return 0 ;;
-        esac
-        if deadline_passed "$start"; then
-            fail "cloud-init still '${status:-no answer}' after ${DEADLINE_S}s" "Look at 'cloud-init status --long', then run this step again."
-        fi
-        sleep "$POLL_S"
-    done
-}
 
 apt_get() {
     DEBIAN_FRONTEND=noninteractive apt-get -y -q -o "DPkg::Lock::Timeout=${DEADLINE_S%.*}" \
@@ -50,7 +35,7 @@ apt_get() {
 
 main() {
     require_env
-    wait_for_cloud_init
+    wait_for_cloud_init "the class cache VM"
     local changed=0
     if ! installed; then
         apt_get update

@@ -229,24 +229,6 @@ check_hostname() {
     require_hostname NODE_HOSTNAME "Check that NODE_IP=$NODE_IP is the right VM, or fix its cloud-init hostname and reboot it."
 }
 
-# Poll until cloud-init's first boot is over (it may be upgrading packages), up to the deadline.
-wait_for_cloud_init() {
-    command -v cloud-init >/dev/null || return 0
-    local status="" start=$SECONDS
-    while :; do
-        status="$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')" || true
-        case "$status" in
-            running | "not started" | "") ;;
-            error) log "cloud-init reported errors (see 'cloud-init status --long'); continuing"; return 0 ;;
-            *) return 0 ;;
-        esac
-        if deadline_passed "$start"; then
-            fail "cloud-init still '${status:-no answer}' after ${DEADLINE_S}s" \
-                "Look at 'cloud-init status --long' on $NODE_HOSTNAME, then run this step again."
-        fi
-        sleep "$POLL_S"
-    done
-}
 
 download() {
     local url="$1" out="$2"
@@ -304,7 +286,7 @@ write_sources() {
 step_prepare() {
     configure_hosts
     check_hostname
-    wait_for_cloud_init
+    wait_for_cloud_init "$NODE_HOSTNAME"
     install_keyring
     local lists_stale=0
     if write_sources; then

@@ -42,24 +42,6 @@ builder_name() {
     fi
 }
 
-# Poll until cloud-init's first boot of the clone is over (it sets the host name and the keys). A clone
-# without cloud-init has nothing to wait for (`cloud-init status` would only say "command not found").
-wait_for_cloud_init() {
-    command -v cloud-init >/dev/null || return 0
-    local status="" start=$SECONDS
-    while :; do
-        status="$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')" || true
-        case "$status" in
-            running | "not started" | "") ;;
-            *) return 0 ;;
-        esac
-        if deadline_passed "$start"; then
-            fail "cloud-init still '${status:-no answer}' after ${DEADLINE_S}s on the clone $NODE_IP" \
-                "Look at 'cloud-init status --long' on $NODE_IP, then run this step again."
-        fi
-        sleep "$POLL_S"
-    done
-}
 
 check_not_builder() {
     local builder current
@@ -114,7 +96,7 @@ ensure_mail_name() {
 }
 
 step_identity() {
-    wait_for_cloud_init
+    wait_for_cloud_init "the clone $NODE_IP"
     check_not_builder
     ensure_machine_id
     ensure_host_keys

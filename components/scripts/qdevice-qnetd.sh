@@ -14,23 +14,6 @@ POLL_S="${POLL_S:-5}"
 AUTH_KEYS="/root/.ssh/authorized_keys"
 HOST_KEY="/etc/ssh/ssh_host_ed25519_key.pub"
 
-# Poll until cloud-init's first boot is over (it may hold the dpkg lock), up to the deadline.
-wait_for_cloud_init() {
-    command -v cloud-init >/dev/null || return 0
-    local status="" start=$SECONDS
-    while :; do
-        status="$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')" || true
-        case "$status" in
-            running | "not started" | "") ;;
-            *) return 0 ;;
-        esac
-        if deadline_passed "$start"; then
-            fail "cloud-init still '${status:-no answer}' after ${DEADLINE_S}s" \
-                "Look at 'cloud-init status --long' on the QDevice VM, then run this step again."
-        fi
-        sleep "$POLL_S"
-    done
-}
 
 package_installed() {
     [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == "installed" ]]
@@ -75,7 +58,7 @@ main() {
     require_seconds DEADLINE_S POLL_S
     [[ "$AUTHORIZED_KEY" =~ ^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp[0-9]+)\ [A-Za-z0-9+/=]+(\ .*)?$ ]] ||
         fail "AUTHORIZED_KEY is not an OpenSSH public key line" "Pass the first node's /root/.ssh/id_rsa.pub."
-    wait_for_cloud_init
+    wait_for_cloud_init "the QDevice VM"
     ensure_qnetd
     authorize_key
     [[ -s "$ROOT$HOST_KEY" ]] || fail "$HOST_KEY is missing" "Check sshd on the QDevice VM (ssh-keygen -A)."

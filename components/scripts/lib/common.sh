@@ -129,3 +129,24 @@ split_output() {
     rm -f "$err_file"
     return "$rc"
 }
+
+# wait_for_cloud_init WHERE: poll until cloud-init's first boot is over (it sets the host name and keys, and
+# may hold the dpkg lock while it upgrades packages), up to DEADLINE_S. Nothing to wait for without cloud-init;
+# a first boot that ended with errors is logged and not waited on. WHERE names the machine in messages.
+wait_for_cloud_init() {
+    local where="$1" status="" start=$SECONDS
+    command -v cloud-init >/dev/null || return 0
+    while :; do
+        status="$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')" || true
+        case "$status" in
+            running | "not started" | "") ;;
+            error) log "cloud-init reported errors (see 'cloud-init status --long'); continuing"; return 0 ;;
+            *) return 0 ;;
+        esac
+        if deadline_passed "$start"; then
+            fail "cloud-init still '${status:-no answer}' after ${DEADLINE_S}s on $where" \
+                "Look at 'cloud-init status --long' on $where, then run this step again."
+        fi
+        sleep "$POLL_S"
+    done
+}
